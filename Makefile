@@ -1,0 +1,51 @@
+# Every target bootstraps what it needs: a virtual environment in .venv with the project installed
+# from pyproject.toml, pinned by constraints.txt (the set CI tests).
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup demo up down status test test-unit lint bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## Create .venv and install the project with its pinned dependencies
+
+demo: $(STAMP) ## The main job: start the local stack and run the training deployment on it
+	$(BIN)/mlops demo
+
+up: $(STAMP) ## Start the local stack (Prefect server, MLflow server, worker)
+	$(BIN)/mlops up
+
+down: $(STAMP) ## Stop the local stack
+	$(BIN)/mlops down
+
+status: $(STAMP) ## Show what runs where
+	$(BIN)/mlops status
+
+test: $(STAMP) ## Run every test tier: unit, flows (real servers), integration (the CLI and stack)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP) ## Only the unit tier (no services)
+	$(BIN)/python -m pytest -m unit
+
+lint: $(STAMP) ## ruff and mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number is the headline)
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/rerun.py
+
+clean: ## Remove the local stack's state (stop it first with make down)
+	rm -rf .mlops

@@ -1,0 +1,110 @@
+"""The training flow: versioned data -> contract -> split -> features + model -> holdout -> MLflow -> registry."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from mlops.caching import code_fingerprint
+from mlops.config import load_pipeline_config
+from mlops.lineage import git_state, run_fingerprint
+from mlops.policy import load_policy
+from mlops.settings import Settings
+from tasks.data import load_dataset, resolve_data_version
+from tasks.evaluation import evaluate_model
+from tasks.registry import (
+    FINGERPRINT_TAG,
+    RegisteredVersion,
+    find_model_version,
+    register_model_version,
+)
+from tasks.reporting import publish_training_report
+from tasks.split import split_dataset
+from tasks.tracking import log_training_run
+from tasks.training import train_model
+from tasks.validation import validate_dataset
+
+
+@flow(name="training", persist_result=True)
+def training(
+    pipeline: str | None = None, data_rev: str | None = None, trigger: str = "manual"
+) -> RegisteredVersion:
+    """Train, evaluate, track and register a model from one exact version of the data.
+
+    Args:
+        pipeline: pipeline config file (default: the settings' active example).
+        data_rev: git revision whose DVC-tracked data to train on (default: the workspace).
+        trigger: who or what started this run, recorded on the model version.
+
+    Returns:
+        The registered model version, or the earlier one an identical run already registered.
+    """
+    log = get_run_logger()
+    settings = Settings()
+    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
+    policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
+    tracking_uri = settings.mlflow_tracking_uri
+    assert tracking_uri is not None
+
+    data = resolve_data_version(settings.project_dir, cfg.data.path, data_rev)
+    code = code_fingerprint(__name__)
+    fingerprint = run_fingerprint(
+        data.md5,
+        code,
+        cfg.model_dump(mode="json", include={"target", "features", "split", "model", "contract_spec"})
+        | {"na_values": cfg.data.na_values},
+    )
+    existing = find_model_version(tracking_uri, cfg.model_name, fingerprint)
+    if existing is not None:
+        log.info(
+            "%s v%s already holds data %s with this code and config; nothing to train",
+            existing.name, existing.version, data.short,
+        )
+        publish_training_report(existing, data, existing.metrics, policy, None, cfg.model.family)
+        return existing
+
+    run_id = str(flow_run.get_id() or "local")
+    frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
+    valid = validate_dataset(
+        frame, cfg.contract, f"{data.path}@{data.short}", settings.reports_dir / run_id
+    )
+    split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
+    model = train_model(split, cfg.features, cfg.model)
+    metrics = evaluate_model(model, split)
+
+    git = git_state(settings.project_dir)
+    tags = {
+        FINGERPRINT_TAG: fingerprint,
+        "mlops.code.sha256": code,
+        "mlops.data.path": data.path,
+        "mlops.data.md5": data.md5,
+        "mlops.data.rev": data.rev or "workspace",
+        "mlops.git.commit": git.commit,
+        "mlops.git.dirty": str(git.dirty).lower(),
+        "mlops.prefect.flow_run_id": run_id,
+        "mlops.policy.version": str(policy.version),
+        "mlops.policy.digest": policy_digest,
+        "mlops.trigger": trigger,
+    }
+    run = log_training_run(
+        tracking_uri,
+        cfg.experiment,
+        f"{cfg.name}-{data.short}",
+        model,
+        split,
+        metrics,
+        cfg.model_dump(mode="json", include={"model", "split", "features"}),
+        tags,
+        data_source=str(settings.project_dir / data.path),
+        data_md5=data.md5,
+    )
+    registered = register_model_version(
+        tracking_uri,
+        cfg.model_name,
+        run.model_uri,
+        tags | {"mlops.mlflow.run_id": run.run_id},
+        description=f"{cfg.model.family} on {data.path}@{data.short}, git {git.commit[:8]}",
+    )
+    log.info("registered %s v%s (run %s)", registered.name, registered.version, run.run_url)
+    publish_training_report(registered, data, metrics, policy, run.run_url, cfg.model.family)
+    return registered

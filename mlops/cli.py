@@ -1,0 +1,191 @@
+"""The `mlops` command: the local stack, the versioned data, training and the demo."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlops.errors import MlopsError
+from mlops.settings import Settings
+
+app = typer.Typer(
+    help="CI/CD for machine learning on Prefect: local stack, versioned data, training.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="The DVC-versioned dataset of the active pipeline.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _settings() -> Settings:
+    """Settings for this command, with the stack's environment applied before Prefect is imported."""
+    from mlops.stack import service_env
+
+    settings = Settings()
+    os.environ.update(service_env(settings))
+    return settings
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _need_stack(settings: Settings) -> None:
+    from mlops.stack import healthy
+
+    down = [
+        name
+        for name, url in (
+            ("Prefect server", f"{settings.prefect_api_url}/health"),
+            ("MLflow server", f"{settings.mlflow_tracking_uri}/health"),
+        )
+        if not healthy(url)
+    ]
+    if down:
+        raise MlopsError(
+            f"{' and '.join(down)} not answering ({settings.prefect_api_url}, "
+            f"{settings.mlflow_tracking_uri}); start the local stack with `mlops up`"
+        )
+
+
+@app.command()
+def up(
+    worker: Annotated[bool, typer.Option(help="Also start a process worker for the deployments.")] = True,
+) -> None:
+    """Start the Prefect server, MLflow server and a worker on 127.0.0.1; wait until they answer."""
+    from mlops.stack import LocalStack
+
+    settings = _settings()
+    try:
+        LocalStack(settings).up(with_worker=worker)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo("")
+    typer.echo(f"Prefect UI   {settings.prefect_ui_url}")
+    typer.echo(f"MLflow UI    {settings.mlflow_tracking_uri}")
+    typer.echo(f"work pool    {settings.work_pool} (process)")
+    typer.echo(f"To use the prefect CLI here: export PREFECT_API_URL={settings.prefect_api_url}")
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the processes `mlops up` started."""
+    from mlops.stack import LocalStack
+
+    try:
+        LocalStack(_settings()).down()
+    except MlopsError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def status() -> None:
+    """Say which local services run, where, and which are dead."""
+    from mlops.stack import LocalStack
+
+    try:
+        rows = LocalStack(_settings()).status()
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    if not rows:
+        typer.echo("the local stack is not running (start it with `mlops up`)")
+        return
+    for name, state, where in rows:
+        typer.echo(f"{name:<8} {state:<50} {where}")
+    if any(not state.startswith("running") for _, state, _ in rows):
+        raise typer.Exit(1)
+
+
+@data_app.command("pull")
+def data_pull() -> None:
+    """Materialise the DVC-tracked dataset and make sure the DVC remote holds it."""
+    from mlops.config import load_pipeline_config
+    from tasks.data import configure_remote, pull_dataset
+
+    settings = _settings()
+    try:
+        cfg = load_pipeline_config(settings.pipeline)
+        if settings.dvc_remote_url:
+            configure_remote(settings.project_dir, settings.dvc_remote_url, settings.dvc_remote_endpoint_url)
+        how = pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{cfg.data.path}: {how}")
+
+
+@app.command()
+def train(
+    pipeline: Annotated[Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")] = None,
+    data_rev: Annotated[str | None, typer.Option(help="Git revision of the data (default: workspace).")] = None,
+) -> None:
+    """Run the training flow in this process against the local stack."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.training import training
+
+        result = training(pipeline=str(pipeline) if pipeline else None, data_rev=data_rev, trigger="cli")
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    _print_version(result)
+
+
+def _print_version(result: Any) -> None:
+    verb = "reused" if result.reused else "registered"
+    typer.echo(f"{verb} {result.name} version {result.version}")
+    for key in sorted(result.tags):
+        if key.startswith("mlops."):
+            typer.echo(f"  {key} = {result.tags[key]}")
+
+
+def run_deployment_and_wait(settings: Settings, name: str, timeout: float = 900) -> Any:
+    """Run a deployment through the work pool, wait for its end, return its result."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(name=name, timeout=timeout)
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise MlopsError(
+            f"deployment {name}: flow run {flow_run.name} ended {state.name if state else 'unknown'}: "
+            f"{state.message if state else ''}; see {settings.prefect_ui_url}/runs/flow-run/{flow_run.id}"
+        )
+    return state.result()
+
+
+@app.command()
+def demo() -> None:
+    """The main job: start the stack, version the data, run the training deployment on the worker."""
+    from mlops.stack import LocalStack
+
+    settings = _settings()
+    started = time.monotonic()
+    try:
+        LocalStack(settings).up(with_worker=True)
+        data_pull()
+        typer.echo("running deployment training/adult on the local work pool ...")
+        result = run_deployment_and_wait(settings, "training/adult")
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    _print_version(result)
+    typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
+    typer.echo(f"Prefect UI   {settings.prefect_ui_url}  (flow runs, artifacts 'training-summary')")
+    typer.echo(f"MLflow UI    {settings.mlflow_tracking_uri}  (experiment adult-income, model adult-income)")
+    typer.echo("stop the stack with `mlops down`")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

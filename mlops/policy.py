@@ -1,0 +1,89 @@
+"""The versioned policy: what a model must achieve before it may serve, and how it is released."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mlops.config import load_yaml_model
+from mlops.errors import ConfigError
+
+#: Holdout metrics the evaluation step computes; a policy may only name these.
+KNOWN_METRICS: dict[str, Literal["higher", "lower"]] = {
+    "roc_auc": "higher",
+    "average_precision": "higher",
+    "f1": "higher",
+    "precision": "higher",
+    "recall": "higher",
+    "accuracy": "higher",
+    "log_loss": "lower",
+    "brier": "lower",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> Threshold:
+        if self.min is None and self.max is None:
+            raise ValueError("a threshold needs `min` or `max`")
+        return self
+
+    def passes(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+class FairnessPolicy(_Strict):
+    sensitive: tuple[str, ...] = ()
+    max_demographic_parity_difference: float = Field(0.2, ge=0, le=1)
+    max_equal_opportunity_difference: float = Field(0.2, ge=0, le=1)
+
+
+class ReleasePolicy(_Strict):
+    strategy: Literal["blue-green", "canary", "shadow"] = "canary"
+    canary_steps: tuple[int, ...] = (5, 25, 50, 100)
+    bake_seconds: float = Field(60, ge=0)
+
+
+class Policy(_Strict):
+    """A versioned policy file; its ``version`` is recorded on every model it judged."""
+
+    version: int = Field(ge=1)
+    metrics: dict[str, Threshold]
+    champion_margin: float = Field(
+        0.005, ge=0, description="How much worse than the champion a challenger may score."
+    )
+    fairness: FairnessPolicy = FairnessPolicy()
+    release: ReleasePolicy = ReleasePolicy()
+    require_approval: bool = False
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> Policy:
+        unknown = sorted(set(self.metrics) - set(KNOWN_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; known: {sorted(KNOWN_METRICS)}")
+        return self
+
+    def check_metrics(self, metrics: dict[str, float]) -> dict[str, bool]:
+        """Which thresholds the given holdout metrics pass, by metric name."""
+        return {name: t.passes(metrics[name]) for name, t in self.metrics.items()}
+
+
+def load_policy(path: Path, columns: set[str] | None = None) -> tuple[Policy, str]:
+    """Load a policy and its content digest; refuse sensitive columns the dataset does not have."""
+    policy = load_yaml_model(path, Policy)
+    if columns is not None:
+        missing = sorted(set(policy.fairness.sensitive) - columns)
+        if missing:
+            raise ConfigError(f"{path}: fairness.sensitive names unknown columns {missing}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return policy, digest

@@ -1,0 +1,80 @@
+"""One typed settings object for the whole product, read once at the edge (CLI, flow entry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where services run and where state lives.
+
+    Every field can be set by an environment variable with the ``MLOPS_`` prefix
+    (``MLOPS_MLFLOW_PORT=5001``) or in an optional ``.env`` file in the project folder.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    env: Literal["local", "staging", "prod"] = Field(
+        "local", description="Active environment; selects work pools and storage."
+    )
+    project_dir: Path = Field(
+        default_factory=Path.cwd, description="Root of the project (holds prefect.yaml, .dvc/)."
+    )
+    state_dir: Path = Field(
+        Path(".mlops"), description="Local stack state: databases, logs, pids, DVC remote."
+    )
+    host: str = Field("127.0.0.1", description="Interface the local services bind to.")
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    mlflow_port: int = Field(5000, ge=1, le=65535)
+    prefect_api_url: str | None = Field(
+        None, description="Prefect API; derived from host and prefect_port when unset."
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server; derived from host and mlflow_port when unset."
+    )
+    work_pool: str = Field("local", description="Work pool the local worker serves.")
+    pipeline: Path = Field(
+        Path("examples/adult/pipeline.yaml"), description="Pipeline config of the active example."
+    )
+    dvc_remote_url: str | None = Field(
+        None,
+        description="DVC remote (local folder or s3://bucket/prefix); the repo's default when unset.",
+    )
+    dvc_remote_endpoint_url: str | None = Field(
+        None, description="S3 endpoint for the DVC remote (an S3-compatible store)."
+    )
+    startup_timeout: float = Field(90.0, gt=0, description="Seconds to wait for a service.")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.project_dir = self.project_dir.resolve()
+        if not self.state_dir.is_absolute():
+            self.state_dir = self.project_dir / self.state_dir
+        if not self.pipeline.is_absolute():
+            self.pipeline = self.project_dir / self.pipeline
+        if self.prefect_api_url is None:
+            self.prefect_api_url = f"http://{self.host}:{self.prefect_port}/api"
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
+        return self
+
+    @property
+    def prefect_ui_url(self) -> str:
+        assert self.prefect_api_url is not None
+        return self.prefect_api_url.removesuffix("/api")
+
+    @property
+    def results_dir(self) -> Path:
+        """Persisted Prefect task results (the cache behind re-runs)."""
+        return self.state_dir / "prefect" / "storage"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Validation reports and failing rows, one folder per run."""
+        return self.state_dir / "reports"

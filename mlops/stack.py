@@ -1,0 +1,353 @@
+"""The local stack: a Prefect server, an MLflow server and a process worker on 127.0.0.1.
+
+`up` starts each as a child process in its own session, records its pid and start time under
+``<state_dir>/stack.json`` and waits until it answers; `down` stops exactly the recorded processes
+(the start time guards against a recycled pid); `status` says what runs where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from mlops.errors import StackError
+from mlops.settings import Settings
+
+WORKER = "worker"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    port: int | None
+    health_url: str | None
+    ui_url: str | None
+
+
+@dataclass
+class Running:
+    name: str
+    pid: int
+    started: float  # psutil create_time of the process, to tell it from a recycled pid
+    log: str
+    ui_url: str | None = None
+    port: int | None = None
+
+
+@dataclass
+class StackState:
+    services: list[Running] = field(default_factory=list)
+
+    def get(self, name: str) -> Running | None:
+        return next((s for s in self.services if s.name == name), None)
+
+
+def _bin(name: str) -> str:
+    """A console script of this environment (the venv's bin next to the running interpreter)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment for the stack's processes and for flow runs against it."""
+    state = settings.state_dir
+    prefect_home = state / "prefect"
+    env = {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_API_URL": str(settings.prefect_api_url),
+        "PREFECT_SERVER_API_HOST": settings.host,
+        "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.results_dir),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+        "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "1",
+        "MLOPS_PROJECT_DIR": str(settings.project_dir),
+        "MLOPS_STATE_DIR": str(state),
+        "MLOPS_HOST": settings.host,
+        "MLOPS_PREFECT_PORT": str(settings.prefect_port),
+        "MLOPS_MLFLOW_PORT": str(settings.mlflow_port),
+        "MLOPS_PREFECT_API_URL": str(settings.prefect_api_url),
+        "MLOPS_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "MLOPS_WORK_POOL": settings.work_pool,
+    }
+    return env
+
+
+def services(settings: Settings) -> list[Service]:
+    mlflow_dir = settings.state_dir / "mlflow"
+    return [
+        Service(
+            name="prefect",
+            argv=[_bin("prefect"), "server", "start", "--host", settings.host,
+                  "--port", str(settings.prefect_port)],
+            port=settings.prefect_port,
+            health_url=f"{settings.prefect_api_url}/health",
+            ui_url=settings.prefect_ui_url,
+        ),
+        Service(
+            name="mlflow",
+            argv=[_bin("mlflow"), "server", "--host", settings.host,
+                  "--port", str(settings.mlflow_port),
+                  "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                  "--artifacts-destination", str(mlflow_dir / "artifacts"),
+                  "--serve-artifacts", "--workers", "1"],
+            port=settings.mlflow_port,
+            health_url=f"{settings.mlflow_tracking_uri}/health",
+            ui_url=str(settings.mlflow_tracking_uri),
+        ),
+        Service(
+            name=WORKER,
+            argv=[_bin("prefect"), "worker", "start", "--pool", settings.work_pool,
+                  "--type", "process", "--name", f"mlops-{settings.work_pool}"],
+            port=None,
+            health_url=None,
+            ui_url=f"{settings.prefect_ui_url}/work-pools/work-pool/{settings.work_pool}",
+        ),
+    ]
+
+
+class LocalStack:
+    """Start, inspect and stop the local stack described by ``settings``."""
+
+    def __init__(self, settings: Settings, out: Callable[[str], None] = print) -> None:
+        self.settings = settings
+        self.out = out
+        self.state_file = settings.state_dir / "stack.json"
+        self.logs = settings.state_dir / "logs"
+
+    # state -----------------------------------------------------------------------------------
+    def load(self) -> StackState:
+        if not self.state_file.exists():
+            return StackState()
+        try:
+            raw = json.loads(self.state_file.read_text())
+            return StackState([Running(**s) for s in raw.get("services", [])])
+        except (ValueError, TypeError) as exc:
+            raise StackError(f"{self.state_file}: unreadable stack state ({exc}); remove it after "
+                             "checking no mlops process runs") from None
+
+    def _save(self, state: StackState) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"services": [asdict(s) for s in state.services]}, indent=2))
+        tmp.replace(self.state_file)
+
+    @staticmethod
+    def alive(run: Running) -> bool:
+        try:
+            proc = psutil.Process(run.pid)
+            return abs(proc.create_time() - run.started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    # up --------------------------------------------------------------------------------------
+    def up(self, with_worker: bool = True, deploy: bool = True) -> StackState:
+        """Start what is not running yet, wait for health, register the work pool and deployments."""
+        state = self.load()
+        env = os.environ | service_env(self.settings)
+        for d in (self.settings.state_dir / "prefect", self.settings.state_dir / "mlflow", self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        todo = [s for s in services(self.settings) if s.name != WORKER]
+        for svc in todo:
+            running = state.get(svc.name)
+            if running and self.alive(running):
+                self.out(f"{svc.name}: already running (pid {running.pid})")
+                continue
+            if running:
+                state.services.remove(running)
+            state.services.append(self._start(svc, env))
+            self._save(state)
+        for svc in todo:
+            run = state.get(svc.name)
+            assert run is not None and svc.health_url is not None
+            self._wait_healthy(svc, run)
+        self.ensure_work_pool()
+        if deploy:
+            self.deploy(env)
+        if with_worker:
+            svc = next(s for s in services(self.settings) if s.name == WORKER)
+            running = state.get(WORKER)
+            if not (running and self.alive(running)):
+                if running:
+                    state.services.remove(running)
+                state.services.append(self._start(svc, env))
+                self._save(state)
+            self._wait_worker(state.get(WORKER))  # type: ignore[arg-type]
+        return state
+
+    def _start(self, svc: Service, env: dict[str, str]) -> Running:
+        if svc.port is not None and not port_free(self.settings.host, svc.port):
+            raise StackError(
+                f"{svc.name}: port {svc.port} on {self.settings.host} is already in use by another "
+                f"program; stop it, or choose another port with MLOPS_{svc.name.upper()}_PORT"
+            )
+        log = self.logs / f"{svc.name}.log"
+        with log.open("ab") as fh:
+            proc = subprocess.Popen(
+                svc.argv, cwd=self.settings.project_dir, env=env, stdout=fh,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        started = psutil.Process(proc.pid).create_time()
+        self.out(f"{svc.name}: started (pid {proc.pid}, log {log})")
+        return Running(svc.name, proc.pid, started, str(log), svc.ui_url, svc.port)
+
+    def _wait_healthy(self, svc: Service, run: Running) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        assert svc.health_url is not None
+        while time.monotonic() < deadline:
+            if not self.alive(run):
+                raise StackError(f"{svc.name} exited during start-up; last lines of {run.log}:\n"
+                                 + tail(Path(run.log)))
+            if healthy(svc.health_url):
+                return
+            time.sleep(0.5)
+        raise StackError(f"{svc.name} did not answer {svc.health_url} within "
+                         f"{self.settings.startup_timeout:.0f}s; last lines of {run.log}:\n" + tail(Path(run.log)))
+
+    def ensure_work_pool(self) -> None:
+        """Create the work pool from deployments/work-pools/<name>.yaml if it does not exist (safe to run twice)."""
+        import yaml
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.exceptions import ObjectAlreadyExists
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.workers.process import ProcessWorker
+
+        spec_file = self.settings.project_dir / "deployments" / "work-pools" / f"{self.settings.work_pool}.yaml"
+        spec = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
+        if spec.get("type", "process") != "process":
+            raise StackError(f"{spec_file}: the local stack runs a process worker; type {spec['type']!r} "
+                             "needs its own worker")
+        with temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}), get_client(sync_client=True) as client:
+            try:
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=self.settings.work_pool,
+                        type="process",
+                        base_job_template=ProcessWorker.get_default_base_job_template(),
+                        description=spec.get("description"),
+                        concurrency_limit=spec.get("concurrency_limit"),
+                    )
+                )
+                self.out(f"work pool '{self.settings.work_pool}': created")
+            except ObjectAlreadyExists:
+                pass
+
+    def deploy(self, env: dict[str, str]) -> None:
+        """Register every deployment of prefect.yaml (Prefect's CLI is the API for prefect.yaml)."""
+        result = subprocess.run(
+            [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+            cwd=self.settings.project_dir, env=env, capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise StackError("prefect deploy --all failed:\n" + (result.stdout + result.stderr)[-3000:])
+        self.out("deployments: registered from prefect.yaml")
+
+    def _wait_worker(self, run: Running) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        deadline = time.monotonic() + self.settings.startup_timeout
+        with temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}), get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                if not self.alive(run):
+                    raise StackError(f"worker exited during start-up; last lines of {run.log}:\n"
+                                     + tail(Path(run.log)))
+                workers = client.read_workers_for_work_pool(self.settings.work_pool)
+                if any(w.status == "ONLINE" or str(w.status).endswith("ONLINE") for w in workers):
+                    return
+                time.sleep(0.5)
+        raise StackError(f"the worker did not come online within {self.settings.startup_timeout:.0f}s; "
+                         f"see {run.log}")
+
+    # down / status ---------------------------------------------------------------------------
+    def down(self, timeout: float = 15.0) -> list[str]:
+        """Stop the processes this stack started (worker first), and only those."""
+        state = self.load()
+        stopped = []
+        for run in sorted(state.services, key=lambda r: r.name != WORKER):
+            if self.alive(run):
+                stop_process_group(run.pid, timeout)
+                stopped.append(run.name)
+                self.out(f"{run.name}: stopped (pid {run.pid})")
+            else:
+                self.out(f"{run.name}: was not running")
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    def status(self) -> list[tuple[str, str, str]]:
+        """(service, state, where) for each recorded service: running, unhealthy or dead."""
+        state = self.load()
+        rows = []
+        by_name = {s.name: s for s in services(self.settings)}
+        for run in state.services:
+            svc = by_name.get(run.name)
+            if not self.alive(run):
+                rows.append((run.name, f"dead (pid {run.pid} is gone; see {run.log})", run.ui_url or ""))
+            elif svc and svc.health_url and not healthy(svc.health_url):
+                rows.append((run.name, f"not answering (pid {run.pid}; see {run.log})", run.ui_url or ""))
+            else:
+                rows.append((run.name, f"running (pid {run.pid})", run.ui_url or ""))
+        return rows
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process_group(pid: int, timeout: float) -> None:
+    """SIGTERM the process's session group, then SIGKILL what is left after ``timeout``."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    procs = [psutil.Process(pid)]
+    with contextlib.suppress(psutil.Error):
+        procs += procs[0].children(recursive=True)
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)

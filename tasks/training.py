@@ -1,0 +1,51 @@
+"""Model training: the configured estimator behind the feature pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from mlops.caching import PIPELINE_CACHE
+from mlops.config import FeatureConfig, ModelConfig
+from mlops.errors import ConfigError
+from tasks.features import build_feature_pipeline
+from tasks.split import Split
+
+ESTIMATORS: dict[str, type[ClassifierMixin]] = {
+    "logistic_regression": LogisticRegression,
+    "random_forest": RandomForestClassifier,
+    "hist_gradient_boosting": HistGradientBoostingClassifier,
+    "gradient_boosting": GradientBoostingClassifier,
+}
+
+
+def build_estimator(config: ModelConfig) -> ClassifierMixin:
+    """The estimator of the configured family with its hyper-parameters; unknown ones are refused."""
+    cls = ESTIMATORS[config.family]
+    valid = cls().get_params()
+    unknown = sorted(set(config.params) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"model.params: {unknown} are not parameters of {cls.__name__} "
+            f"(valid: {', '.join(sorted(valid))})"
+        )
+    params: dict[str, Any] = dict(config.params)
+    return cls(**params)
+
+
+@task(name="train-model", cache_policy=PIPELINE_CACHE, persist_result=True)
+def train_model(split: Split, features: FeatureConfig, config: ModelConfig) -> Pipeline:
+    """Fit the feature pipeline and the estimator on the training set."""
+    model = Pipeline(
+        [("features", build_feature_pipeline(features)), ("model", build_estimator(config))]
+    )
+    return model.fit(split.X_train, split.y_train)
