@@ -73,13 +73,15 @@ def pull_dataset(project_dir: Path, path: str, seed: Path | None = None) -> str:
     """
     version = resolve_data_version.fn(project_dir, path)
     target = project_dir / path
+    # DVC resolves relative targets against the working directory, not the repo: pass absolute ones.
+    targets = [str(target)]
     if target.exists() and _md5_of(target) == version.md5:
         with Repo(str(project_dir)) as repo:
-            repo.push(targets=[path])
+            repo.push(targets=targets)
         return "present"
     with Repo(str(project_dir)) as repo:
         try:
-            repo.pull(targets=[path])
+            repo.pull(targets=targets)
             return "pulled"
         except DvcException:
             if seed is None or not seed.exists():
@@ -98,8 +100,8 @@ def pull_dataset(project_dir: Path, path: str, seed: Path | None = None) -> str:
                 "refusing to version it as that data"
             )
         tmp.replace(target)
-        repo.commit(path, force=True)  # adds the verified file to the cache without changing .dvc
-        repo.push(targets=[path])
+        repo.commit(str(target), force=True)  # caches the verified file; the .dvc stays as it is
+        repo.push(targets=targets)
     return "seeded"
 
 

@@ -99,6 +99,19 @@ def conform(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:
     return out
 
 
+_TABLE_CHECKS = {"column_in_dataframe": "missing_column", "column_in_schema": "unexpected_column"}
+
+
+def _name_columns(failures: pd.DataFrame) -> pd.DataFrame:
+    """pandera reports a missing or extra column with no column and the name as the failure case;
+    put the name in the column and say plainly what is wrong."""
+    out = failures.copy()
+    table = out["column"].isna() & out["check"].isin(list(_TABLE_CHECKS))
+    out.loc[table, "column"] = out.loc[table, "failure_case"].astype(str)
+    out.loc[table, "check"] = out.loc[table, "check"].map(_TABLE_CHECKS)
+    return out
+
+
 def contract_report(frame: pd.DataFrame, failures: pd.DataFrame, source: str) -> tuple[str, pd.DataFrame]:
     """A markdown report of a contract failure and the failing rows, annotated with what failed.
 
@@ -116,7 +129,7 @@ def contract_report(frame: pd.DataFrame, failures: pd.DataFrame, source: str) ->
     grouped = failures.groupby(["column", "check"], dropna=False, sort=False)
     for (column, check), group in grouped:
         values = ", ".join(f"`{v}`" for v in group["failure_case"].astype(str).unique()[:_EXAMPLES])
-        rows = group["index"].dropna().astype(int).unique()[:_EXAMPLES]
+        rows = sorted(group["index"].dropna().astype(int).unique())[:_EXAMPLES]
         column_name = "(table)" if pd.isna(column) else column
         lines.append(
             f"| {column_name} | {check} | {len(group)} | {values} | "
@@ -148,7 +161,7 @@ def check_contract(
     try:
         build_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:
-        failures = exc.failure_cases
+        failures = _name_columns(exc.failure_cases)
         report, failed_rows = contract_report(frame, failures, source)
         report_dir.mkdir(parents=True, exist_ok=True)
         report_path = report_dir / "contract-report.md"

@@ -1,0 +1,77 @@
+"""Test settings for every tier.
+
+At import, before Prefect is imported by any test module, the whole session is pointed at a
+temporary state folder and free ports (Prefect reads its settings when it is imported). The
+servers themselves start only when a test asks for the ``local_stack`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_STATE = Path(tempfile.mkdtemp(prefix="mlops-test-"))
+os.environ.update(
+    {
+        "MLOPS_PROJECT_DIR": str(PROJECT),
+        "MLOPS_STATE_DIR": str(_STATE),
+        "MLOPS_PREFECT_PORT": str(free_port()),
+        "MLOPS_MLFLOW_PORT": str(free_port()),
+        "MLOPS_WORK_POOL": "test-pool",
+    }
+)
+for _var in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
+    os.environ.pop(_var, None)
+
+from mlops.settings import Settings  # noqa: E402
+from mlops.stack import service_env  # noqa: E402
+
+os.environ.update(service_env(Settings()))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def local_stack(settings: Settings) -> Iterator[Settings]:
+    """A real Prefect server and MLflow server on free loopback ports, for the whole session."""
+    from mlops.stack import LocalStack
+
+    stack = LocalStack(settings, out=lambda _msg: None)
+    try:
+        stack.up(with_worker=False, deploy=False)
+        yield settings
+    finally:
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def adult_data(settings: Settings) -> Path:
+    """The example dataset present in the workspace (pulled, or seeded from the shipped copy)."""
+    from mlops.config import load_pipeline_config
+    from tasks.data import pull_dataset
+
+    cfg = load_pipeline_config(settings.pipeline)
+    pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
+    return settings.project_dir / cfg.data.path
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_STATE, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""Small builders shared by the tests: a throw-away git + DVC project with its own dataset."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+EXAMPLE = PROJECT / "examples" / "adult"
+
+
+def adult_frame(rows: int = 1500) -> pd.DataFrame:
+    """The first ``rows`` rows of the shipped example, as the CSV holds them."""
+    return pd.read_csv(EXAMPLE / "adult.csv.gz", nrows=rows, dtype=str, keep_default_na=False)
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=root, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def make_project(root: Path, frame: pd.DataFrame | None = None, raw: bytes | None = None,
+                 model_name: str = "adult-test", min_rows: int = 100) -> Path:
+    """A git + DVC project under ``root`` with data/adult.csv tracked and the example's configs.
+
+    Returns the pipeline config path. ``raw`` writes the data file byte for byte instead of ``frame``.
+    """
+    from dvc.repo import Repo
+
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    git(root, "config", "user.email", "tests@mlops.invalid")
+    git(root, "config", "user.name", "mlops tests")
+    repo = Repo.init(str(root))
+    with repo.config.edit("repo") as conf:
+        conf["core"]["analytics"] = False
+    (root / "data").mkdir()
+    target = root / "data" / "adult.csv"
+    if raw is not None:
+        target.write_bytes(raw)
+    else:
+        (frame if frame is not None else adult_frame()).to_csv(target, index=False)
+    repo.add(str(target))
+    conf_dir = root / "conf"
+    conf_dir.mkdir()
+    contract = yaml.safe_load((EXAMPLE / "contract.yaml").read_text())
+    contract["min_rows"] = min_rows
+    (conf_dir / "contract.yaml").write_text(yaml.safe_dump(contract))
+    shutil.copy(EXAMPLE / "policy.yaml", conf_dir / "policy.yaml")
+    pipeline = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
+    pipeline.update(model_name=model_name, experiment=model_name)
+    pipeline["data"].pop("seed")
+    pipeline["model"]["params"]["max_iter"] = 20
+    (conf_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "data v1")
+    return conf_dir / "pipeline.yaml"

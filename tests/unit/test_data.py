@@ -1,0 +1,119 @@
+"""Versioned data through DVC: exact versions resolve and load; tampered, missing or unreadable data is refused."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mlops.errors import DataLoadError, DataVersionError
+from tasks.data import configure_remote, load_dataset, pull_dataset, resolve_data_version
+from tests.helpers import adult_frame, git, make_project
+
+pytestmark = pytest.mark.unit
+
+
+def test_resolves_the_recorded_md5_and_loads_exactly_those_bytes(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    data = (tmp_path / "data" / "adult.csv").read_bytes()
+    version = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    assert version.md5 == hashlib.md5(data).hexdigest()
+    assert version.size == len(data) and version.rev is None
+    frame = load_dataset.fn(tmp_path, version, ("?",))
+    assert len(frame) == 1500 and frame["workclass"].isna().any()
+
+
+def test_an_older_git_revision_gives_the_older_data(tmp_path: Path) -> None:
+    from dvc.repo import Repo
+
+    make_project(tmp_path)
+    v1_commit = git(tmp_path, "rev-parse", "HEAD")
+    v1 = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    adult_frame(1200).to_csv(tmp_path / "data" / "adult.csv", index=False)
+    Repo(str(tmp_path)).add(str(tmp_path / "data" / "adult.csv"))
+    git(tmp_path, "commit", "-qam", "data v2")
+
+    now = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    then = resolve_data_version.fn(tmp_path, "data/adult.csv", rev=v1_commit)
+    assert now.md5 != v1.md5 and then.md5 == v1.md5 and then.rev == v1_commit
+    assert len(load_dataset.fn(tmp_path, then)) == 1500
+    assert len(load_dataset.fn(tmp_path, now)) == 1200
+
+
+def test_a_file_edited_without_dvc_add_is_refused(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    version = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    with (tmp_path / "data" / "adult.csv").open("a") as fh:
+        fh.write("39,Private,1,Bachelors,13,Divorced,Sales,Unmarried,White,Male,0,0,40,Peru,>50K\n")
+    with pytest.raises(DataVersionError, match=r"md5 is .* but DVC records .*dvc add data/adult\.csv"):
+        load_dataset.fn(tmp_path, version)
+
+
+def test_an_untracked_path_is_refused(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    with pytest.raises(DataVersionError, match=r"data/other\.csv: not tracked by DVC"):
+        resolve_data_version.fn(tmp_path, "data/other.csv")
+
+
+def test_an_unknown_revision_is_refused(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    with pytest.raises(DataVersionError, match=r"data/adult\.csv@no-such-rev"):
+        resolve_data_version.fn(tmp_path, "data/adult.csv", rev="no-such-rev")
+
+
+def test_an_empty_file_is_refused(tmp_path: Path) -> None:
+    make_project(tmp_path, raw=b"")
+    version = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    with pytest.raises(DataLoadError, match=r"data/adult\.csv: the file is empty"):
+        load_dataset.fn(tmp_path, version)
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path) -> None:
+    make_project(tmp_path, raw=b'age,sex\n"unterminated,Male\n1,2,3,4\n')
+    version = resolve_data_version.fn(tmp_path, "data/adult.csv")
+    with pytest.raises(DataLoadError, match=r"data/adult\.csv: not a readable CSV table"):
+        load_dataset.fn(tmp_path, version)
+
+
+def test_pull_seeds_an_empty_remote_from_the_verified_copy(tmp_path: Path) -> None:
+    import gzip
+    import shutil
+
+    project = tmp_path / "project"
+    make_project(project)
+    data = project / "data" / "adult.csv"
+    seed = tmp_path / "seed.csv.gz"
+    with data.open("rb") as src, gzip.open(seed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    remote = tmp_path / "remote"
+    configure_remote(project, str(remote))
+    # a fresh clone: no workspace file, no cache
+    data.unlink()
+    shutil.rmtree(project / ".dvc" / "cache")
+
+    assert pull_dataset(project, "data/adult.csv", seed) == "seeded"
+    assert any(p.is_file() for p in remote.rglob("*")), "the remote holds the data afterwards"
+    assert pull_dataset(project, "data/adult.csv", seed) == "present"
+    data.unlink()
+    shutil.rmtree(project / ".dvc" / "cache")
+    assert pull_dataset(project, "data/adult.csv", seed) == "pulled"
+    assert len(pd.read_csv(data)) == 1500
+
+
+def test_a_seed_that_differs_from_the_record_is_refused(tmp_path: Path) -> None:
+    import gzip
+    import shutil
+
+    project = tmp_path / "project"
+    make_project(project)
+    seed = tmp_path / "seed.csv.gz"
+    with gzip.open(seed, "wb") as fh:
+        fh.write(adult_frame(1100).to_csv(index=False).encode())
+    configure_remote(project, str(tmp_path / "remote"))
+    (project / "data" / "adult.csv").unlink()
+    shutil.rmtree(project / ".dvc" / "cache")
+    with pytest.raises(DataVersionError, match="refusing to version it"):
+        pull_dataset(project, "data/adult.csv", seed)
+    assert not (project / "data" / "adult.csv").exists(), "nothing half-written is left"
