@@ -87,12 +87,14 @@ def log_training_run(
             mlflow.log_params(flatten("", params))
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
             name = data_source.rsplit("/", 1)[-1]
+            # MLflow keys a dataset by (name, digest): the digest is the DVC md5 of the file, and
+            # the name tells the two parts of the split apart.
             mlflow.log_input(
-                _dataset(split.X_train, split.y_train, data_source, name, data_md5[:8]),
+                _dataset(split.X_train, split.y_train, data_source, f"{name}:training", data_md5),
                 context="training",
             )
             mlflow.log_input(
-                _dataset(split.X_holdout, split.y_holdout, data_source, name, data_md5[:8]),
+                _dataset(split.X_holdout, split.y_holdout, data_source, f"{name}:holdout", data_md5),
                 context="holdout",
             )
             # Integer columns are declared as doubles: a missing value at serving time arrives as

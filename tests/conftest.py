@@ -59,6 +59,12 @@ def local_stack(settings: Settings) -> Iterator[Settings]:
         stack.up(with_worker=False, deploy=False)
         yield settings
     finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        # send the last flow-run logs and events before the server goes
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
         stack.down()
 
 
