@@ -251,9 +251,12 @@ class LocalStack:
                 pass
 
     def deploy(self, env: dict[str, str]) -> None:
-        """Register every deployment of prefect.yaml (Prefect's CLI is the API for prefect.yaml)."""
+        """Register every deployment of prefect.yaml on this stack's work pool.
+
+        Prefect's CLI is the only API that reads prefect.yaml.
+        """
         result = subprocess.run(
-            [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+            [_bin("prefect"), "--no-prompt", "deploy", "--all", "--pool", self.settings.work_pool],
             cwd=self.settings.project_dir, env=env, capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
