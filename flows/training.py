@@ -5,19 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from mlops.caching import code_fingerprint
 from mlops.config import load_pipeline_config
-from mlops.lineage import git_state, run_fingerprint
+from mlops.lineage import lineage_tags, training_fingerprint
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.data import load_dataset, resolve_data_version
 from tasks.evaluation import evaluate_model
-from tasks.registry import (
-    FINGERPRINT_TAG,
-    RegisteredVersion,
-    find_model_version,
-    register_model_version,
-)
+from tasks.registry import RegisteredVersion, find_model_version, register_model_version
 from tasks.reporting import publish_training_report
 from tasks.split import split_dataset
 from tasks.tracking import log_training_run
@@ -32,7 +26,7 @@ def training(
     """Train, evaluate, track and register a model from one exact version of the data.
 
     Args:
-        pipeline: pipeline config file (default: the settings' active example).
+        pipeline: pipeline config file, relative to the project (default: the settings' example).
         data_rev: git revision whose DVC-tracked data to train on (default: the workspace).
         trigger: who or what started this run, recorded on the model version.
 
@@ -43,22 +37,17 @@ def training(
     settings = Settings()
     cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
     policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
-    tracking_uri = settings.mlflow_tracking_uri
-    assert tracking_uri is not None
+    tracking_uri = str(settings.mlflow_tracking_uri)
 
     data = resolve_data_version(settings.project_dir, cfg.data.path, data_rev)
-    code = code_fingerprint(__name__)
-    fingerprint = run_fingerprint(
-        data.md5,
-        code,
-        cfg.model_dump(mode="json", include={"target", "features", "split", "model", "contract_spec"})
-        | {"na_values": cfg.data.na_values},
-    )
-    existing = find_model_version(tracking_uri, cfg.model_name, fingerprint)
+    fingerprint = training_fingerprint(cfg, data.md5)
+    existing = find_model_version(tracking_uri, cfg.model_name, fingerprint[0])
     if existing is not None:
         log.info(
             "%s v%s already holds data %s with this code and config; nothing to train",
-            existing.name, existing.version, data.short,
+            existing.name,
+            existing.version,
+            data.short,
         )
         publish_training_report(existing, data, existing.metrics, policy, None, cfg.model.family)
         return existing
@@ -72,20 +61,9 @@ def training(
     model = train_model(split, cfg.features, cfg.model)
     metrics = evaluate_model(model, split)
 
-    git = git_state(settings.project_dir)
-    tags = {
-        FINGERPRINT_TAG: fingerprint,
-        "mlops.code.sha256": code,
-        "mlops.data.path": data.path,
-        "mlops.data.md5": data.md5,
-        "mlops.data.rev": data.rev or "workspace",
-        "mlops.git.commit": git.commit,
-        "mlops.git.dirty": str(git.dirty).lower(),
-        "mlops.prefect.flow_run_id": run_id,
-        "mlops.policy.version": str(policy.version),
-        "mlops.policy.digest": policy_digest,
-        "mlops.trigger": trigger,
-    }
+    tags = lineage_tags(
+        settings.project_dir, data, fingerprint, policy, policy_digest, run_id, trigger
+    )
     run = log_training_run(
         tracking_uri,
         cfg.experiment,
@@ -103,7 +81,7 @@ def training(
         cfg.model_name,
         run.model_uri,
         tags | {"mlops.mlflow.run_id": run.run_id},
-        description=f"{cfg.model.family} on {data.path}@{data.short}, git {git.commit[:8]}",
+        description=f"{cfg.model.family} on {data.path}@{data.short}, git {tags['mlops.git.commit'][:8]}",
     )
     log.info("registered %s v%s (run %s)", registered.name, registered.version, run.run_url)
     publish_training_report(registered, data, metrics, policy, run.run_url, cfg.model.family)

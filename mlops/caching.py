@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.util
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,7 @@ def _feed(digest: Any, obj: Any) -> None:
 
 @dataclass
 class StableInputs(CachePolicy):
-    """Keys a task run on its inputs' contents (see ``stable_hash``), less the excluded ones."""
-
-    exclude: list[str] = field(default_factory=list)
+    """Keys a task run on its inputs' contents (see ``stable_hash``)."""
 
     def compute_key(
         self,
@@ -172,16 +170,8 @@ class StableInputs(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        return stable_hash({k: v for k, v in inputs.items() if k not in self.exclude})
+        return stable_hash(inputs)
 
 
-def pipeline_cache(*exclude: str) -> CachePolicy:
-    """The cache policy of a pipeline step: which step, its code, its inputs' contents.
-
-    Args:
-        exclude: inputs that do not change the result (an output folder, say).
-    """
-    return PipelineCode() + StableInputs(exclude=list(exclude))
-
-
-PIPELINE_CACHE = pipeline_cache()
+#: The cache policy of an expensive pipeline step: which step, its code, its inputs' contents.
+PIPELINE_CACHE = PipelineCode() + StableInputs()

@@ -19,7 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="The DVC-versioned dataset of the active pipeline.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="The DVC-versioned dataset of the active pipeline.", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 
 
@@ -57,7 +59,9 @@ def _need_stack(settings: Settings) -> None:
 
 @app.command()
 def up(
-    worker: Annotated[bool, typer.Option(help="Also start a process worker for the deployments.")] = True,
+    worker: Annotated[
+        bool, typer.Option(help="Also start a process worker for the deployments.")
+    ] = True,
 ) -> None:
     """Start the Prefect server, MLflow server and a worker on 127.0.0.1; wait until they answer."""
     from mlops.stack import LocalStack
@@ -113,7 +117,9 @@ def data_pull() -> None:
     try:
         cfg = load_pipeline_config(settings.pipeline)
         if settings.dvc_remote_url:
-            configure_remote(settings.project_dir, settings.dvc_remote_url, settings.dvc_remote_endpoint_url)
+            configure_remote(
+                settings.project_dir, settings.dvc_remote_url, settings.dvc_remote_endpoint_url
+            )
         how = pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
     except MlopsError as exc:
         raise _fail(exc) from None
@@ -122,8 +128,12 @@ def data_pull() -> None:
 
 @app.command()
 def train(
-    pipeline: Annotated[Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")] = None,
-    data_rev: Annotated[str | None, typer.Option(help="Git revision of the data (default: workspace).")] = None,
+    pipeline: Annotated[
+        Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
+    ] = None,
+    data_rev: Annotated[
+        str | None, typer.Option(help="Git revision of the data (default: workspace).")
+    ] = None,
 ) -> None:
     """Run the training flow in this process against the local stack."""
     settings = _settings()
@@ -131,7 +141,9 @@ def train(
         _need_stack(settings)
         from flows.training import training
 
-        result = training(pipeline=str(pipeline) if pipeline else None, data_rev=data_rev, trigger="cli")
+        result = training(
+            pipeline=str(pipeline) if pipeline else None, data_rev=data_rev, trigger="cli"
+        )
     except MlopsError as exc:
         raise _fail(exc) from None
     _print_version(result)
@@ -147,9 +159,11 @@ def _print_version(result: Any) -> None:
 
 def run_deployment_and_wait(settings: Settings, name: str, timeout: float = 900) -> Any:
     """Run a deployment through the work pool, wait for its end, return its result."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(name=name, timeout=timeout)
+    assert isinstance(flow_run, FlowRun)  # the sync form, called outside an event loop
     state = flow_run.state
     if state is None or not state.is_completed():
         raise MlopsError(
@@ -176,7 +190,9 @@ def demo() -> None:
     _print_version(result)
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
     typer.echo(f"Prefect UI   {settings.prefect_ui_url}  (flow runs, artifacts 'training-summary')")
-    typer.echo(f"MLflow UI    {settings.mlflow_tracking_uri}  (experiment adult-income, model adult-income)")
+    typer.echo(
+        f"MLflow UI    {settings.mlflow_tracking_uri}  (experiment adult-income, model adult-income)"
+    )
     typer.echo("stop the stack with `mlops down`")
 
 

@@ -95,27 +95,53 @@ def services(settings: Settings) -> list[Service]:
     return [
         Service(
             name="prefect",
-            argv=[_bin("prefect"), "server", "start", "--host", settings.host,
-                  "--port", str(settings.prefect_port)],
+            argv=[
+                _bin("prefect"),
+                "server",
+                "start",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.prefect_port),
+            ],
             port=settings.prefect_port,
             health_url=f"{settings.prefect_api_url}/health",
             ui_url=settings.prefect_ui_url,
         ),
         Service(
             name="mlflow",
-            argv=[_bin("mlflow"), "server", "--host", settings.host,
-                  "--port", str(settings.mlflow_port),
-                  "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                  "--artifacts-destination", str(mlflow_dir / "artifacts"),
-                  "--serve-artifacts", "--workers", "1"],
+            argv=[
+                _bin("mlflow"),
+                "server",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.mlflow_port),
+                "--backend-store-uri",
+                f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(mlflow_dir / "artifacts"),
+                "--serve-artifacts",
+                "--workers",
+                "1",
+            ],
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_tracking_uri}/health",
             ui_url=str(settings.mlflow_tracking_uri),
         ),
         Service(
             name=WORKER,
-            argv=[_bin("prefect"), "worker", "start", "--pool", settings.work_pool,
-                  "--type", "process", "--name", f"mlops-{settings.work_pool}"],
+            argv=[
+                _bin("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                settings.work_pool,
+                "--type",
+                "process",
+                "--name",
+                f"mlops-{settings.work_pool}",
+            ],
             port=None,
             health_url=None,
             ui_url=f"{settings.prefect_ui_url}/work-pools/work-pool/{settings.work_pool}",
@@ -140,8 +166,10 @@ class LocalStack:
             raw = json.loads(self.state_file.read_text())
             return StackState([Running(**s) for s in raw.get("services", [])])
         except (ValueError, TypeError) as exc:
-            raise StackError(f"{self.state_file}: unreadable stack state ({exc}); remove it after "
-                             "checking no mlops process runs") from None
+            raise StackError(
+                f"{self.state_file}: unreadable stack state ({exc}); remove it after "
+                "checking no mlops process runs"
+            ) from None
 
     def _save(self, state: StackState) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -153,7 +181,10 @@ class LocalStack:
     def alive(run: Running) -> bool:
         try:
             proc = psutil.Process(run.pid)
-            return abs(proc.create_time() - run.started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+            return (
+                abs(proc.create_time() - run.started) < 1.0
+                and proc.status() != psutil.STATUS_ZOMBIE
+            )
         except psutil.Error:
             return False
 
@@ -162,7 +193,11 @@ class LocalStack:
         """Start what is not running yet, wait for health, register the work pool and deployments."""
         state = self.load()
         env = os.environ | service_env(self.settings)
-        for d in (self.settings.state_dir / "prefect", self.settings.state_dir / "mlflow", self.logs):
+        for d in (
+            self.settings.state_dir / "prefect",
+            self.settings.state_dir / "mlflow",
+            self.logs,
+        ):
             d.mkdir(parents=True, exist_ok=True)
         todo = [s for s in services(self.settings) if s.name != WORKER]
         for svc in todo:
@@ -201,8 +236,13 @@ class LocalStack:
         log = self.logs / f"{svc.name}.log"
         with log.open("ab") as fh:
             proc = subprocess.Popen(
-                svc.argv, cwd=self.settings.project_dir, env=env, stdout=fh,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                svc.argv,
+                cwd=self.settings.project_dir,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         started = psutil.Process(proc.pid).create_time()
         self.out(f"{svc.name}: started (pid {proc.pid}, log {log})")
@@ -213,13 +253,18 @@ class LocalStack:
         assert svc.health_url is not None
         while time.monotonic() < deadline:
             if not self.alive(run):
-                raise StackError(f"{svc.name} exited during start-up; last lines of {run.log}:\n"
-                                 + tail(Path(run.log)))
+                raise StackError(
+                    f"{svc.name} exited during start-up; last lines of {run.log}:\n"
+                    + tail(Path(run.log))
+                )
             if healthy(svc.health_url):
                 return
             time.sleep(0.5)
-        raise StackError(f"{svc.name} did not answer {svc.health_url} within "
-                         f"{self.settings.startup_timeout:.0f}s; last lines of {run.log}:\n" + tail(Path(run.log)))
+        raise StackError(
+            f"{svc.name} did not answer {svc.health_url} within "
+            f"{self.settings.startup_timeout:.0f}s; last lines of {run.log}:\n"
+            + tail(Path(run.log))
+        )
 
     def ensure_work_pool(self) -> None:
         """Create the work pool from deployments/work-pools/<name>.yaml if it does not exist (safe to run twice)."""
@@ -230,12 +275,22 @@ class LocalStack:
         from prefect.settings import PREFECT_API_URL, temporary_settings
         from prefect.workers.process import ProcessWorker
 
-        spec_file = self.settings.project_dir / "deployments" / "work-pools" / f"{self.settings.work_pool}.yaml"
+        spec_file = (
+            self.settings.project_dir
+            / "deployments"
+            / "work-pools"
+            / f"{self.settings.work_pool}.yaml"
+        )
         spec = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
         if spec.get("type", "process") != "process":
-            raise StackError(f"{spec_file}: the local stack runs a process worker; type {spec['type']!r} "
-                             "needs its own worker")
-        with temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}), get_client(sync_client=True) as client:
+            raise StackError(
+                f"{spec_file}: the local stack runs a process worker; type {spec['type']!r} "
+                "needs its own worker"
+            )
+        with (
+            temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}),
+            get_client(sync_client=True) as client,
+        ):
             try:
                 client.create_work_pool(
                     WorkPoolCreate(
@@ -257,10 +312,16 @@ class LocalStack:
         """
         result = subprocess.run(
             [_bin("prefect"), "--no-prompt", "deploy", "--all", "--pool", self.settings.work_pool],
-            cwd=self.settings.project_dir, env=env, capture_output=True, text=True, check=False,
+            cwd=self.settings.project_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
-            raise StackError("prefect deploy --all failed:\n" + (result.stdout + result.stderr)[-3000:])
+            raise StackError(
+                "prefect deploy --all failed:\n" + (result.stdout + result.stderr)[-3000:]
+            )
         self.out("deployments: registered from prefect.yaml")
 
     def _wait_worker(self, run: Running) -> None:
@@ -268,17 +329,24 @@ class LocalStack:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         deadline = time.monotonic() + self.settings.startup_timeout
-        with temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}), get_client(sync_client=True) as client:
+        with (
+            temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}),
+            get_client(sync_client=True) as client,
+        ):
             while time.monotonic() < deadline:
                 if not self.alive(run):
-                    raise StackError(f"worker exited during start-up; last lines of {run.log}:\n"
-                                     + tail(Path(run.log)))
+                    raise StackError(
+                        f"worker exited during start-up; last lines of {run.log}:\n"
+                        + tail(Path(run.log))
+                    )
                 workers = client.read_workers_for_work_pool(self.settings.work_pool)
                 if any(w.status == "ONLINE" or str(w.status).endswith("ONLINE") for w in workers):
                     return
                 time.sleep(0.5)
-        raise StackError(f"the worker did not come online within {self.settings.startup_timeout:.0f}s; "
-                         f"see {run.log}")
+        raise StackError(
+            f"the worker did not come online within {self.settings.startup_timeout:.0f}s; "
+            f"see {run.log}"
+        )
 
     # down / status ---------------------------------------------------------------------------
     def down(self, timeout: float = 15.0) -> list[str]:
@@ -304,9 +372,13 @@ class LocalStack:
         for run in state.services:
             svc = by_name.get(run.name)
             if not self.alive(run):
-                rows.append((run.name, f"dead (pid {run.pid} is gone; see {run.log})", run.ui_url or ""))
+                rows.append(
+                    (run.name, f"dead (pid {run.pid} is gone; see {run.log})", run.ui_url or "")
+                )
             elif svc and svc.health_url and not healthy(svc.health_url):
-                rows.append((run.name, f"not answering (pid {run.pid}; see {run.log})", run.ui_url or ""))
+                rows.append(
+                    (run.name, f"not answering (pid {run.pid}; see {run.log})", run.ui_url or "")
+                )
             else:
                 rows.append((run.name, f"running (pid {run.pid})", run.ui_url or ""))
         return rows

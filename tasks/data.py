@@ -14,8 +14,8 @@ from dvc.api import DVCFileSystem
 from dvc.exceptions import DvcException
 from dvc.repo import Repo
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from mlops.caching import PIPELINE_CACHE
 from mlops.errors import DataLoadError, DataVersionError
 
 REMOTE_NAME = "mlops"
@@ -105,7 +105,13 @@ def pull_dataset(project_dir: Path, path: str, seed: Path | None = None) -> str:
     return "seeded"
 
 
-@task(name="resolve-data-version", retries=2, retry_delay_seconds=[1, 5])
+@task(
+    name="resolve-data-version",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def resolve_data_version(project_dir: Path, path: str, rev: str | None = None) -> DataVersion:
     """Resolve the DVC record of ``path`` at git revision ``rev`` (the workspace when None)."""
     try:
@@ -123,7 +129,7 @@ def resolve_data_version(project_dir: Path, path: str, rev: str | None = None) -
     return DataVersion(path=path, md5=md5, size=int(dvc_info.get("size") or 0), rev=rev)
 
 
-@task(name="load-dataset", cache_policy=PIPELINE_CACHE, persist_result=True)
+@task(name="load-dataset", cache_policy=NO_CACHE, persist_result=False)
 def load_dataset(
     project_dir: Path, version: DataVersion, na_values: tuple[str, ...] = ()
 ) -> pd.DataFrame:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
-from mlops.caching import PIPELINE_CACHE
 from tasks.split import Split
 
 
-def score(y_true, proba, threshold: float = 0.5) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def score(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Every metric a policy may name (mlops.policy.KNOWN_METRICS), from labels and P(positive)."""
     pred = (proba >= threshold).astype(int)
     return {
@@ -25,7 +26,7 @@ def score(y_true, proba, threshold: float = 0.5) -> dict[str, float]:  # type: i
     }
 
 
-@task(name="evaluate-model", cache_policy=PIPELINE_CACHE, persist_result=True)
+@task(name="evaluate-model", cache_policy=NO_CACHE, persist_result=False)
 def evaluate_model(model: Pipeline, split: Split) -> dict[str, float]:
     """Score the fitted model on the holdout set."""
     proba = model.predict_proba(split.X_holdout)[:, 1]

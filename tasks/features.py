@@ -16,9 +16,7 @@ def build_feature_pipeline(features: FeatureConfig) -> ColumnTransformer:
     Categories unseen in training are encoded as all zeros at prediction time rather than
     failing, so a rare new value in production degrades gracefully (monitoring flags it).
     """
-    numeric = Pipeline(
-        [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-    )
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
     categorical = Pipeline(
         [
             ("impute", SimpleImputer(strategy="most_frequent")),

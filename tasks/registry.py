@@ -8,10 +8,10 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
+from mlops.lineage import FINGERPRINT_TAG
 from tasks.tracking import tracking_server
-
-FINGERPRINT_TAG = "mlops.fingerprint"
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,9 @@ def _as_registered(client: MlflowClient, mv: ModelVersion, reused: bool) -> Regi
     metrics: dict[str, float] = {}
     if mv.run_id:
         logged = client.get_run(mv.run_id).data.metrics
-        metrics = {k.removeprefix("holdout_"): v for k, v in logged.items() if k.startswith("holdout_")}
+        metrics = {
+            k.removeprefix("holdout_"): v for k, v in logged.items() if k.startswith("holdout_")
+        }
     return RegisteredVersion(
         name=mv.name,
         version=int(mv.version),
@@ -39,7 +41,13 @@ def _as_registered(client: MlflowClient, mv: ModelVersion, reused: bool) -> Regi
     )
 
 
-@task(name="find-model-version", retries=2, retry_delay_seconds=[1, 5])
+@task(
+    name="find-model-version",
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def find_model_version(tracking_uri: str, name: str, fingerprint: str) -> RegisteredVersion | None:
     """The registered version of ``name`` that an identical run produced, if there is one."""
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -52,7 +60,7 @@ def find_model_version(tracking_uri: str, name: str, fingerprint: str) -> Regist
     return _as_registered(client, earliest, reused=True)
 
 
-@task(name="register-model-version")
+@task(name="register-model-version", cache_policy=NO_CACHE, persist_result=False)
 def register_model_version(
     tracking_uri: str, name: str, model_uri: str, tags: dict[str, str], description: str
 ) -> RegisteredVersion:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from mlops.policy import KNOWN_METRICS, Policy
 from tasks.data import DataVersion
@@ -18,9 +19,7 @@ def metrics_table(metrics: dict[str, float], policy: Policy) -> list[dict[str, s
         bound = ""
         verdict = ""
         if threshold is not None:
-            bound = (
-                f">= {threshold.min}" if threshold.min is not None else f"<= {threshold.max}"
-            )
+            bound = f">= {threshold.min}" if threshold.min is not None else f"<= {threshold.max}"
             verdict = "pass" if threshold.passes(value) else "FAIL"
         rows.append(
             {
@@ -67,7 +66,7 @@ def training_summary(
     return "\n".join(lines) + "\n"
 
 
-@task(name="publish-training-report")
+@task(name="publish-training-report", cache_policy=NO_CACHE, persist_result=False)
 def publish_training_report(
     result: RegisteredVersion,
     data: DataVersion,

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sklearn.model_selection import train_test_split
 
-from mlops.caching import PIPELINE_CACHE
 from mlops.config import SplitConfig, TargetConfig
 
 
@@ -22,7 +22,7 @@ class Split:
     y_holdout: pd.Series
 
 
-@task(name="split-dataset", cache_policy=PIPELINE_CACHE, persist_result=True)
+@task(name="split-dataset", cache_policy=NO_CACHE, persist_result=False)
 def split_dataset(
     frame: pd.DataFrame, features: list[str], target: TargetConfig, config: SplitConfig
 ) -> Split:

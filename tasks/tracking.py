@@ -14,6 +14,7 @@ import mlflow.sklearn
 import pandas as pd
 from mlflow.models import infer_signature
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
 from tasks.split import Split
@@ -46,7 +47,7 @@ def tracking_server(uri: str) -> Iterator[None]:
 
 def _dataset(frame: pd.DataFrame, target: pd.Series, source: str, name: str, digest: str) -> Any:
     data = frame.assign(**{target.name: target.to_numpy()})
-    return mlflow.data.from_pandas(
+    return mlflow.data.from_pandas(  # type: ignore[attr-defined]
         data, source=source, targets=str(target.name), name=name, digest=digest
     )
 
@@ -63,7 +64,13 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-@task(name="log-training-run", retries=2, retry_delay_seconds=[2, 10])
+@task(
+    name="log-training-run",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def log_training_run(
     tracking_uri: str,
     experiment: str,
@@ -94,7 +101,9 @@ def log_training_run(
                 context="training",
             )
             mlflow.log_input(
-                _dataset(split.X_holdout, split.y_holdout, data_source, f"{name}:holdout", data_md5),
+                _dataset(
+                    split.X_holdout, split.y_holdout, data_source, f"{name}:holdout", data_md5
+                ),
                 context="holdout",
             )
             # Integer columns are declared as doubles: a missing value at serving time arrives as

@@ -9,8 +9,8 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
-from mlops.caching import pipeline_cache
 from mlops.config import ColumnContract, DataContract
 from mlops.errors import DataContractError
 
@@ -29,7 +29,9 @@ def _column_checks(name: str, spec: ColumnContract) -> list[pa.Check]:
         ]
         if spec.type == "int":
             checks.append(
-                pa.Check(lambda s: (_numeric(s) % 1 == 0) | _numeric(s).isna(), name="whole_numbers")
+                pa.Check(
+                    lambda s: (_numeric(s) % 1 == 0) | _numeric(s).isna(), name="whole_numbers"
+                )
             )
         if spec.min is not None or spec.max is not None:
             lo = float("-inf") if spec.min is None else spec.min
@@ -112,7 +114,9 @@ def _name_columns(failures: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def contract_report(frame: pd.DataFrame, failures: pd.DataFrame, source: str) -> tuple[str, pd.DataFrame]:
+def contract_report(
+    frame: pd.DataFrame, failures: pd.DataFrame, source: str
+) -> tuple[str, pd.DataFrame]:
     """A markdown report of a contract failure and the failing rows, annotated with what failed.
 
     Row numbers in the report are 0-based data rows; the CSV line is the row number plus 2.
@@ -141,7 +145,11 @@ def contract_report(frame: pd.DataFrame, failures: pd.DataFrame, source: str) ->
         by_row = (
             failures.dropna(subset=["index"])
             .assign(index=lambda d: d["index"].astype(int))
-            .assign(what=lambda d: d["column"].fillna("(table)").astype(str) + ":" + d["check"].astype(str))
+            .assign(
+                what=lambda d: (
+                    d["column"].fillna("(table)").astype(str) + ":" + d["check"].astype(str)
+                )
+            )
             .groupby("index")["what"]
             .agg(lambda w: "; ".join(sorted(set(w))))
         )
@@ -187,7 +195,7 @@ def check_contract(
     return conform(frame, contract)
 
 
-@task(name="validate-dataset", cache_policy=pipeline_cache("report_dir"), persist_result=True)
+@task(name="validate-dataset", cache_policy=NO_CACHE, persist_result=False)
 def validate_dataset(
     frame: pd.DataFrame, contract: DataContract, source: str, report_dir: Path
 ) -> pd.DataFrame:
@@ -202,4 +210,3 @@ def validate_dataset(
             description=f"Why {source} was refused",
         )
         raise
-

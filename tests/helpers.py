@@ -24,8 +24,13 @@ def git(root: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def make_project(root: Path, frame: pd.DataFrame | None = None, raw: bytes | None = None,
-                 model_name: str = "adult-test", min_rows: int = 100) -> Path:
+def make_project(
+    root: Path,
+    frame: pd.DataFrame | None = None,
+    raw: bytes | None = None,
+    model_name: str = "adult-test",
+    min_rows: int = 100,
+) -> Path:
     """A git + DVC project under ``root`` with data/adult.csv tracked and the example's configs.
 
     Returns the pipeline config path. ``raw`` writes the data file byte for byte instead of ``frame``.

@@ -11,7 +11,13 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId, TaskRunFilter
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+)
 
 from flows.training import training
 from mlops.errors import DataContractError, DataLoadError
@@ -22,13 +28,17 @@ pytestmark = pytest.mark.flows
 
 
 def _client(settings: Settings) -> MlflowClient:
-    return MlflowClient(tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    return MlflowClient(
+        tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
+    )
 
 
 def _artifact_keys(flow_run_id: str) -> set[str]:
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)])
+            )
         )
     return {a.key for a in arts if a.key}
 
@@ -69,18 +79,35 @@ def test_first_run_registers_a_version_with_its_lineage(local_stack: Settings, f
     assert run.data.params["model.family"] == "hist_gradient_boosting"
     assert run.data.tags["mlops.data.md5"] == dvc_record["md5"]
     contexts = {
-        (i.dataset.digest, t.value) for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"
+        (i.dataset.digest, t.value)
+        for i in run.inputs.dataset_inputs
+        for t in i.tags
+        if t.key == "mlflow.data.context"
     }
     assert contexts == {(dvc_record["md5"], "training"), (dvc_record["md5"], "holdout")}
 
 
-def test_the_registered_model_loads_and_checks_its_signature(local_stack: Settings, first_run) -> None:
+def test_the_registered_model_loads_and_checks_its_signature(
+    local_stack: Settings, first_run
+) -> None:
     mlflow.set_tracking_uri(local_stack.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/adult-income/{first_run.version}")
     names = [c.name for c in model.metadata.get_input_schema().inputs]
     assert "age" in names and "income" not in names
     rows = adult_frame(50).replace("?", None).drop(columns=["income"])
-    rows = rows.astype({c: "float64" for c in ("age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week")})
+    rows = rows.astype(
+        {
+            c: "float64"
+            for c in (
+                "age",
+                "fnlwgt",
+                "education_num",
+                "capital_gain",
+                "capital_loss",
+                "hours_per_week",
+            )
+        }
+    )
     assert set(model.predict(rows)) <= {0, 1}
     with pytest.raises(Exception, match="age"):
         model.predict(rows.drop(columns=["age"]))
@@ -97,15 +124,23 @@ def test_rerun_with_nothing_changed_registers_nothing(local_stack: Settings, fir
     assert len(client.search_runs([exp.experiment_id])) == runs_before
 
 
-def test_task_results_are_reused_when_only_registration_is_missing(local_stack: Settings, first_run) -> None:
-    """With the version gone (deleted by hand), a re-run trains nothing: every step before
-    logging is a cache hit, and a new version is registered from the cached model."""
+def test_task_results_are_reused_when_only_registration_is_missing(
+    local_stack: Settings, first_run
+) -> None:
+    """With the version gone (deleted by hand), a re-run trains nothing: the model comes from
+    Prefect's task cache, and a new version is registered from it."""
     client = _client(local_stack)
     client.delete_model_version("adult-income", str(first_run.version))
     rerun = training()
     assert not rerun.reused and rerun.version > first_run.version
     states = _task_states(rerun.tags["mlops.prefect.flow_run_id"])
-    for step in ("load-dataset", "validate-dataset", "split-dataset", "train-model", "evaluate-model"):
+    for step in (
+        "load-dataset",
+        "validate-dataset",
+        "split-dataset",
+        "train-model",
+        "evaluate-model",
+    ):
         assert states[step] == "Cached", (step, states)
     assert states["register-model-version"] == "Completed"
 
@@ -122,9 +157,17 @@ def _bad_frames() -> dict[str, tuple[pd.DataFrame | bytes, type[Exception], str]
         "missing-column": (base.drop(columns=["race"]), DataContractError, "race:missing_column"),
         "wrong-type": (wrong_type, DataContractError, "hours_per_week:int_values"),
         "out-of-range": (out_of_range, DataContractError, r"age:in_range\[17.0, 100.0\]"),
-        "unknown-category": (unknown, DataContractError, r"education:known_categories\(tolerance=0.01\)"),
+        "unknown-category": (
+            unknown,
+            DataContractError,
+            r"education:known_categories\(tolerance=0.01\)",
+        ),
         "empty-file": (b"", DataLoadError, "the file is empty"),
-        "unreadable-file": (b'age,sex\n"open,Male\n1,2,3\n', DataLoadError, "not a readable CSV table"),
+        "unreadable-file": (
+            b'age,sex\n"open,Male\n1,2,3\n',
+            DataLoadError,
+            "not a readable CSV table",
+        ),
     }
 
 
@@ -135,8 +178,10 @@ def test_bad_data_stops_the_flow_before_anything_is_logged(
     data, error, message = _bad_frames()[case]
     name = f"bad-{case}"
     pipeline = make_project(
-        tmp_path, frame=data if isinstance(data, pd.DataFrame) else None,
-        raw=data if isinstance(data, bytes) else None, model_name=name,
+        tmp_path,
+        frame=data if isinstance(data, pd.DataFrame) else None,
+        raw=data if isinstance(data, bytes) else None,
+        model_name=name,
     )
     monkeypatch.setenv("MLOPS_PROJECT_DIR", str(tmp_path))
     state = training(pipeline=str(pipeline), return_state=True)
@@ -149,6 +194,8 @@ def test_bad_data_stops_the_flow_before_anything_is_logged(
     exp = client.get_experiment_by_name(name)
     assert exp is None or client.search_runs([exp.experiment_id]) == []
     if error is DataContractError:
-        reports = list((local_stack.reports_dir).glob(f"{state.state_details.flow_run_id}/contract-report.md"))
+        reports = list(
+            (local_stack.reports_dir).glob(f"{state.state_details.flow_run_id}/contract-report.md")
+        )
         assert reports, "the contract report is written for inspection"
         assert "data-contract-violations" in _artifact_keys(str(state.state_details.flow_run_id))

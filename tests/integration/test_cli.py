@@ -30,21 +30,27 @@ def _run(env: dict[str, str], *argv: str, timeout: float = 600) -> subprocess.Co
     )
 
 
-def mlops(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def mlops(
+    env: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     return _run(env, str(BIN / "mlops"), *args, timeout=timeout)
 
 
 def _clean(out: subprocess.CompletedProcess[str]) -> None:
     text = out.stdout + out.stderr
     assert "Traceback" not in text, text
-    assert not [line for line in text.splitlines() if "| ERROR" in line or line.startswith("ERROR")], text
+    assert not [
+        line for line in text.splitlines() if "| ERROR" in line or line.startswith("ERROR")
+    ], text
 
 
 @pytest.fixture(scope="module")
 def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A user's shell: its own state folder and ports, nothing inherited from the test session."""
     state = tmp_path_factory.mktemp("user-stack")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "PREFECT_", "MLFLOW_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "PREFECT_", "MLFLOW_"))
+    }
     env.update(
         MLOPS_STATE_DIR=str(state),
         MLOPS_PREFECT_PORT=str(free_port()),
@@ -84,8 +90,16 @@ def test_demo_then_prefect_cli_then_status_and_down(user_env: dict[str, str]) ->
 
     # the Prefect CLI against the stack runs the deployment through the worker
     api = f"http://127.0.0.1:{user_env['MLOPS_PREFECT_PORT']}/api"
-    run = _run({**user_env, "PREFECT_API_URL": api}, str(BIN / "prefect"), "deployment", "run",
-               "training/adult", "--watch", "--watch-timeout", "600")
+    run = _run(
+        {**user_env, "PREFECT_API_URL": api},
+        str(BIN / "prefect"),
+        "deployment",
+        "run",
+        "training/adult",
+        "--watch",
+        "--watch-timeout",
+        "600",
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Flow run finished successfully in 'Completed'" in run.stdout
     flow_run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID:" in line)
@@ -97,7 +111,11 @@ def test_demo_then_prefect_cli_then_status_and_down(user_env: dict[str, str]) ->
 
     status = mlops(user_env, "status")
     assert status.returncode == 0
-    assert [line.split()[0] for line in status.stdout.splitlines()] == ["prefect", "mlflow", "worker"]
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [
+        "prefect",
+        "mlflow",
+        "worker",
+    ]
 
     # a server that dies is reported, and a command that needs it says so
     state = json.loads((Path(user_env["MLOPS_STATE_DIR"]) / "stack.json").read_text())
@@ -115,5 +133,7 @@ def test_demo_then_prefect_cli_then_status_and_down(user_env: dict[str, str]) ->
     down = mlops(user_env, "down")
     assert down.returncode == 0
     for name, pid in pids.items():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
+            name
+        )
     assert "not running" in mlops(user_env, "status").stdout

@@ -37,7 +37,9 @@ def test_example_config_loads_with_its_contract_and_policy() -> None:
     policy, digest = load_policy(cfg.policy, set(cfg.contract.columns))
     assert policy.version >= 1 and len(digest) == 12
     assert policy.check_metrics({"roc_auc": 0.95, "f1": 0.7, "brier": 0.08}) == {
-        "roc_auc": True, "f1": True, "brier": True,
+        "roc_auc": True,
+        "f1": True,
+        "brier": True,
     }
     assert policy.check_metrics({"roc_auc": 0.80, "f1": 0.7, "brier": 0.2})["brier"] is False
 
@@ -99,7 +101,9 @@ def test_policy_threshold_needs_a_bound(tmp_path: Path) -> None:
         load_policy(_write(tmp_path / "policy.yaml", raw))
 
 
-def test_settings_read_the_mlops_prefix_and_derive_urls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_settings_read_the_mlops_prefix_and_derive_urls(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MLOPS_PROJECT_DIR", str(tmp_path))
     monkeypatch.setenv("MLOPS_STATE_DIR", "state")
     monkeypatch.setenv("MLOPS_MLFLOW_PORT", "5123")

@@ -26,7 +26,9 @@ def _as_read(frame: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
 
 def _breach(frame: pd.DataFrame, tmp_path: Path) -> DataContractError:
     with pytest.raises(DataContractError) as info:
-        check_contract(_as_read(frame, tmp_path), CONTRACT, "data/adult.csv@test", tmp_path / "report")
+        check_contract(
+            _as_read(frame, tmp_path), CONTRACT, "data/adult.csv@test", tmp_path / "report"
+        )
     return info.value
 
 

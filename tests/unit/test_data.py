@@ -47,7 +47,9 @@ def test_a_file_edited_without_dvc_add_is_refused(tmp_path: Path) -> None:
     version = resolve_data_version.fn(tmp_path, "data/adult.csv")
     with (tmp_path / "data" / "adult.csv").open("a") as fh:
         fh.write("39,Private,1,Bachelors,13,Divorced,Sales,Unmarried,White,Male,0,0,40,Peru,>50K\n")
-    with pytest.raises(DataVersionError, match=r"md5 is .* but DVC records .*dvc add data/adult\.csv"):
+    with pytest.raises(
+        DataVersionError, match=r"md5 is .* but DVC records .*dvc add data/adult\.csv"
+    ):
         load_dataset.fn(tmp_path, version)
 
 

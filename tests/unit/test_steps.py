@@ -40,7 +40,9 @@ def test_split_is_deterministic_stratified_and_disjoint(frame: pd.DataFrame) -> 
     assert len(a.X_holdout) == round(len(frame) * CFG.split.test_size)
     assert "income" not in a.X_train.columns
     assert abs(a.y_train.mean() - a.y_holdout.mean()) < 0.01, "stratified on the label"
-    other = split_dataset.fn(frame, CFG.features.columns, CFG.target, CFG.split.model_copy(update={"seed": 7}))
+    other = split_dataset.fn(
+        frame, CFG.features.columns, CFG.target, CFG.split.model_copy(update={"seed": 7})
+    )
     assert not other.X_holdout.index.equals(a.X_holdout.index)
 
 
@@ -55,7 +57,9 @@ def test_trained_model_beats_chance_and_tolerates_unseen_categories(frame: pd.Da
 
 
 def test_unknown_hyper_parameter_names_the_estimator() -> None:
-    with pytest.raises(ConfigError, match=r"\['max_depthh'\] are not parameters of HistGradientBoostingClassifier"):
+    with pytest.raises(
+        ConfigError, match=r"\['max_depthh'\] are not parameters of HistGradientBoostingClassifier"
+    ):
         build_estimator(ModelConfig(family="hist_gradient_boosting", params={"max_depthh": 3}))
 
 
@@ -76,7 +80,9 @@ def test_stable_hash_survives_a_round_trip_and_sees_changes(frame: pd.DataFrame)
     changed = frame.copy()
     changed.loc[changed.index[0], "age"] += 1
     assert stable_hash(changed) != stable_hash(frame)
-    refit = train_model.fn(split, CFG.features, SMALL.model_copy(update={"params": {"max_iter": 21}}))
+    refit = train_model.fn(
+        split, CFG.features, SMALL.model_copy(update={"params": {"max_iter": 21}})
+    )
     assert stable_hash(refit) != stable_hash(model)
 
 

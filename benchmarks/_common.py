@@ -1,0 +1,78 @@
+"""Shared by the benchmarks: a private local stack and throw-away copies of the example config.
+
+Import this before anything imports Prefect: it points Prefect at the private stack's state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+EXAMPLE = PROJECT / "examples" / "adult"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+STATE = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
+os.environ.update(
+    MLOPS_PROJECT_DIR=str(PROJECT),
+    MLOPS_STATE_DIR=str(STATE),
+    MLOPS_PREFECT_PORT=str(_free_port()),
+    MLOPS_MLFLOW_PORT=str(_free_port()),
+)
+for _var in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
+    os.environ.pop(_var, None)
+
+from mlops.settings import Settings  # noqa: E402
+from mlops.stack import LocalStack, service_env  # noqa: E402
+
+SETTINGS = Settings()
+os.environ.update(service_env(SETTINGS))
+
+
+@contextmanager
+def local_stack() -> Iterator[Settings]:
+    """Prefect and MLflow servers on free ports for the benchmark's lifetime; data pulled."""
+    from mlops.config import load_pipeline_config
+    from tasks.data import pull_dataset
+
+    stack = LocalStack(SETTINGS, out=lambda _m: None)
+    try:
+        stack.up(with_worker=False, deploy=False)
+        cfg = load_pipeline_config(SETTINGS.pipeline)
+        pull_dataset(SETTINGS.project_dir, cfg.data.path, cfg.data.seed)
+        yield SETTINGS
+    finally:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
+        stack.down()
+        shutil.rmtree(STATE, ignore_errors=True)
+
+
+def example_copy(model_name: str) -> Path:
+    """The example's pipeline config under a fresh model name (so no registered version matches)."""
+    folder = STATE / "configs" / model_name
+    folder.mkdir(parents=True)
+    for name in ("contract.yaml", "policy.yaml", "adult.csv.gz"):
+        (folder / name).symlink_to(EXAMPLE / name)
+    raw = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
+    raw.update(model_name=model_name, experiment=model_name)
+    (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
+    return folder / "pipeline.yaml"
