@@ -5,9 +5,7 @@ Import this before anything imports Prefect: it points Prefect at the private st
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -21,27 +19,11 @@ sys.path.insert(0, str(PROJECT))
 EXAMPLE = PROJECT / "examples" / "adult"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
+from mlops.settings import Settings  # noqa: E402
+from mlops.stack import LocalStack, use_private_stack  # noqa: E402
 
 STATE = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
-os.environ.update(
-    MLOPS_PROJECT_DIR=str(PROJECT),
-    MLOPS_STATE_DIR=str(STATE),
-    MLOPS_PREFECT_PORT=str(_free_port()),
-    MLOPS_MLFLOW_PORT=str(_free_port()),
-)
-for _var in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
-    os.environ.pop(_var, None)
-
-from mlops.settings import Settings  # noqa: E402
-from mlops.stack import LocalStack, service_env  # noqa: E402
-
-SETTINGS = Settings()
-os.environ.update(service_env(SETTINGS))
+SETTINGS: Settings = use_private_stack(PROJECT, STATE)
 
 
 @contextmanager

@@ -384,6 +384,33 @@ class LocalStack:
         return rows
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on ``host`` that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Settings:
+    """Point this process at a private local stack (its own state folder, free ports).
+
+    For tests and benchmarks, beside a user's running stack. Call it before Prefect is imported:
+    Prefect reads its settings at import.
+    """
+    os.environ.update(
+        MLOPS_PROJECT_DIR=str(project_dir),
+        MLOPS_STATE_DIR=str(state_dir),
+        MLOPS_PREFECT_PORT=str(free_port()),
+        MLOPS_MLFLOW_PORT=str(free_port()),
+        **env,
+    )
+    for derived in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
+        os.environ.pop(derived, None)
+    settings = Settings()
+    os.environ.update(service_env(settings))
+    return settings
+
+
 def port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -7,41 +7,19 @@ servers themselves start only when a test asks for the ``local_stack`` fixture.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mlops.settings import Settings
+from mlops.stack import use_private_stack
 from tests.helpers import PROJECT
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 _STATE = Path(tempfile.mkdtemp(prefix="mlops-test-"))
-os.environ.update(
-    {
-        "MLOPS_PROJECT_DIR": str(PROJECT),
-        "MLOPS_STATE_DIR": str(_STATE),
-        "MLOPS_PREFECT_PORT": str(free_port()),
-        "MLOPS_MLFLOW_PORT": str(free_port()),
-        "MLOPS_WORK_POOL": "test-pool",
-    }
-)
-for _var in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
-    os.environ.pop(_var, None)
-
-from mlops.settings import Settings  # noqa: E402
-from mlops.stack import service_env  # noqa: E402
-
-os.environ.update(service_env(Settings()))
+use_private_stack(PROJECT, _STATE, MLOPS_WORK_POOL="test-pool")
 
 
 @pytest.fixture(scope="session")

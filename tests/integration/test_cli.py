@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from mlops.stack import free_port
 from tests.helpers import PROJECT
 
 pytestmark = pytest.mark.integration
