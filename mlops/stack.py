@@ -190,7 +190,11 @@ class LocalStack:
 
     # up --------------------------------------------------------------------------------------
     def up(self, with_worker: bool = True, deploy: bool = True) -> StackState:
-        """Start what is not running yet, wait for health, register the work pool and deployments."""
+        """Start what is not running yet, wait for health, register the work pool and deployments.
+
+        If any part fails, the processes this call started are stopped again: a failed `up`
+        leaves the machine as it found it.
+        """
         state = self.load()
         env = os.environ | service_env(self.settings)
         for d in (
@@ -199,33 +203,44 @@ class LocalStack:
             self.logs,
         ):
             d.mkdir(parents=True, exist_ok=True)
-        todo = [s for s in services(self.settings) if s.name != WORKER]
-        for svc in todo:
-            running = state.get(svc.name)
-            if running and self.alive(running):
-                self.out(f"{svc.name}: already running (pid {running.pid})")
-                continue
-            if running:
-                state.services.remove(running)
-            state.services.append(self._start(svc, env))
+        by_name = {s.name: s for s in services(self.settings)}
+        started: list[Running] = []
+        try:
+            servers = [by_name["prefect"], by_name["mlflow"]]
+            for svc in servers:
+                self._ensure_running(state, svc, env, started)
+            for svc in servers:
+                run = state.get(svc.name)
+                assert run is not None
+                self._wait_healthy(svc, run)
+            self.ensure_work_pool()
+            if deploy:
+                self.deploy(env)
+            if with_worker:
+                worker = self._ensure_running(state, by_name[WORKER], env, started)
+                self._wait_worker(worker)
+        except (StackError, KeyboardInterrupt):
+            for run in reversed(started):
+                stop_process_group(run.pid, timeout=10)
+                state.services.remove(run)
             self._save(state)
-        for svc in todo:
-            run = state.get(svc.name)
-            assert run is not None and svc.health_url is not None
-            self._wait_healthy(svc, run)
-        self.ensure_work_pool()
-        if deploy:
-            self.deploy(env)
-        if with_worker:
-            svc = next(s for s in services(self.settings) if s.name == WORKER)
-            running = state.get(WORKER)
-            if not (running and self.alive(running)):
-                if running:
-                    state.services.remove(running)
-                state.services.append(self._start(svc, env))
-                self._save(state)
-            self._wait_worker(state.get(WORKER))  # type: ignore[arg-type]
+            raise
         return state
+
+    def _ensure_running(
+        self, state: StackState, svc: Service, env: dict[str, str], started: list[Running]
+    ) -> Running:
+        running = state.get(svc.name)
+        if running and self.alive(running):
+            self.out(f"{svc.name}: already running (pid {running.pid})")
+            return running
+        if running:
+            state.services.remove(running)
+        run = self._start(svc, env)
+        started.append(run)
+        state.services.append(run)
+        self._save(state)
+        return run
 
     def _start(self, svc: Service, env: dict[str, str]) -> Running:
         if svc.port is not None and not port_free(self.settings.host, svc.port):

@@ -61,16 +61,23 @@ def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     mlops(env, "down", timeout=120)
 
 
-def test_a_taken_port_is_reported_plainly(user_env: dict[str, str]) -> None:
+def test_a_taken_port_is_reported_plainly_and_nothing_is_left_running(
+    user_env: dict[str, str],
+) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        out = mlops({**user_env, "MLOPS_PREFECT_PORT": str(port)}, "up", timeout=120)
+        # the MLflow port: the Prefect server has started by the time the clash is found
+        out = mlops({**user_env, "MLOPS_MLFLOW_PORT": str(port)}, "up", timeout=180)
     assert out.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in out.stderr
-    assert "MLOPS_PREFECT_PORT" in out.stderr
+    assert "MLOPS_MLFLOW_PORT" in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
+    started = [int(w.rstrip(",")) for w in out.stdout.split() if w.rstrip(",").isdigit()]
+    assert started, out.stdout
+    for pid in started:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     status = mlops(user_env, "status")
     assert "not running" in status.stdout
 
