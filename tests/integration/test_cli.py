@@ -93,7 +93,8 @@ def test_demo_then_prefect_cli_then_status_and_down(user_env: dict[str, str]) ->
 
     # up again: nothing new is started
     again = mlops(user_env, "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 2
+    assert again.returncode == 0 and again.stdout.count("already running") == 3
+    assert "started" not in again.stdout
 
     # the Prefect CLI against the stack runs the deployment through the worker
     api = f"http://127.0.0.1:{user_env['MLOPS_PREFECT_PORT']}/api"
