@@ -11,7 +11,12 @@ from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.data import load_dataset, resolve_data_version
 from tasks.evaluation import evaluate_model
-from tasks.registry import RegisteredVersion, find_model_version, register_model_version
+from tasks.registry import (
+    RegisteredVersion,
+    find_model_version,
+    register_model_version,
+    set_model_alias,
+)
 from tasks.reporting import publish_training_report
 from tasks.split import split_dataset
 from tasks.tracking import log_training_run
@@ -83,6 +88,9 @@ def training(
         tags | {"mlops.mlflow.run_id": run.run_id},
         description=f"{cfg.model.family} on {data.path}@{data.short}, git {tags['mlops.git.commit'][:8]}",
     )
-    log.info("registered %s v%s (run %s)", registered.name, registered.version, run.run_url)
+    set_model_alias(tracking_uri, cfg.model_name, "challenger", registered.version)
+    log.info(
+        "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url
+    )
     publish_training_report(registered, data, metrics, policy, run.run_url, cfg.model.family)
     return registered

@@ -46,6 +46,34 @@ class FairnessPolicy(_Strict):
     sensitive: tuple[str, ...] = ()
     max_demographic_parity_difference: float = Field(0.2, ge=0, le=1)
     max_equal_opportunity_difference: float = Field(0.2, ge=0, le=1)
+    min_group_size: int = Field(
+        100, ge=1, description="Groups smaller than this in the holdout are reported, not judged."
+    )
+
+
+class ComparisonPolicy(_Strict):
+    """How a challenger is compared with the champion on the same holdout."""
+
+    metric: str = "roc_auc"
+    margin: float = Field(
+        0.005, ge=0, description="How much worse than the champion a challenger may score."
+    )
+    bootstrap_samples: int = Field(500, ge=50)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+
+class DataPolicy(_Strict):
+    """What the training data must look like (checked with Evidently)."""
+
+    max_missing_share: float = Field(0.1, ge=0, le=1, description="Per column.")
+    max_drift_share: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of columns drifted against the champion's training data.",
+    )
+    sample_rows: int = Field(5000, ge=100, description="Rows per side for the drift check.")
 
 
 class ReleasePolicy(_Strict):
@@ -59,18 +87,22 @@ class Policy(_Strict):
 
     version: int = Field(ge=1)
     metrics: dict[str, Threshold]
-    champion_margin: float = Field(
-        0.005, ge=0, description="How much worse than the champion a challenger may score."
-    )
+    comparison: ComparisonPolicy = ComparisonPolicy()
     fairness: FairnessPolicy = FairnessPolicy()
+    data: DataPolicy = DataPolicy()
     release: ReleasePolicy = ReleasePolicy()
     require_approval: bool = False
+    approval_timeout_seconds: int = Field(3600, ge=1)
 
     @model_validator(mode="after")
     def _known_metrics(self) -> Policy:
         unknown = sorted(set(self.metrics) - set(KNOWN_METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {sorted(KNOWN_METRICS)}")
+        if self.comparison.metric not in KNOWN_METRICS:
+            raise ValueError(
+                f"comparison.metric {self.comparison.metric!r} is unknown; known: {sorted(KNOWN_METRICS)}"
+            )
         return self
 
     def check_metrics(self, metrics: dict[str, float]) -> dict[str, bool]:

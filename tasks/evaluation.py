@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -10,20 +12,29 @@ from sklearn.pipeline import Pipeline
 
 from tasks.split import Split
 
+THRESHOLD = 0.5  # P(positive) at or above which a row is labelled positive
 
-def score(y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Every metric a policy may name (mlops.policy.KNOWN_METRICS), from labels and P(positive)."""
-    pred = (proba >= threshold).astype(int)
-    return {
-        "roc_auc": float(skm.roc_auc_score(y_true, proba)),
-        "average_precision": float(skm.average_precision_score(y_true, proba)),
-        "f1": float(skm.f1_score(y_true, pred, zero_division=0)),
-        "precision": float(skm.precision_score(y_true, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y_true, pred, zero_division=0)),
-        "accuracy": float(skm.accuracy_score(y_true, pred)),
-        "log_loss": float(skm.log_loss(y_true, proba, labels=[0, 1])),
-        "brier": float(skm.brier_score_loss(y_true, proba)),
-    }
+
+def _labels(proba: np.ndarray) -> np.ndarray:
+    return (proba >= THRESHOLD).astype(int)
+
+
+#: Every metric a policy may name (mlops.policy.KNOWN_METRICS), from 0/1 labels and P(positive).
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "roc_auc": lambda y, p: float(skm.roc_auc_score(y, p)),
+    "average_precision": lambda y, p: float(skm.average_precision_score(y, p)),
+    "f1": lambda y, p: float(skm.f1_score(y, _labels(p), zero_division=0)),
+    "precision": lambda y, p: float(skm.precision_score(y, _labels(p), zero_division=0)),
+    "recall": lambda y, p: float(skm.recall_score(y, _labels(p), zero_division=0)),
+    "accuracy": lambda y, p: float(skm.accuracy_score(y, _labels(p))),
+    "log_loss": lambda y, p: float(skm.log_loss(y, p, labels=[0, 1])),
+    "brier": lambda y, p: float(skm.brier_score_loss(y, p)),
+}
+
+
+def score(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """All metrics of ``METRICS`` for one set of labels and probabilities."""
+    return {name: fn(y_true, proba) for name, fn in METRICS.items()}
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, persist_result=False)

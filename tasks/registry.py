@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from mlops.errors import MlopsError
 from mlops.lineage import FINGERPRINT_TAG
 from tasks.tracking import tracking_server
 
@@ -50,7 +53,7 @@ def _as_registered(client: MlflowClient, mv: ModelVersion, reused: bool) -> Regi
 )
 def find_model_version(tracking_uri: str, name: str, fingerprint: str) -> RegisteredVersion | None:
     """The registered version of ``name`` that an identical run produced, if there is one."""
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     found = client.search_model_versions(
         f"name = '{name}' and tags.`{FINGERPRINT_TAG}` = '{fingerprint}'"
     )
@@ -67,6 +70,61 @@ def register_model_version(
     """Register the logged model as a new version of ``name``, its lineage tags set in the same call."""
     with tracking_server(tracking_uri):
         mv = mlflow.register_model(model_uri, name, tags=tags)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = registry_client(tracking_uri)
     client.update_model_version(name, mv.version, description=description)
     return _as_registered(client, client.get_model_version(name, mv.version), reused=False)
+
+
+class ModelVersionNotFound(MlopsError):
+    """No model version answers to the given number or alias."""
+
+
+def registry_client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def lookup_model_version(tracking_uri: str, name: str, ref: str) -> RegisteredVersion | None:
+    """The version ``ref`` (a number or an alias such as ``champion``) of ``name``, or None."""
+    client = registry_client(tracking_uri)
+    try:
+        mv = (
+            client.get_model_version(name, ref)
+            if ref.isdigit()
+            else client.get_model_version_by_alias(name, ref)
+        )
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+    return _as_registered(client, mv, reused=False)
+
+
+@task(name="resolve-model-version", cache_policy=NO_CACHE, persist_result=False)
+def resolve_model_version(tracking_uri: str, name: str, ref: str) -> RegisteredVersion:
+    """The version ``ref`` of ``name``; an unknown one is an error that says what exists."""
+    found = lookup_model_version(tracking_uri, name, ref)
+    if found is None:
+        client = registry_client(tracking_uri)
+        try:
+            aliases = sorted(client.get_registered_model(name).aliases)
+        except MlflowException:
+            raise ModelVersionNotFound(f"model {name!r} is not registered") from None
+        raise ModelVersionNotFound(
+            f"{name}: no version or alias {ref!r} (aliases: {', '.join(aliases) or 'none'})"
+        )
+    return found
+
+
+@task(name="set-model-alias", cache_policy=NO_CACHE, persist_result=False)
+def set_model_alias(tracking_uri: str, name: str, alias: str, version: int) -> None:
+    """Point ``alias`` of ``name`` at ``version``."""
+    registry_client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+
+
+@task(name="load-model-version", cache_policy=NO_CACHE, persist_result=False, retries=1)
+def load_model_version(tracking_uri: str, name: str, version: int) -> Any:
+    """The scikit-learn model of one registered version, for scoring it directly."""
+    import mlflow.sklearn
+
+    with tracking_server(tracking_uri):
+        return mlflow.sklearn.load_model(f"models:/{name}/{version}")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -24,6 +26,17 @@ SKOPS_TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "numpy.dtype",
 ]
+
+
+DATA_ARTIFACTS = "data"
+
+
+def load_run_frame(tracking_uri: str, run_id: str, part: str) -> pd.DataFrame:
+    """A frame a training run logged (``training`` or ``holdout``): features and the 0/1 target."""
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=f"{DATA_ARTIFACTS}/{part}.parquet", tracking_uri=tracking_uri
+    )
+    return pd.read_parquet(path)
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,16 @@ def log_training_run(
                 ),
                 context="holdout",
             )
+            # The exact frames, for the gates (holdout) and for drift checks (training data as
+            # the reference once this model serves).
+            with tempfile.TemporaryDirectory() as tmp:
+                for part, X, y in (
+                    ("training", split.X_train, split.y_train),
+                    ("holdout", split.X_holdout, split.y_holdout),
+                ):
+                    path = Path(tmp) / f"{part}.parquet"
+                    X.assign(**{str(y.name): y.to_numpy()}).to_parquet(path)
+                    mlflow.log_artifact(str(path), artifact_path=DATA_ARTIFACTS)
             # Integer columns are declared as doubles: a missing value at serving time arrives as
             # NaN (a float), and MLflow accepts ints for a double column but not the reverse.
             sample = split.X_holdout.head(200)

@@ -1,0 +1,183 @@
+"""The promotion flow: judge a challenger by the gates, ask a person if the policy says so, and
+make it champion in one recorded act, or reject it with the reason."""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import asdict, dataclass
+
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.transactions import transaction
+
+from mlops.audit import Action, AuditEntry, AuditTrail
+from mlops.config import load_pipeline_config
+from mlops.policy import load_policy
+from mlops.settings import Settings
+from tasks.approval import ApprovalRejected, request_approval
+from tasks.gate_report import model_card, publish_gate_report
+from tasks.gates import (
+    GateFailed,
+    GateResult,
+    check_fairness,
+    check_metric_thresholds,
+    check_model_contract,
+    check_training_data,
+    compare_with_champion,
+)
+from tasks.promotion import (
+    PromotionConflict,
+    ensure_promotion_lock,
+    move_champion_alias,
+    record_audit_entry,
+    tag_promoted_version,
+)
+from tasks.registry import (
+    load_model_version,
+    lookup_model_version,
+    registry_client,
+    resolve_model_version,
+)
+from tasks.tracking import load_run_frame
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    model: str
+    version: int
+    promoted: bool
+    previous_champion: int | None
+    reason: str
+    gates: list[GateResult]
+
+
+@flow(name="promotion", persist_result=True)
+def promotion(
+    version: str = "challenger",
+    pipeline: str | None = None,
+    trigger: str = "manual",
+    actor: str | None = None,
+) -> PromotionOutcome:
+    """Run the gates on a model version and promote it to champion if they all pass.
+
+    Args:
+        version: the version number or alias to judge (default: the latest `challenger`).
+        pipeline: pipeline config, relative to the project (default: the settings' example).
+        trigger: who or what started this promotion, recorded in the audit trail.
+        actor: the person or system acting (default: the user running the flow).
+
+    Returns:
+        What happened. A failed gate, a refused approval or a champion that changed meanwhile
+        fail the flow run with the reason; the champion is then untouched.
+    """
+    log = get_run_logger()
+    settings = Settings()
+    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
+    policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
+    uri = str(settings.mlflow_tracking_uri)
+    name = cfg.model_name
+    actor = actor or getpass.getuser()
+    run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
+
+    candidate = resolve_model_version(uri, name, version)
+    champion = lookup_model_version(uri, name, "champion")
+    previous = champion.version if champion else None
+    if previous == candidate.version:
+        log.info("%s v%s is the champion already; nothing to do", name, candidate.version)
+        return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
+
+    def audit(action: Action, reason: str, **evidence: object) -> None:
+        record_audit_entry(
+            uri,
+            AuditEntry(
+                model=name,
+                version=candidate.version,
+                action=action,
+                actor=actor,
+                trigger=trigger,
+                reason=reason,
+                previous_champion=previous,
+                policy_version=policy.version,
+                policy_digest=policy_digest,
+                evidence=dict(evidence),
+                links={"prefect_flow_run": run_url, "mlflow_run": candidate.run_id},
+            ),
+        )
+
+    target = cfg.target.column
+    holdout = load_run_frame(uri, candidate.run_id, "holdout")
+    challenger_model = load_model_version(uri, name, candidate.version)
+    champion_model = load_model_version(uri, name, previous) if previous else None
+    reference = load_run_frame(uri, champion.run_id, "training") if champion else None
+    results = [
+        check_metric_thresholds(candidate.metrics, policy),
+        compare_with_champion(
+            challenger_model,
+            champion_model,
+            holdout,
+            target,
+            policy.comparison,
+            f"champion v{previous}",
+        ),
+        check_fairness(challenger_model, holdout, target, policy.fairness),
+        check_training_data(
+            load_run_frame(uri, candidate.run_id, "training").drop(columns=[target]),
+            reference.drop(columns=[target]) if reference is not None else None,
+            policy.data,
+        ),
+        check_model_contract(
+            f"models:/{name}/{candidate.version}", uri, holdout.drop(columns=[target])
+        ),
+    ]
+    publish_gate_report(uri, name, candidate.version, candidate.run_id, previous, results)
+    passed = all(r.passed for r in results)
+    audit(
+        "gate-decision",
+        "all gates pass" if passed else str(GateFailed(results)),
+        gates=[asdict(r) for r in results],
+    )
+    client = registry_client(uri)
+    client.set_model_version_tag(
+        name, str(candidate.version), "mlops.gates", "passed" if passed else "failed"
+    )
+    if not passed:
+        failure = GateFailed(results)
+        audit("rejected", str(failure))
+        raise failure
+
+    if policy.require_approval:
+        decision = request_approval(
+            f"Promote {name} v{candidate.version} to champion (now v{previous})? "
+            f"Gates: {'; '.join(r.reason for r in results)}",
+            policy.approval_timeout_seconds,
+        )
+        audit("approval", decision.reason, approve=decision.approve, approver=decision.approver)
+        if not decision.approve:
+            reason = f"not approved by {decision.approver}: {decision.reason}"
+            audit("rejected", reason)
+            raise ApprovalRejected(f"{name} v{candidate.version}: {reason}")
+        actor = decision.approver
+
+    # One promotion of a model at a time (a Prefect global concurrency limit of one); inside it,
+    # the champion must still be the one the gates judged against, and alias, tags and audit
+    # entry change together or not at all.
+    try:
+        lock = ensure_promotion_lock(name)
+        with concurrency(lock, occupy=1, strict=True, timeout_seconds=600), transaction():
+            move_champion_alias(uri, name, candidate.version, expected=previous)
+            tag_promoted_version(uri, name, candidate.version, actor, previous)
+            audit("promoted", f"champion v{previous} replaced" if previous else "first champion")
+    except PromotionConflict as exc:
+        audit("rejected", str(exc))
+        raise
+
+    card = model_card(
+        lookup_model_version(uri, name, str(candidate.version)) or candidate,
+        [asdict(r) for r in results],
+        AuditTrail(uri).entries(name, candidate.version),
+    )
+    client.log_text(candidate.run_id, card, "model_card.md")
+    client.update_model_version(name, str(candidate.version), description=card)
+    log.info("%s v%s is champion (was v%s)", name, candidate.version, previous)
+    return PromotionOutcome(name, candidate.version, True, previous, "promoted", results)
