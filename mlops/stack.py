@@ -77,6 +77,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "DO_NOT_TRACK": "1",
         "MLOPS_PROJECT_DIR": str(settings.project_dir),
         "MLOPS_STATE_DIR": str(state),

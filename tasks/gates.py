@@ -209,6 +209,15 @@ def fairness(
 
 
 # training data ----------------------------------------------------------------------------------
+def _drifted(config: dict[str, Any], value: float) -> bool:
+    """Evidently reports a test's p-value (drift below the threshold) or a distance (drift at or
+    above it), by the method it chose for the column's type and size."""
+    threshold = float(config.get("threshold", 0.05))
+    if "p_value" in str(config.get("method", "")):
+        return value < threshold
+    return value >= threshold
+
+
 def training_data(
     current: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
 ) -> GateResult:
@@ -232,7 +241,7 @@ def training_data(
             missing[config["column"]] = float(value["share"])
         elif name.startswith("DriftedColumnsCount("):
             drift_share = float(value["share"])
-        elif name.startswith("ValueDrift(") and float(value) >= float(config.get("threshold", 0.1)):
+        elif name.startswith("ValueDrift(") and _drifted(config, float(value)):
             drifted.append(config["column"])
     details["missing_share"] = {k: round(v, 4) for k, v in missing.items() if v}
     too_missing = {k: v for k, v in missing.items() if v > policy.max_missing_share}

@@ -129,10 +129,9 @@ def log_training_run(
                     path = Path(tmp) / f"{part}.parquet"
                     X.assign(**{str(y.name): y.to_numpy()}).to_parquet(path)
                     mlflow.log_artifact(str(path), artifact_path=DATA_ARTIFACTS)
-            # Integer columns are declared as doubles: a missing value at serving time arrives as
-            # NaN (a float), and MLflow accepts ints for a double column but not the reverse.
+            # Columns keep the contract's types: MLflow refuses to cast int64 to double at
+            # predict time, so a double column would refuse integer input.
             sample = split.X_holdout.head(200)
-            sample = sample.astype({c: "float64" for c in sample.select_dtypes("integer")})
             example = sample.head(5)
             signature = infer_signature(sample, model.predict(sample))
             info = mlflow.sklearn.log_model(
