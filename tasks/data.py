@@ -17,6 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import DataLoadError, DataVersionError
+from mlops.retries import only_connection_errors
 
 REMOTE_NAME = "mlops"
 
@@ -109,6 +110,7 @@ def pull_dataset(project_dir: Path, path: str, seed: Path | None = None) -> str:
     name="resolve-data-version",
     retries=2,
     retry_delay_seconds=[1, 5],
+    retry_condition_fn=only_connection_errors,
     cache_policy=NO_CACHE,
     persist_result=False,
 )

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import MlopsError
 from mlops.lineage import FINGERPRINT_TAG
+from mlops.retries import only_connection_errors
 from tasks.tracking import tracking_server
 
 
@@ -48,6 +49,7 @@ def _as_registered(client: MlflowClient, mv: ModelVersion, reused: bool) -> Regi
     name="find-model-version",
     retries=2,
     retry_delay_seconds=[1, 5],
+    retry_condition_fn=only_connection_errors,
     cache_policy=NO_CACHE,
     persist_result=False,
 )

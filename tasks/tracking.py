@@ -19,11 +19,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
+from mlops.retries import only_connection_errors
 from tasks.split import Split
 
-# skops refuses to load types it does not know; these, reached by our pipelines, are plain data.
+# skops refuses to load types it does not know. These are the node stores of the tree models in
+# tasks.training.ESTIMATORS (unsafe only in a file someone else crafted; we load our own, from
+# our registry) and numpy dtypes.
 SKOPS_TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
     "numpy.dtype",
 ]
 
@@ -81,6 +85,7 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     name="log-training-run",
     retries=2,
     retry_delay_seconds=[2, 10],
+    retry_condition_fn=only_connection_errors,
     cache_policy=NO_CACHE,
     persist_result=False,
 )

@@ -1,0 +1,225 @@
+"""Gates, champion vs challenger, approval and promotion on real Prefect and MLflow servers."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter
+from prefect.flow_runs import resume_flow_run
+
+from flows.promotion import promotion
+from flows.training import training
+from mlops.audit import AuditTrail
+from mlops.settings import Settings
+from tasks.approval import ApprovalRejected
+from tasks.gates import GateFailed
+from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
+
+pytestmark = pytest.mark.flows
+
+# Three models on the same 4000 rows (holdout AUC about 0.91, 0.89 and 0.87).
+GOOD = {"family": "hist_gradient_boosting", "params": {"max_iter": 60, "random_state": 42}}
+FAIR = {
+    "family": "random_forest",
+    "params": {"n_estimators": 20, "max_depth": 3, "random_state": 0},
+}
+WEAK = {
+    "family": "hist_gradient_boosting",
+    "params": {"max_iter": 15, "max_depth": 1, "random_state": 42},
+}
+
+
+def _champion(settings: Settings, name: str) -> int | None:
+    client = MlflowClient(settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri)
+    try:
+        return int(client.get_model_version_by_alias(name, "champion").version)
+    except Exception:
+        return None
+
+
+def _train(pipeline: Path, model: dict[str, Any], **params: Any) -> int:
+    import yaml
+
+    raw = yaml.safe_load(pipeline.read_text())
+    raw["model"] = {"family": model["family"], "params": model["params"] | params}
+    pipeline.write_text(yaml.safe_dump(raw))
+    return training(pipeline=str(pipeline), trigger="test").version
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Path:
+    """A fresh project with 4000 rows of the example, its own model name and a lenient policy."""
+    name = f"{request.node.name[:40].replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+    pipeline = make_project(tmp_path, adult_frame(4000), model_name=name)
+    lenient_policy(pipeline)
+    monkeypatch.setenv("MLOPS_PROJECT_DIR", str(tmp_path))
+    return pipeline
+
+
+def _name(pipeline: Path) -> str:
+    import yaml
+
+    return str(yaml.safe_load(pipeline.read_text())["model_name"])
+
+
+def test_better_challenger_is_promoted_and_worse_one_rejected(
+    local_stack: Settings, project: Path
+) -> None:
+    name = _name(project)
+    v1 = _train(project, FAIR)
+    first = promotion(version=str(v1), pipeline=str(project), trigger="test")
+    assert first.promoted and first.previous_champion is None
+    assert _champion(local_stack, name) == v1
+
+    v2 = _train(project, GOOD)
+    second = promotion(pipeline=str(project), trigger="test")  # the `challenger` alias: v2
+    assert second.promoted and second.version == v2 and second.previous_champion == v1
+    verdict = next(g for g in second.gates if g.gate == "champion-vs-challenger")
+    assert verdict.details["verdict"] == "better", verdict.reason
+    assert _champion(local_stack, name) == v2
+
+    v3 = _train(project, WEAK)
+    state = promotion(pipeline=str(project), trigger="test", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(GateFailed, match=rf"champion-vs-challenger: worse than champion v{v2}"):
+        state.result()
+    assert _champion(local_stack, name) == v2, "the champion is untouched"
+
+    actions = [
+        (e.version, e.action)
+        for e in AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name)
+    ]
+    assert actions == [
+        (v1, "gate-decision"),
+        (v1, "promoted"),
+        (v2, "gate-decision"),
+        (v2, "promoted"),
+        (v3, "gate-decision"),
+        (v3, "rejected"),
+    ]
+    client = MlflowClient(
+        local_stack.mlflow_tracking_uri, registry_uri=local_stack.mlflow_tracking_uri
+    )
+    assert client.get_model_version(name, str(v3)).tags["mlops.gates"] == "failed"
+    assert client.get_model_version(name, str(v2)).tags["mlops.promoted.previous"] == str(v1)
+
+
+def test_unfair_challenger_is_rejected_with_the_gap_named(
+    local_stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model trained on data where most high-earning women are labelled low-earning learns to
+    # under-select women: a real, not a simulated, fairness failure.
+    frame = adult_frame(4000)
+    rich_women = frame.index[(frame["sex"] == "Female") & (frame["income"] == ">50K")]
+    frame.loc[rich_women[: int(len(rich_women) * 0.8)], "income"] = "<=50K"
+    name = f"unfair-{uuid.uuid4().hex[:6]}"
+    pipeline = make_project(tmp_path, frame, model_name=name)
+    lenient_policy(
+        pipeline, fairness={"sensitive": ["sex"], "max_equal_opportunity_difference": 0.15}
+    )
+    monkeypatch.setenv("MLOPS_PROJECT_DIR", str(tmp_path))
+    _train(pipeline, GOOD)
+    state = promotion(pipeline=str(pipeline), trigger="test", return_state=True)
+    with pytest.raises(GateFailed) as failure:
+        state.result()
+    message = str(failure.value)
+    assert "fairness: " in message
+    assert "opportunity difference on sex is" in message and "> 0.15" in message
+    assert "Male" in message and "Female" in message
+    assert _champion(local_stack, name) is None
+
+
+def _paused_run(name: str, timeout: float = 60) -> uuid.UUID:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            for run in client.read_flow_runs(flow_run_filter=FlowRunFilter()):
+                if run.state and run.state.is_paused() and run.parameters.get("trigger") == name:
+                    return run.id
+            time.sleep(0.5)
+    raise AssertionError("no paused promotion appeared")
+
+
+def test_approval_rejection_leaves_the_champion_in_place(
+    local_stack: Settings, project: Path
+) -> None:
+    name = _name(project)
+    v1 = _train(project, FAIR)
+    assert promotion(version=str(v1), pipeline=str(project), trigger="test").promoted
+    edit_yaml(project.parent / "policy.yaml", require_approval=True, approval_timeout_seconds=120)
+    v2 = _train(project, GOOD)
+
+    outcome: dict[str, Any] = {}
+    trigger = f"approval-{uuid.uuid4().hex[:6]}"
+
+    def run() -> None:
+        outcome["state"] = promotion(pipeline=str(project), trigger=trigger, return_state=True)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    flow_run_id = _paused_run(trigger)
+    assert _champion(local_stack, name) == v1, "nothing moves while waiting for a person"
+    resume_flow_run(
+        flow_run_id, run_input={"approve": False, "approver": "ann", "reason": "wait for Q3 data"}
+    )
+    worker.join(timeout=120)
+    with pytest.raises(ApprovalRejected, match="not approved by ann: wait for Q3 data"):
+        outcome["state"].result()
+    assert _champion(local_stack, name) == v1
+    entries = AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name, v2)
+    approval = next(e for e in entries if e.action == "approval")
+    assert approval.evidence == {"approve": False, "approver": "ann"}
+    assert entries[-1].action == "rejected"
+
+
+def test_no_answer_in_time_is_a_rejection(local_stack: Settings, project: Path) -> None:
+    name = _name(project)
+    edit_yaml(project.parent / "policy.yaml", require_approval=True, approval_timeout_seconds=3)
+    _train(project, GOOD)
+    state = promotion(pipeline=str(project), trigger="test", return_state=True)
+    with pytest.raises(ApprovalRejected, match="rejected by timeout"):
+        state.result()
+    assert _champion(local_stack, name) is None
+
+
+def test_two_racing_promotions_end_with_exactly_one_champion(
+    local_stack: Settings, project: Path
+) -> None:
+    name = _name(project)
+    a = _train(project, GOOD)
+    b = _train(project, GOOD, random_state=3)
+    states: dict[int, Any] = {}
+    barrier = threading.Barrier(2)
+
+    def run(version: int) -> None:
+        barrier.wait()
+        states[version] = promotion(
+            version=str(version), pipeline=str(project), trigger="race", return_state=True
+        )
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    won = [v for v, s in states.items() if s.is_completed()]
+    lost = [v for v, s in states.items() if s.is_failed()]
+    assert len(won) == 1 and len(lost) == 1, states
+    assert _champion(local_stack, name) == won[0]
+    with pytest.raises(Exception, match="the champion is v"):
+        states[lost[0]].result()
+    promoted = [
+        e.version
+        for e in AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name)
+        if e.action == "promoted"
+    ]
+    assert promoted == won
