@@ -97,7 +97,7 @@ def test_the_registered_model_loads_and_checks_its_signature(
     rows = adult_frame(50).replace("?", None).drop(columns=["income"])
     rows = rows.astype(
         {
-            c: "float64"
+            c: "int64"
             for c in (
                 "age",
                 "fnlwgt",
