@@ -22,7 +22,7 @@ from _common import SETTINGS, example_copy, local_stack
 
 def plain_run(pipeline: str) -> int:
     """The training flow's steps, called as plain functions."""
-    from mlops.config import load_pipeline_config
+    from mlops.config import config_snapshot, load_pipeline_config
     from mlops.lineage import lineage_tags, training_fingerprint
     from mlops.policy import load_policy
     from tasks.data import load_dataset, resolve_data_version
@@ -57,6 +57,7 @@ def plain_run(pipeline: str) -> int:
         tags,
         data_source=str(s.project_dir / data.path),
         data_md5=data.md5,
+        config_files=config_snapshot(cfg),
     )
     mv = register_model_version.fn(uri, cfg.model_name, run.model_uri, tags, description="plain")
     return mv.version

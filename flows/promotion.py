@@ -4,7 +4,7 @@ make it champion in one recorded act, or reject it with the reason."""
 from __future__ import annotations
 
 import getpass
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
@@ -19,7 +19,6 @@ from tasks.approval import ApprovalRejected, request_approval
 from tasks.gate_report import model_card, publish_gate_report
 from tasks.gates import (
     GateFailed,
-    GateResult,
     check_fairness,
     check_metric_thresholds,
     check_model_contract,
@@ -28,6 +27,7 @@ from tasks.gates import (
 )
 from tasks.promotion import (
     PromotionConflict,
+    PromotionOutcome,
     ensure_promotion_lock,
     move_champion_alias,
     record_audit_entry,
@@ -40,16 +40,6 @@ from tasks.registry import (
     resolve_model_version,
 )
 from tasks.tracking import load_run_frame
-
-
-@dataclass(frozen=True)
-class PromotionOutcome:
-    model: str
-    version: int
-    promoted: bool
-    previous_champion: int | None
-    reason: str
-    gates: list[GateResult]
 
 
 @flow(name="promotion", persist_result=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from mlops.config import load_pipeline_config
+from mlops.config import config_snapshot, load_pipeline_config
 from mlops.lineage import lineage_tags, training_fingerprint
 from mlops.policy import load_policy
 from mlops.settings import Settings
@@ -80,6 +80,7 @@ def training(
         tags,
         data_source=str(settings.project_dir / data.path),
         data_md5=data.md5,
+        config_files=config_snapshot(cfg),
     )
     registered = register_model_version(
         tracking_uri,

@@ -8,6 +8,7 @@ by the product; the store is as durable as the MLflow artifact store (a folder, 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,3 +100,65 @@ class AuditTrail:
         if version is not None:
             out = [e for e in out if e.version in (version, None) or e.previous_champion == version]
         return out
+
+
+def describe_version(tracking_uri: str, model: str, version: int | None = None) -> str:
+    """The lineage chain of one version (default: the champion) as text for a person."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    registered = client.get_registered_model(model)
+    if version is None:
+        if "champion" not in registered.aliases:
+            raise LookupError(f"{model} has no champion; name a version with --version")
+        version = int(registered.aliases["champion"])
+    mv = client.get_model_version(model, str(version))
+    tags = mv.tags
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    aliases = sorted(a for a, v in registered.aliases.items() if int(v) == version)
+    gates: list[dict[str, Any]] = []
+    if mv.run_id and any(a.path == "gates.json" for a in client.list_artifacts(mv.run_id)):
+        path = mlflow.artifacts.download_artifacts(
+            run_id=mv.run_id, artifact_path="gates.json", tracking_uri=tracking_uri
+        )
+        gates = json.loads(Path(path).read_text())["gates"]
+    entries = AuditTrail(tracking_uri).entries(model, version)
+    lines = [
+        f"{model} v{version}",
+        f"  aliases          {', '.join(aliases) or '(none)'}"
+        + ("  <- serving as champion" if "champion" in aliases else ""),
+        f"  registered       {datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC",
+        "data",
+        f"  path             {tags.get('mlops.data.path', '?')}",
+        f"  dvc md5          {tags.get('mlops.data.md5', '?')}",
+        f"  revision         {tags.get('mlops.data.rev', '?')}",
+        "code",
+        f"  git commit       {tags.get('mlops.git.commit', '?')}"
+        + (" (uncommitted changes)" if tags.get("mlops.git.dirty") == "true" else ""),
+        f"  pipeline sha256  {tags.get('mlops.code.sha256', '?')}",
+        "training",
+        f"  trigger          {tags.get('mlops.trigger', '?')}",
+        f"  prefect run      {tags.get('mlops.prefect.flow_run_id', '?')}",
+        f"  mlflow run       {mv.run_id}",
+    ]
+    if run is not None:
+        lines.append("parameters")
+        lines += [f"  {k:<32} {v}" for k, v in sorted(run.data.params.items())]
+        lines.append("holdout metrics")
+        lines += [
+            f"  {k.removeprefix('holdout_'):<16} {v:.4f}"
+            for k, v in sorted(run.data.metrics.items())
+            if k.startswith("holdout_")
+        ]
+    lines.append(
+        f"policy             v{tags.get('mlops.policy.version', '?')} (digest {tags.get('mlops.policy.digest', '?')})"
+    )
+    lines.append("gates")
+    lines += [
+        f"  {g['gate']:<24} {'pass' if g['passed'] else 'FAIL'}  {g['reason']}" for g in gates
+    ] or ["  (not judged yet: run the promotion flow)"]
+    lines.append("history")
+    lines += [
+        f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.action:<14} by {e.actor} ({e.trigger}): {e.reason}"
+        + (f" [approver {e.evidence['approver']}]" if "approver" in e.evidence else "")
+        for e in entries
+    ] or ["  (no audit entries)"]
+    return "\n".join(lines)

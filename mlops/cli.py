@@ -149,6 +149,86 @@ def train(
     _print_version(result)
 
 
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option(help="Version number or alias to judge.")] = "challenger",
+    pipeline: Annotated[
+        Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
+    ] = None,
+) -> None:
+    """Run the gates on a version and make it champion if they pass (in this process)."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.promotion import promotion
+
+        outcome = promotion(
+            version=version, pipeline=str(pipeline) if pipeline else None, trigger="cli"
+        )
+    except Exception as exc:  # a gate, an approval or a conflict: the reason is the message
+        raise _fail(exc) from None
+    _print_outcome(outcome)
+
+
+def _print_outcome(outcome: Any) -> None:
+    for gate in outcome.gates:
+        typer.echo(f"  {gate.gate:<24} {'pass' if gate.passed else 'FAIL'}  {gate.reason}")
+    if outcome.promoted:
+        was = f"v{outcome.previous_champion}" if outcome.previous_champion else "none"
+        typer.echo(f"{outcome.model} v{outcome.version} is champion (was {was})")
+    else:
+        typer.echo(f"{outcome.model} v{outcome.version}: {outcome.reason}")
+
+
+@app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int | None, typer.Option(help="Version (default: the champion).")] = None,
+) -> None:
+    """Print a version's lineage chain: data, code, parameters, metrics, gates, approvals, aliases."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from mlflow.exceptions import MlflowException
+
+        from mlops.audit import describe_version
+
+        typer.echo(describe_version(str(settings.mlflow_tracking_uri), model, version))
+    except (MlopsError, MlflowException, LookupError) as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def reproduce(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[int, typer.Option(help="Version to retrain.")],
+) -> None:
+    """Retrain a version from its own data version, config and seed; say whether metrics match."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.reproduction import reproduction
+
+        result = reproduction(model=model, version=version)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{model} v{version}: data {result.data_md5} found at {result.data_rev}")
+    if not result.same_code:
+        typer.echo("  note: the pipeline code differs from the version's; check out its git commit")
+    for key, value in sorted(result.recorded.items()):
+        typer.echo(
+            f"  {key:<18} recorded {value:.6f}  reproduced {result.reproduced.get(key, float('nan')):.6f}"
+        )
+    if not result.matches:
+        typer.secho(
+            f"did not reproduce: largest difference {result.max_difference:.3g}",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"reproduced: largest difference {result.max_difference:.3g}")
+
+
 def _print_version(result: Any) -> None:
     verb = "reused" if result.reused else "registered"
     typer.echo(f"{verb} {result.name} version {result.version}")
@@ -170,7 +250,13 @@ def run_deployment_and_wait(settings: Settings, name: str, timeout: float = 900)
             f"deployment {name}: flow run {flow_run.name} ended {state.name if state else 'unknown'}: "
             f"{state.message if state else ''}; see {settings.prefect_ui_url}/runs/flow-run/{flow_run.id}"
         )
-    return state.result()
+    try:
+        return state.result()
+    except Exception as exc:
+        raise MlopsError(
+            f"deployment {name}: flow run {flow_run.name} completed but its result cannot be read "
+            f"({type(exc).__name__}: {exc}); see {settings.prefect_ui_url}/runs/flow-run/{flow_run.id}"
+        ) from None
 
 
 @app.command()
@@ -185,14 +271,20 @@ def demo() -> None:
         data_pull()
         typer.echo("running deployment training/adult on the local work pool ...")
         result = run_deployment_and_wait(settings, "training/adult")
+        _print_version(result)
+        typer.echo("running deployment promotion/adult (gates, then champion) ...")
+        outcome = run_deployment_and_wait(settings, "promotion/adult")
     except MlopsError as exc:
         raise _fail(exc) from None
-    _print_version(result)
+    _print_outcome(outcome)
     typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
-    typer.echo(f"Prefect UI   {settings.prefect_ui_url}  (flow runs, artifacts 'training-summary')")
+    typer.echo(
+        f"Prefect UI   {settings.prefect_ui_url}  (flow runs; artifacts training-summary, gate-report)"
+    )
     typer.echo(
         f"MLflow UI    {settings.mlflow_tracking_uri}  (experiment adult-income, model adult-income)"
     )
+    typer.echo(f"audit trail  mlops audit {result.name}")
     typer.echo("stop the stack with `mlops down`")
 
 

@@ -174,3 +174,22 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
     if missing:
         raise ConfigError(f"{path}: columns {missing} are used but not declared in {contract_path}")
     return cfg
+
+
+def config_snapshot(cfg: PipelineConfig) -> dict[str, str]:
+    """The pipeline config, data contract and policy as three files that load on their own.
+
+    Logged with every training run (``config/``) so that a version can be retrained exactly
+    from what it was trained with, wherever the original files lived.
+    """
+    if cfg.source is None:
+        raise ConfigError("load the pipeline config with load_pipeline_config()")
+    raw = yaml.safe_load(cfg.source.read_text(encoding="utf-8"))
+    raw["data"]["contract"] = "contract.yaml"
+    raw["data"].pop("seed", None)
+    raw["policy"] = "policy.yaml"
+    return {
+        "pipeline.yaml": yaml.safe_dump(raw, sort_keys=False),
+        "contract.yaml": Path(cfg.data.contract).read_text(encoding="utf-8"),
+        "policy.yaml": Path(cfg.policy).read_text(encoding="utf-8"),
+    }

@@ -159,3 +159,21 @@ def load_dataset(
         )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataLoadError(f"{version.path}: not a readable CSV table: {exc}") from None
+
+
+@task(name="locate-data-version", cache_policy=NO_CACHE, persist_result=False)
+def locate_data_version(
+    project_dir: Path, path: str, md5: str, revs: list[str | None]
+) -> DataVersion:
+    """The first of ``revs`` (None: the workspace) at which ``path`` is the version ``md5``."""
+    tried = []
+    for rev in revs:
+        try:
+            version = resolve_data_version.fn(project_dir, path, rev)
+        except DataVersionError as exc:
+            tried.append(f"{rev or 'workspace'} ({exc})")
+            continue
+        if version.md5 == md5:
+            return version
+        tried.append(f"{rev or 'workspace'} (md5 {version.md5})")
+    raise DataVersionError(f"{path}: version {md5} is not at any of: {'; '.join(tried)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from prefect import task
@@ -35,6 +36,21 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 def score(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """All metrics of ``METRICS`` for one set of labels and probabilities."""
     return {name: fn(y_true, proba) for name, fn in METRICS.items()}
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """A registered version retrained from its own data and config: do the metrics match?"""
+
+    model: str
+    version: int
+    data_md5: str
+    data_rev: str  # where the data was found: a git revision or "workspace"
+    same_code: bool  # the pipeline code now is the code the version was trained with
+    recorded: dict[str, float]
+    reproduced: dict[str, float]
+    max_difference: float
+    matches: bool
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE, persist_result=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
@@ -15,10 +16,21 @@ from prefect.transactions import Transaction, get_transaction
 
 from mlops.audit import AuditEntry, AuditTrail
 from mlops.errors import MlopsError
+from tasks.gates import GateResult
 from tasks.registry import registry_client
 
 CHAMPION = "champion"
 PROMOTION_TAGS = ("mlops.promoted.at", "mlops.promoted.by", "mlops.promoted.previous")
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    model: str
+    version: int
+    promoted: bool
+    previous_champion: int | None
+    reason: str
+    gates: list[GateResult]
 
 
 class PromotionConflict(MlopsError):

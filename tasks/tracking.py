@@ -33,6 +33,7 @@ SKOPS_TRUSTED_TYPES = [
 
 
 DATA_ARTIFACTS = "data"
+CONFIG_ARTIFACTS = "config"
 
 
 def load_run_frame(tracking_uri: str, run_id: str, part: str) -> pd.DataFrame:
@@ -100,6 +101,7 @@ def log_training_run(
     tags: dict[str, str],
     data_source: str,
     data_md5: str,
+    config_files: dict[str, str],
 ) -> TrainingRun:
     """Log one finished training to MLflow; a failure part-way marks the run FAILED, never FINISHED."""
     with tracking_server(tracking_uri), warnings.catch_warnings():
@@ -124,6 +126,8 @@ def log_training_run(
                 ),
                 context="holdout",
             )
+            for filename, text in config_files.items():
+                mlflow.log_text(text, f"{CONFIG_ARTIFACTS}/{filename}")
             # The exact frames, for the gates (holdout) and for drift checks (training data as
             # the reference once this model serves).
             with tempfile.TemporaryDirectory() as tmp:
