@@ -90,6 +90,43 @@ def test_demo_then_prefect_cli_then_status_and_down(user_env: dict[str, str]) ->
     assert "registered adult-income version 1" in demo.stdout
     assert f"mlops.data.md5 = {md5}" in demo.stdout
     assert "mlops.git.commit = " in demo.stdout and "mlops.trigger = deployment" in demo.stdout
+    assert "adult-income v1 is champion (was none)" in demo.stdout
+    for gate in (
+        "metric-thresholds",
+        "champion-vs-challenger",
+        "fairness",
+        "training-data",
+        "model-contract",
+    ):
+        assert f"{gate}" in demo.stdout
+
+    # every link of the lineage chain of the promoted version
+    chain = mlops(user_env, "audit", "adult-income")
+    assert chain.returncode == 0, chain.stderr
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True
+    ).stdout.strip()
+    for link in (
+        "adult-income v1",
+        "champion",
+        f"dvc md5          {md5}",
+        f"git commit       {commit}",
+        "pipeline sha256",
+        "prefect run",
+        "mlflow run",
+        "model.params.max_iter",
+        "roc_auc",
+        "policy             v1",
+        "fairness                 pass",
+        "promoted       by deployment",
+    ):
+        assert link in chain.stdout, (link, chain.stdout)
+
+    # retraining v1 from its own data version and config gives the same holdout metrics
+    again_trained = mlops(user_env, "reproduce", "adult-income", "--version", "1")
+    assert again_trained.returncode == 0, again_trained.stdout + again_trained.stderr
+    assert "reproduced: largest difference 0" in again_trained.stdout
+    assert "Traceback" not in again_trained.stdout + again_trained.stderr
 
     # up again: nothing new is started
     again = mlops(user_env, "up")
