@@ -16,7 +16,7 @@ from mlops.config import load_pipeline_config
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.approval import ApprovalRejected, request_approval
-from tasks.gate_report import model_card, publish_gate_report
+from tasks.gate_report import publish_gate_report
 from tasks.gates import (
     GateFailed,
     check_fairness,
@@ -39,6 +39,7 @@ from tasks.registry import (
     registry_client,
     resolve_model_version,
 )
+from tasks.reporting import write_model_card
 from tasks.tracking import load_run_frame
 
 
@@ -162,12 +163,16 @@ def promotion(
         audit("rejected", str(exc))
         raise
 
-    card = model_card(
+    write_model_card(
+        uri,
         lookup_model_version(uri, name, str(candidate.version)) or candidate,
         [asdict(r) for r in results],
         AuditTrail(uri).entries(name, candidate.version),
     )
-    client.log_text(candidate.run_id, card, "model_card.md")
-    client.update_model_version(name, str(candidate.version), description=card)
-    log.info("%s v%s is champion (was v%s)", name, candidate.version, previous)
+    log.info(
+        "%s v%s is champion (was %s)",
+        name,
+        candidate.version,
+        f"v{previous}" if previous else "none",
+    )
     return PromotionOutcome(name, candidate.version, True, previous, "promoted", results)

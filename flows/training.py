@@ -17,7 +17,7 @@ from tasks.registry import (
     register_model_version,
     set_model_alias,
 )
-from tasks.reporting import publish_training_report
+from tasks.reporting import publish_training_report, write_model_card
 from tasks.split import split_dataset
 from tasks.tracking import log_training_run
 from tasks.training import train_model
@@ -90,6 +90,7 @@ def training(
         description=f"{cfg.model.family} on {data.path}@{data.short}, git {tags['mlops.git.commit'][:8]}",
     )
     set_model_alias(tracking_uri, cfg.model_name, "challenger", registered.version)
+    write_model_card(tracking_uri, registered, [], [])
     log.info(
         "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect.exceptions import FlowPauseTimeout
+from prefect.exceptions import FailedRun, FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
@@ -37,7 +37,9 @@ def request_approval(
             timeout=timeout_seconds,
             poll_interval=poll_interval,
         )
-    except FlowPauseTimeout:
+    except (FlowPauseTimeout, FailedRun):
+        # The client gives up at the timeout (FlowPauseTimeout), or finds the server already
+        # failed the paused run for it (FailedRun): either way nobody approved.
         return ApprovalDecision(
             approve=False,
             approver="(nobody)",

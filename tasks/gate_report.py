@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mlops.audit import AuditEntry
 from tasks.gates import GateResult
-from tasks.registry import RegisteredVersion, registry_client
+from tasks.registry import registry_client
 
 
 def gate_table(results: list[GateResult]) -> list[dict[str, str]]:
@@ -57,41 +55,3 @@ def publish_gate_report(
         run_id, {"champion": champion, "gates": [asdict(r) for r in results]}, "gates.json"
     )
     client.log_text(run_id, report, "gates.md")
-
-
-def model_card(
-    version: RegisteredVersion, gates: list[dict[str, Any]], entries: list[AuditEntry]
-) -> str:
-    """A model card: what the version is, where it came from, how it was judged, what happened to it."""
-    t = version.tags
-    lines = [
-        f"# Model card: {version.name} v{version.version}",
-        "",
-        "## Lineage",
-        "",
-        f"- data: `{t.get('mlops.data.path')}` md5 `{t.get('mlops.data.md5')}` (rev `{t.get('mlops.data.rev')}`)",
-        f"- code: git `{t.get('mlops.git.commit')}`"
-        + (" with uncommitted changes" if t.get("mlops.git.dirty") == "true" else "")
-        + f", pipeline code sha256 `{t.get('mlops.code.sha256', '')[:16]}`",
-        f"- training: MLflow run `{version.run_id}`, Prefect flow run `{t.get('mlops.prefect.flow_run_id')}`, "
-        f"trigger `{t.get('mlops.trigger')}`",
-        f"- policy: v{t.get('mlops.policy.version')} (digest `{t.get('mlops.policy.digest')}`)",
-        "",
-        "## Holdout metrics",
-        "",
-        *(f"- {k}: {v:.4f}" for k, v in sorted(version.metrics.items())),
-        "",
-        "## Gates",
-        "",
-        *(f"- {g['gate']}: {'pass' if g['passed'] else 'FAIL'} — {g['reason']}" for g in gates),
-        "",
-        "## History",
-        "",
-        *(
-            f"- {e.time:%Y-%m-%d %H:%M:%S} {e.action} by {e.actor} ({e.trigger}): {e.reason}"
-            for e in entries
-            if e.version == version.version
-        ),
-        "",
-    ]
-    return "\n".join(lines)

@@ -62,9 +62,13 @@ def move_champion_alias(tracking_uri: str, model: str, version: int, expected: i
     """Point `champion` at ``version``, if it still points where the judgement assumed."""
     now = current_champion(tracking_uri, model)
     if now != expected:
+
+        def label(v: int | None) -> str:
+            return f"v{v}" if v is not None else "none"
+
         raise PromotionConflict(
-            f"{model}: the champion is v{now} now, not v{expected} as when v{version} was judged; "
-            "run the promotion again to judge it against the new champion"
+            f"{model}: the champion is {label(now)} now, not {label(expected)} as when v{version} "
+            "was judged; run the promotion again to judge it against the new champion"
         )
     txn = get_transaction()
     if txn is not None:

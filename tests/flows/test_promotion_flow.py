@@ -20,6 +20,7 @@ from mlops.audit import AuditTrail
 from mlops.settings import Settings
 from tasks.approval import ApprovalRejected
 from tasks.gates import GateFailed
+from tasks.promotion import PromotionConflict
 from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -110,7 +111,9 @@ def test_better_challenger_is_promoted_and_worse_one_rejected(
         local_stack.mlflow_tracking_uri, registry_uri=local_stack.mlflow_tracking_uri
     )
     assert client.get_model_version(name, str(v3)).tags["mlops.gates"] == "failed"
-    assert client.get_model_version(name, str(v2)).tags["mlops.promoted.previous"] == str(v1)
+    promoted = client.get_model_version(name, str(v2))
+    assert promoted.tags["mlops.promoted.previous"] == str(v1)
+    assert "- fairness: pass" in promoted.description and "promoted by" in promoted.description
 
 
 def test_unfair_challenger_is_rejected_with_the_gap_named(
@@ -184,42 +187,71 @@ def test_approval_rejection_leaves_the_champion_in_place(
 def test_no_answer_in_time_is_a_rejection(local_stack: Settings, project: Path) -> None:
     name = _name(project)
     edit_yaml(project.parent / "policy.yaml", require_approval=True, approval_timeout_seconds=3)
-    _train(project, GOOD)
+    version = _train(project, GOOD)
     state = promotion(pipeline=str(project), trigger="test", return_state=True)
-    with pytest.raises(ApprovalRejected, match="rejected by timeout"):
-        state.result()
+    # The server may fail the paused run at the timeout before the flow records its own reason:
+    # either way the run fails and the audit trail says why.
+    assert state.is_failed()
     assert _champion(local_stack, name) is None
+    entries = AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name, version)
+    assert [e.action for e in entries] == ["gate-decision", "approval", "rejected"]
+    assert "rejected by timeout" in entries[-1].reason
+
+
+def _paused_runs(trigger: str, count: int, timeout: float = 90) -> list[uuid.UUID]:
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = [
+                r.id
+                for r in client.read_flow_runs(flow_run_filter=FlowRunFilter())
+                if r.state and r.state.is_paused() and r.parameters.get("trigger") == trigger
+            ]
+            if len(runs) == count:
+                return runs
+            time.sleep(0.5)
+    raise AssertionError(f"expected {count} paused promotions")
 
 
 def test_two_racing_promotions_end_with_exactly_one_champion(
     local_stack: Settings, project: Path
 ) -> None:
+    """Two challengers judged against the same champion (none yet), both approved at once: the
+    first to take the promotion lock wins; the other finds the champion changed and is rejected."""
     name = _name(project)
+    edit_yaml(project.parent / "policy.yaml", require_approval=True, approval_timeout_seconds=120)
     a = _train(project, GOOD)
     b = _train(project, GOOD, random_state=3)
+    trigger = f"race-{uuid.uuid4().hex[:6]}"
     states: dict[int, Any] = {}
-    barrier = threading.Barrier(2)
 
     def run(version: int) -> None:
-        barrier.wait()
         states[version] = promotion(
-            version=str(version), pipeline=str(project), trigger="race", return_state=True
+            version=str(version), pipeline=str(project), trigger=trigger, return_state=True
         )
 
     threads = [threading.Thread(target=run, args=(v,)) for v in (a, b)]
     for t in threads:
         t.start()
-    for t in threads:
+    paused = _paused_runs(trigger, 2)  # both judged, both waiting: neither has promoted
+    approvals = [
+        threading.Thread(
+            target=resume_flow_run,
+            args=(run_id,),
+            kwargs={"run_input": {"approve": True, "approver": "bob", "reason": "looks good"}},
+        )
+        for run_id in paused
+    ]
+    for t in approvals:
+        t.start()
+    for t in approvals + threads:
         t.join(timeout=300)
     won = [v for v, s in states.items() if s.is_completed()]
     lost = [v for v, s in states.items() if s.is_failed()]
     assert len(won) == 1 and len(lost) == 1, states
     assert _champion(local_stack, name) == won[0]
-    with pytest.raises(Exception, match="the champion is v"):
+    with pytest.raises(PromotionConflict, match=f"the champion is v{won[0]} now, not none as when"):
         states[lost[0]].result()
-    promoted = [
-        e.version
-        for e in AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name)
-        if e.action == "promoted"
-    ]
-    assert promoted == won
+    trail = AuditTrail(str(local_stack.mlflow_tracking_uri)).entries(name)
+    assert [e.version for e in trail if e.action == "promoted"] == won
+    assert [e.version for e in trail if e.action == "rejected"] == lost

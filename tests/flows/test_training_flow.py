@@ -66,6 +66,8 @@ def test_first_run_registers_a_version_with_its_lineage(local_stack: Settings, f
     assert mv.tags["mlops.git.commit"] == git(PROJECT, "rev-parse", "HEAD")
     assert len(mv.tags["mlops.fingerprint"]) == 64
     assert mv.tags["mlops.policy.version"] == "1"
+    assert mv.description.startswith(f"# Model card: adult-income v{first_run.version}")
+    assert dvc_record["md5"] in mv.description and "not judged yet" in mv.description
 
     # the flow run the tag names exists on the Prefect server and completed
     with get_client(sync_client=True) as prefect:

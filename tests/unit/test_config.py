@@ -87,6 +87,13 @@ def test_policy_with_unknown_metric_is_refused(tmp_path: Path) -> None:
         load_policy(_write(tmp_path / "policy.yaml", raw))
 
 
+def test_policy_comparing_on_an_unknown_metric_is_refused(tmp_path: Path) -> None:
+    raw = yaml.safe_load((EXAMPLE / "policy.yaml").read_text())
+    raw["comparison"]["metric"] = "gini"
+    with pytest.raises(ConfigError, match=r"comparison\.metric 'gini' is unknown"):
+        load_policy(_write(tmp_path / "policy.yaml", raw))
+
+
 def test_policy_with_unknown_sensitive_column_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load((EXAMPLE / "policy.yaml").read_text())
     raw["fairness"]["sensitive"] = ["sex", "religion"]
