@@ -1,0 +1,66 @@
+"""The promotion transaction: when a later step fails, the alias and tags are put back."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from mlflow import MlflowClient
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import transaction
+
+from mlops.settings import Settings
+from tasks.promotion import CHAMPION, PROMOTION_TAGS, move_champion_alias, tag_promoted_version
+
+pytestmark = pytest.mark.flows
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def audit_store_down() -> None:
+    raise ConnectionError("audit store unreachable")
+
+
+@flow
+def promote_with_failing_audit(uri: str, name: str, version: int, previous: int | None) -> None:
+    with transaction():
+        move_champion_alias(uri, name, version, expected=previous)
+        tag_promoted_version(uri, name, version, "tester", previous)
+        audit_store_down()
+
+
+def _registered(client: MlflowClient, name: str, versions: int) -> None:
+    """``versions`` bare model versions of ``name``, each from a run of its own."""
+    client.create_registered_model(name)
+    experiment = client.create_experiment(name)
+    for _ in range(versions):
+        run = client.create_run(experiment)
+        client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+        )
+
+
+def test_a_failure_after_the_alias_moved_restores_it(local_stack: Settings) -> None:
+    uri = str(local_stack.mlflow_tracking_uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    name = f"rollback-{uuid.uuid4().hex[:6]}"
+    _registered(client, name, 2)
+    client.set_registered_model_alias(name, CHAMPION, "1")
+
+    state = promote_with_failing_audit(uri, name, 2, 1, return_state=True)
+
+    assert state.is_failed()
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    assert not set(PROMOTION_TAGS) & set(client.get_model_version(name, "2").tags)
+
+
+def test_a_failed_first_promotion_leaves_no_champion(local_stack: Settings) -> None:
+    uri = str(local_stack.mlflow_tracking_uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    name = f"rollback-{uuid.uuid4().hex[:6]}"
+    _registered(client, name, 1)
+
+    state = promote_with_failing_audit(uri, name, 1, None, return_state=True)
+
+    assert state.is_failed()
+    assert CHAMPION not in client.get_registered_model(name).aliases
