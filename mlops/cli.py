@@ -229,6 +229,44 @@ def reproduce(
     typer.echo(f"reproduced: largest difference {result.max_difference:.3g}")
 
 
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    ref: Annotated[str, typer.Option("--version", help="Version number or alias.")] = "champion",
+    port: Annotated[int, typer.Option(help="Port on MLOPS_HOST.")] = 8080,
+    log_root: Annotated[
+        str | None, typer.Option(help="Prediction log folder or s3:// URL.")
+    ] = None,
+) -> None:
+    """Serve one model version over HTTP: /predict, /feedback, /health, /ready, /metrics."""
+    import uvicorn
+
+    from serving.app import ServerConfig, create_app
+    from serving.model import load_served_model
+    from serving.prediction_log import PredictionLog
+
+    settings = _settings()
+    token = os.environ.get("MLOPS_SERVING_TOKEN") or None
+    if settings.env != "local" and token is None:
+        raise _fail(
+            MlopsError(
+                f"MLOPS_ENV={settings.env}: set MLOPS_SERVING_TOKEN; "
+                "outside local mode the server requires a bearer token"
+            )
+        )
+    root = log_root or str(settings.state_dir / "prediction-log" / model)
+    workdir = settings.state_dir / "serving"
+    app_ = create_app(
+        lambda: load_served_model(str(settings.mlflow_tracking_uri), model, ref, workdir),
+        PredictionLog(root),
+        ServerConfig(token=token),
+        model_name=model,
+        model_ref=ref,
+    )
+    typer.echo(f"serving {model}@{ref} on http://{settings.host}:{port} (prediction log {root})")
+    uvicorn.run(app_, host=settings.host, port=port, log_level="warning")
+
+
 def _print_version(result: Any) -> None:
     verb = "reused" if result.reused else "registered"
     typer.echo(f"{verb} {result.name} version {result.version}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -65,6 +68,29 @@ def find_model_version(tracking_uri: str, name: str, fingerprint: str) -> Regist
     return _as_registered(client, earliest, reused=True)
 
 
+CHECKSUM_TAG = "mlops.model.sha256"
+
+
+def artifact_checksum(folder: Path) -> str:
+    """sha256 over every file of a model's artifacts (relative paths and contents, sorted)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def download_model(tracking_uri: str, name: str, version: int, dst: Path | None = None) -> Path:
+    """The artifacts of one registered version, in a local folder."""
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{version}",
+            dst_path=str(dst) if dst else None,
+            tracking_uri=tracking_uri,
+        )
+    )
+
+
 @task(name="register-model-version", cache_policy=NO_CACHE, persist_result=False)
 def register_model_version(
     tracking_uri: str, name: str, model_uri: str, tags: dict[str, str], description: str
@@ -74,6 +100,10 @@ def register_model_version(
         mv = mlflow.register_model(model_uri, name, tags=tags)
     client = registry_client(tracking_uri)
     client.update_model_version(name, mv.version, description=description)
+    # The checksum of the stored artifacts, so that a server can refuse a tampered model.
+    with tempfile.TemporaryDirectory() as tmp:
+        checksum = artifact_checksum(download_model(tracking_uri, name, int(mv.version), Path(tmp)))
+    client.set_model_version_tag(name, mv.version, CHECKSUM_TAG, checksum)
     return _as_registered(client, client.get_model_version(name, mv.version), reused=False)
 
 

@@ -1,0 +1,76 @@
+"""Loading one registered model version for serving, refusing it if its artifacts were altered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+from mlflow.models import Model
+
+from mlops.errors import MlopsError
+from tasks.registry import (
+    CHECKSUM_TAG,
+    artifact_checksum,
+    download_model,
+    lookup_model_version,
+)
+
+
+class ModelIntegrityError(MlopsError):
+    """The model's artifacts do not match the checksum recorded at registration."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # MLflow schema type: long, integer, double, float, string, boolean
+    required: bool
+
+
+@dataclass
+class ServedModel:
+    """A model version ready to answer: its estimator, its input columns and its identity."""
+
+    name: str
+    version: int
+    estimator: Any
+    columns: list[Column]
+
+    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, P(positive)) for rows already checked against ``columns``."""
+        proba = self.estimator.predict_proba(frame[[c.name for c in self.columns]])[:, 1]
+        return (proba >= 0.5).astype(int), proba
+
+
+def load_served_model(tracking_uri: str, name: str, ref: str, workdir: Path) -> ServedModel:
+    """Download version or alias ``ref`` of ``name``, verify its checksum, load it and warm it up."""
+    found = lookup_model_version(tracking_uri, name, ref)
+    if found is None:
+        raise MlopsError(f"{name}: no version or alias {ref!r} in the registry at {tracking_uri}")
+    expected = found.tags.get(CHECKSUM_TAG)
+    if not expected:
+        raise ModelIntegrityError(
+            f"{name} v{found.version}: no {CHECKSUM_TAG} tag was recorded at registration; "
+            "refusing to serve an unverifiable model"
+        )
+    folder = download_model(tracking_uri, name, found.version, workdir / f"{name}-v{found.version}")
+    actual = artifact_checksum(folder)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{name} v{found.version}: artifacts have sha256 {actual[:16]}…, "
+            f"but {expected[:16]}… was recorded at registration; refusing to serve it"
+        )
+    schema = Model.load(str(folder)).get_input_schema()
+    if schema is None:
+        raise MlopsError(f"{name} v{found.version}: the model has no input signature")
+    columns = [
+        Column(c.name or "", c.type.name if hasattr(c.type, "name") else str(c.type), c.required)
+        for c in schema.inputs
+    ]
+    estimator = mlflow.sklearn.load_model(str(folder))
+    served = ServedModel(name, found.version, estimator, columns)
+    return served
