@@ -46,6 +46,7 @@ lint: $(STAMP) ## ruff and mypy, as CI runs them
 bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number is the headline)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
+	$(BIN)/python benchmarks/serving.py
 
 clean: ## Remove the local stack's state (stop it first with make down)
 	rm -rf .mlops
