@@ -43,6 +43,13 @@ from tasks.reporting import write_model_card
 from tasks.tracking import load_run_frame
 
 
+def _current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        return "unknown"
+
+
 @flow(name="promotion", persist_result=True)
 def promotion(
     version: str = "challenger",
@@ -68,7 +75,7 @@ def promotion(
     policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
     uri = str(settings.mlflow_tracking_uri)
     name = cfg.model_name
-    actor = actor or getpass.getuser()
+    actor = actor or _current_user()
     run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
 
     candidate = resolve_model_version(uri, name, version)
