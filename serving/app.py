@@ -135,6 +135,12 @@ def _field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
     ]
 
 
+def _invalid(kind: str, exc: ValidationError, prefix: str) -> Refused:
+    """A 422 naming every field that failed validation."""
+    fields = _field_errors(exc, prefix)
+    return Refused(422, kind, "; ".join(f"{f['field']}: {f['message']}" for f in fields), fields)
+
+
 def create_app(
     load: Callable[[], ServedModel],
     log: PredictionLog,
@@ -219,13 +225,8 @@ def create_app(
                 try:
                     checked.append(state["row"].model_validate(row).model_dump())
                 except ValidationError as exc:
-                    fields = _field_errors(exc, f"rows.{i}" if "rows" in body else "row")
-                    raise Refused(
-                        422,
-                        "invalid_row",
-                        "; ".join(f"{f['field']}: {f['message']}" for f in fields),
-                        fields,
-                    ) from None
+                    prefix = f"rows.{i}" if "rows" in body else "row"
+                    raise _invalid("invalid_row", exc, prefix) from None
         except Refused as exc:
             return refuse("/predict", exc, started)
         frame = pd.DataFrame(checked, columns=[c.name for c in model.columns])
@@ -272,13 +273,7 @@ def create_app(
             try:
                 item = Feedback.model_validate(body)
             except ValidationError as exc:
-                fields = _field_errors(exc, "")
-                raise Refused(
-                    422,
-                    "invalid_feedback",
-                    "; ".join(f"{f['field']}: {f['message']}" for f in fields),
-                    fields,
-                ) from None
+                raise _invalid("invalid_feedback", exc, "") from None
         except Refused as exc:
             return refuse("/feedback", exc, started)
         log.append(
