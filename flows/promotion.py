@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 from dataclasses import asdict
+from typing import cast
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
@@ -19,6 +20,7 @@ from tasks.approval import ApprovalRejected, request_approval
 from tasks.gate_report import publish_gate_report
 from tasks.gates import (
     GateFailed,
+    ProbabilisticModel,
     check_fairness,
     check_metric_thresholds,
     check_model_contract,
@@ -105,8 +107,11 @@ def promotion(
 
     target = cfg.target.column
     holdout = load_run_frame(uri, candidate.run_id, "holdout")
-    challenger_model = load_model_version(uri, name, candidate.version)
-    champion_model = load_model_version(uri, name, previous) if previous else None
+    # Prefect types a task returning Any as possibly a coroutine; these are sync sklearn models.
+    challenger_model = cast(ProbabilisticModel, load_model_version(uri, name, candidate.version))
+    champion_model = (
+        cast(ProbabilisticModel, load_model_version(uri, name, previous)) if previous else None
+    )
     reference = load_run_frame(uri, champion.run_id, "training") if champion else None
     results = [
         check_metric_thresholds(candidate.metrics, policy),

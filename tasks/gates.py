@@ -307,16 +307,13 @@ def model_contract(model_uri: str, tracking_uri: str, good: pd.DataFrame) -> Gat
 
 
 # tasks ------------------------------------------------------------------------------------------
-_GATE = {"cache_policy": NO_CACHE, "persist_result": False}
-
-
-@task(name="check-metric-thresholds", **_GATE)  # type: ignore[call-overload]
+@task(name="check-metric-thresholds", cache_policy=NO_CACHE, persist_result=False)
 def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
     """Gate: the holdout metrics meet the policy's thresholds."""
     return metric_thresholds(metrics, policy)
 
 
-@task(name="compare-with-champion", **_GATE)  # type: ignore[call-overload]
+@task(name="compare-with-champion", cache_policy=NO_CACHE, persist_result=False)
 def compare_with_champion(
     challenger: ProbabilisticModel,
     champion: ProbabilisticModel | None,
@@ -332,7 +329,7 @@ def compare_with_champion(
     )
 
 
-@task(name="check-fairness", **_GATE)  # type: ignore[call-overload]
+@task(name="check-fairness", cache_policy=NO_CACHE, persist_result=False)
 def check_fairness(
     model: ProbabilisticModel, holdout: pd.DataFrame, target: str, policy: FairnessPolicy
 ) -> GateResult:
@@ -342,7 +339,7 @@ def check_fairness(
     return fairness(predictions, X, holdout[target].to_numpy(), policy)
 
 
-@task(name="check-training-data", **_GATE)  # type: ignore[call-overload]
+@task(name="check-training-data", cache_policy=NO_CACHE, persist_result=False)
 def check_training_data(
     training: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
 ) -> GateResult:
@@ -350,7 +347,7 @@ def check_training_data(
     return training_data(training, reference, policy)
 
 
-@task(name="check-model-contract", **_GATE)  # type: ignore[call-overload]
+@task(name="check-model-contract", cache_policy=NO_CACHE, persist_result=False)
 def check_model_contract(model_uri: str, tracking_uri: str, holdout: pd.DataFrame) -> GateResult:
     """Gate: the registered model answers through pyfunc and enforces its signature."""
     return model_contract(model_uri, tracking_uri, holdout)
