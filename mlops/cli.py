@@ -230,6 +230,26 @@ def reproduce(
 
 
 @app.command()
+def package(
+    version: Annotated[str, typer.Option(help="Version number or alias.")] = "champion",
+    model: Annotated[
+        str | None, typer.Option(help="Registered model (default: the pipeline's).")
+    ] = None,
+    push: Annotated[bool, typer.Option(help="Push to MLOPS_IMAGE_REGISTRY when it is set.")] = True,
+) -> None:
+    """Build, smoke-test, push and record the model server image of one version (in this process)."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.packaging import packaging
+
+        image = packaging(version=version, model=model, push=push)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(image.pinned)
+
+
+@app.command()
 def serve(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     ref: Annotated[str, typer.Option("--version", help="Version number or alias.")] = "champion",
@@ -241,19 +261,15 @@ def serve(
     """Serve one model version over HTTP: /predict, /feedback, /health, /ready, /metrics."""
     import uvicorn
 
-    from serving.app import ServerConfig, create_app
+    from serving.app import ServerConfig, create_app, token_from_environment
     from serving.model import load_served_model
     from serving.prediction_log import PredictionLog
 
     settings = _settings()
-    token = os.environ.get("MLOPS_SERVING_TOKEN") or None
-    if settings.env != "local" and token is None:
-        raise _fail(
-            MlopsError(
-                f"MLOPS_ENV={settings.env}: set MLOPS_SERVING_TOKEN; "
-                "outside local mode the server requires a bearer token"
-            )
-        )
+    try:
+        token = token_from_environment({**os.environ, "MLOPS_ENV": settings.env})
+    except MlopsError as exc:
+        raise _fail(exc) from None
     root = log_root or str(settings.state_dir / "prediction-log" / model)
     workdir = settings.state_dir / "serving"
     app_ = create_app(

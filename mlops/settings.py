@@ -49,6 +49,19 @@ class Settings(BaseSettings):
     dvc_remote_endpoint_url: str | None = Field(
         None, description="S3 endpoint for the DVC remote (an S3-compatible store)."
     )
+    image_registry: str | None = Field(
+        None,
+        description="Where model server images are pushed: host[:port][/namespace] "
+        "(e.g. 127.0.0.1:5050/mlops or an ECR registry); images stay local when unset.",
+    )
+    image_registry_insecure: bool = Field(
+        False, description="The image registry speaks plain HTTP (a local registry)."
+    )
+    base_image: str = Field(
+        "python:3.11-slim",
+        description="Base of the model server image; pin it by digest in production. "
+        "Build a local one with infra/docker/build-base-image.sh where no hub is reachable.",
+    )
     startup_timeout: float = Field(90.0, gt=0, description="Seconds to wait for a service.")
 
     @model_validator(mode="after")

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +40,7 @@ from pydantic import (
     create_model,
 )
 
+from mlops.errors import MlopsError
 from serving.model import Column, ServedModel
 from serving.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
 
@@ -327,3 +328,15 @@ def _rows(body: Any, limit: int) -> list[Any]:
     if len(rows) > limit:
         raise Refused(413, "too_many_rows", f"rows: {len(rows)} rows exceed the limit of {limit}")
     return rows
+
+
+def token_from_environment(environ: Mapping[str, str]) -> str | None:
+    """The bearer token (``MLOPS_SERVING_TOKEN``); required unless ``MLOPS_ENV`` is local."""
+    token = environ.get("MLOPS_SERVING_TOKEN") or None
+    env = environ.get("MLOPS_ENV", "local")
+    if env != "local" and token is None:
+        raise MlopsError(
+            f"MLOPS_ENV={env}: set MLOPS_SERVING_TOKEN; "
+            "outside local mode the server requires a bearer token"
+        )
+    return token

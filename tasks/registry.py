@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import MlopsError
+from mlops.integrity import CHECKSUM_TAG, artifact_checksum
 from mlops.lineage import FINGERPRINT_TAG
 from mlops.retries import only_connection_errors
 from tasks.tracking import tracking_server
@@ -66,18 +66,6 @@ def find_model_version(tracking_uri: str, name: str, fingerprint: str) -> Regist
         return None
     earliest = min(found, key=lambda mv: int(mv.version))
     return _as_registered(client, earliest, reused=True)
-
-
-CHECKSUM_TAG = "mlops.model.sha256"
-
-
-def artifact_checksum(folder: Path) -> str:
-    """sha256 over every file of a model's artifacts (relative paths and contents, sorted)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def download_model(tracking_uri: str, name: str, version: int, dst: Path | None = None) -> Path:

@@ -24,7 +24,7 @@ from serving.app import ServerConfig, create_app
 from serving.model import ModelIntegrityError, load_served_model
 from serving.prediction_log import PredictionLog, read_labelled, read_log
 from tasks.tracking import tracking_server
-from tests.helpers import adult_frame, make_project
+from tests.helpers import adult_frame, make_project, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +70,7 @@ def server(
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready").status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the server never became ready")
+    wait_ready(base, 60)
     yield {"base": base, "log": str(work / "log"), "name": name, "version": version}
     uv.should_exit = True
     thread.join(timeout=10)

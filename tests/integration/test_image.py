@@ -1,0 +1,172 @@
+"""The model server image: built by the packaging flow on a real engine, pushed to a real registry,
+pulled back by digest, run, and asked for predictions and metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import mlflow.sklearn
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.packaging import packaging
+from flows.training import training
+from mlops.integrity import CHECKSUM_TAG, ModelIntegrityError
+from mlops.settings import Settings
+from mlops.stack import free_port
+from tasks.packaging import (
+    IMAGE_TAG,
+    PackagingError,
+    assemble_build_context,
+    image_repository,
+    registry_digest,
+)
+from tasks.registry import registry_client, resolve_model_version
+from tasks.tracking import tracking_server
+from tests.engine import Engine, container_engine
+from tests.helpers import adult_frame, make_project, wait_ready
+
+pytestmark = pytest.mark.integration
+
+INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    with container_engine(tmp_path_factory.mktemp("engine")) as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def project(
+    local_stack: Settings, engine: Engine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("image-project")
+    name = f"image-{uuid.uuid4().hex[:6]}"
+    pipeline = make_project(root, adult_frame(3000), model_name=name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLOPS_PROJECT_DIR", str(root))
+    mp.setenv("MLOPS_IMAGE_REGISTRY", f"{engine.registry}/mlops")
+    mp.setenv("MLOPS_IMAGE_REGISTRY_INSECURE", "true")
+    mp.setenv("MLOPS_BASE_IMAGE", engine.base_image)
+    mp.setenv("DOCKER_HOST", engine.docker_host)
+    try:
+        version = training(pipeline=str(pipeline), trigger="test").version
+        yield {"name": name, "version": version, "root": root}
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def packaged(project: dict[str, Any]) -> Any:
+    return packaging(version=str(project["version"]), model=project["name"])
+
+
+def _rows(n: int) -> list[dict[str, Any]]:
+    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
+    frame[INTS] = frame[INTS].astype(int)
+    return frame.to_dict("records")
+
+
+def _run(client: Any, image: str, port: int, **env: str) -> Any:
+    return client.containers.run(
+        image, detach=True, network_mode="host", environment={"PORT": str(port), **env}
+    )
+
+
+def test_image_is_tagged_pushed_and_recorded_by_digest(
+    local_stack: Settings, engine: Engine, project: dict[str, Any], packaged: Any
+) -> None:
+    name, version = project["name"], project["version"]
+    assert packaged.repository == f"{engine.registry}/mlops/{name}"
+    assert re.fullmatch(rf"v{version}-[0-9a-f]{{7}}", packaged.tag), packaged.tag
+    assert packaged.digest == registry_digest(packaged.repository, packaged.tag, insecure=True)
+    tags = resolve_model_version(str(local_stack.mlflow_tracking_uri), name, str(version)).tags
+    assert tags[IMAGE_TAG] == f"{packaged.repository}:{packaged.tag}@{packaged.digest}"
+    labels = docker.from_env(timeout=600).images.get(packaged.reference).labels
+    assert labels["io.mlops.model.version"] == str(version)
+    assert labels["io.mlops.model.sha256"] == tags[CHECKSUM_TAG]
+    assert packaged.tag.endswith(labels["org.opencontainers.image.revision"][:7])
+
+
+def test_image_pulled_by_digest_serves_the_models_predictions_and_metrics(
+    local_stack: Settings, project: dict[str, Any], packaged: Any
+) -> None:
+    client = docker.from_env(timeout=600)
+    client.images.remove(packaged.reference, force=True)  # what runs comes from the registry
+    pinned = f"{packaged.repository}@{packaged.digest}"
+    client.images.pull(pinned)
+    port, token = free_port(), uuid.uuid4().hex
+    container = _run(client, pinned, port, HOST="127.0.0.1", MLOPS_SERVING_TOKEN=token)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, 120, lambda: container.logs().decode())
+        rows = _rows(40)
+        refused = httpx.post(f"{base}/predict", json={"rows": rows})
+        assert refused.status_code == 401  # outside local mode a token is required
+        answer = httpx.post(
+            f"{base}/predict", json={"rows": rows}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        with tracking_server(str(local_stack.mlflow_tracking_uri)):
+            model = mlflow.sklearn.load_model(f"models:/{project['name']}/{project['version']}")
+        expected = model.predict_proba(pd.DataFrame(rows))[:, 1]
+        assert np.allclose(body["probabilities"], expected, rtol=0, atol=1e-12)
+        assert body["model"] == {"name": project["name"], "version": project["version"]}
+        metrics = httpx.get(f"{base}/metrics").text
+        labels = f'model="{project["name"]}",route="/predict",status="200",version="{project["version"]}"'
+        assert f"mlops_requests_total{{{labels}}} 1.0" in metrics
+        assert re.search(r"mlops_predictions_total\{.*\} (\d+\.\d+)", metrics)
+        predicted = sum(
+            float(v) for v in re.findall(r"^mlops_predictions_total\{[^}]*\} (\S+)$", metrics, re.M)
+        )
+        assert predicted == len(rows)
+    finally:
+        container.remove(force=True)
+
+
+def test_image_refuses_to_start_in_prod_without_a_token(packaged: Any) -> None:
+    client = docker.from_env(timeout=600)
+    container = _run(client, packaged.reference, free_port())
+    try:
+        assert container.wait(timeout=60)["StatusCode"] == 2
+        assert "set MLOPS_SERVING_TOKEN" in container.logs().decode()
+    finally:
+        container.remove(force=True)
+
+
+def test_a_version_whose_artifacts_changed_is_not_packaged(
+    local_stack: Settings, project: dict[str, Any], tmp_path: Path
+) -> None:
+    uri = str(local_stack.mlflow_tracking_uri)
+    found = resolve_model_version(uri, project["name"], str(project["version"]))
+    altered = dataclasses.replace(found, tags={**found.tags, CHECKSUM_TAG: "0" * 64})
+    with pytest.raises(ModelIntegrityError, match="refusing to serve it"):
+        assemble_build_context.fn(uri, altered, tmp_path / "context")
+
+
+def test_a_model_name_that_is_no_image_name_is_refused_by_name() -> None:
+    with pytest.raises(PackagingError, match="'Adult Income' is not a valid image name"):
+        image_repository("127.0.0.1:5000", "Adult Income")
+    assert image_repository(None, "adult-income") == "mlops/adult-income"
+
+
+def test_no_engine_is_a_clear_error(
+    local_stack: Settings, project: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix:///nonexistent/{uuid.uuid4().hex}.sock")
+    uri = str(local_stack.mlflow_tracking_uri)
+    before = registry_client(uri).get_model_version(project["name"], str(project["version"])).tags
+    with pytest.raises(PackagingError, match="no container engine answers at DOCKER_HOST="):
+        packaging(version=str(project["version"]), model=project["name"])
+    after = registry_client(uri).get_model_version(project["name"], str(project["version"])).tags
+    assert after == before
