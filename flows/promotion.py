@@ -3,6 +3,7 @@ make it champion in one recorded act, or reject it with the reason."""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from dataclasses import asdict
 from typing import cast
@@ -12,7 +13,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from mlops.audit import Action, AuditEntry, AuditTrail
+from mlops.audit import Action, AuditTrail
 from mlops.config import load_pipeline_config
 from mlops.policy import load_policy
 from mlops.settings import Settings
@@ -28,11 +29,11 @@ from tasks.gates import (
     compare_with_champion,
 )
 from tasks.promotion import (
+    AuditContext,
     PromotionConflict,
     PromotionOutcome,
     ensure_promotion_lock,
     move_champion_alias,
-    record_audit_entry,
     tag_promoted_version,
 )
 from tasks.registry import (
@@ -87,23 +88,19 @@ def promotion(
         log.info("%s v%s is the champion already; nothing to do", name, candidate.version)
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
 
+    context = AuditContext(
+        uri,
+        name,
+        actor,
+        trigger,
+        previous,
+        policy.version,
+        policy_digest,
+        links={"prefect_flow_run": run_url, "mlflow_run": candidate.run_id},
+    )
+
     def audit(action: Action, reason: str, **evidence: object) -> None:
-        record_audit_entry(
-            uri,
-            AuditEntry(
-                model=name,
-                version=candidate.version,
-                action=action,
-                actor=actor,
-                trigger=trigger,
-                reason=reason,
-                previous_champion=previous,
-                policy_version=policy.version,
-                policy_digest=policy_digest,
-                evidence=dict(evidence),
-                links={"prefect_flow_run": run_url, "mlflow_run": candidate.run_id},
-            ),
-        )
+        context.record(candidate.version, action, reason, **evidence)
 
     target = cfg.target.column
     holdout = load_run_frame(uri, candidate.run_id, "holdout")
@@ -161,6 +158,7 @@ def promotion(
             audit("rejected", reason)
             raise ApprovalRejected(f"{name} v{candidate.version}: {reason}")
         actor = decision.approver
+        context = dataclasses.replace(context, actor=actor)
 
     # One promotion of a model at a time (a Prefect global concurrency limit of one); inside it,
     # the champion must still be the one the gates judged against, and alias, tags and audit

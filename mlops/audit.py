@@ -23,7 +23,16 @@ ENTRIES = "entries"
 MODEL_TAG = "mlops.audit.model"
 
 Action = Literal[
-    "gate-decision", "approval", "promoted", "rejected", "rolled-back", "policy-applied"
+    "gate-decision",
+    "approval",
+    "promoted",
+    "rejected",
+    "rolled-back",
+    "policy-applied",
+    "release-started",
+    "released",
+    "release-rolled-back",
+    "release-failed",
 ]
 
 

@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mlops.config import load_yaml_model
 from mlops.errors import ConfigError
@@ -77,9 +77,41 @@ class DataPolicy(_Strict):
 
 
 class ReleasePolicy(_Strict):
+    """How a validated version goes live, and what makes it roll back by itself."""
+
     strategy: Literal["blue-green", "canary", "shadow"] = "canary"
+    target: str = Field("local", description="Where it runs: local (more with cloud targets).")
     canary_steps: tuple[int, ...] = (5, 25, 50, 100)
-    bake_seconds: float = Field(60, ge=0)
+    bake_seconds: float = Field(
+        60, ge=0, description="Per canary step; the shadow and blue-green watch."
+    )
+    analysis_interval_seconds: float = Field(1.0, gt=0, le=30)
+    ready_timeout_seconds: float = Field(120, gt=0)
+    min_requests: int = Field(
+        20,
+        ge=0,
+        description="Candidate requests a step needs before latency and predictions are compared.",
+    )
+    max_error_rate_increase: float = Field(
+        0.01, ge=0, le=1, description="Candidate 5xx share over the champion's."
+    )
+    max_p99_latency_ratio: float = Field(2.0, ge=1)
+    latency_slack_ms: float = Field(
+        25, ge=0, description="p99 differences below this are never a breach (noise)."
+    )
+    max_positive_rate_shift: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Candidate share of positive predictions against the champion's.",
+    )
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps or list(steps) != sorted(set(steps)) or steps[-1] != 100 or steps[0] <= 0:
+            raise ValueError("canary_steps must rise strictly from above 0 and end at 100")
+        return steps
 
 
 class Policy(_Strict):

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     dvc_remote_endpoint_url: str | None = Field(
         None, description="S3 endpoint for the DVC remote (an S3-compatible store)."
     )
+    router_port: int = Field(
+        8000, ge=1, le=65535, description="Local release target: where callers reach the model."
+    )
+    router_admin_port: int = Field(
+        8001, ge=1, le=65535, description="Local router's API and health (Traefik)."
+    )
     image_registry: str | None = Field(
         None,
         description="Where model server images are pushed: host[:port][/namespace] "

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import MlopsError
 from mlops.integrity import CHECKSUM_TAG, verify_artifacts
 from tasks.registry import RegisteredVersion, download_model, registry_client
+from tasks.smoke import SmokeTestFailed, check_answers, known_batch, wait_until_ready
 
 PRODUCT_ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = PRODUCT_ROOT / "infra" / "docker"
@@ -172,29 +171,14 @@ def build_image(
     return BuiltImage(repository=repository, tag=tag, image_id=result["image_id"])
 
 
-def _example_rows(model_dir: Path) -> pd.DataFrame:
-    example = model_dir / "input_example.json"
-    if not example.is_file():
-        raise PackagingError(f"{model_dir}: no input_example.json to smoke-test the image with")
-    data = json.loads(example.read_text())
-    return pd.DataFrame(data["data"], columns=data["columns"])
-
-
 @task(name="smoke-test-image", cache_policy=NO_CACHE, persist_result=False)
 def smoke_test_image(image: BuiltImage, context: Path, port: int, timeout: float = 120.0) -> int:
     """Run the image; it must become ready and answer the model's input example as the model does.
 
     Returns the number of rows checked.
     """
-    from serving.model import load_model_folder
-
     meta = json.loads((context / "model.json").read_text())
-    frame = _example_rows(context / "model")
-    served = load_model_folder(context / "model", meta["name"], meta["version"], meta["sha256"])
-    expected_labels, expected_proba = served.predict(frame)
-    rows = [
-        {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
-    ]
+    batch = known_batch(context / "model", meta["name"], meta["version"], meta["sha256"])
     token = os.urandom(16).hex()
     base = f"http://127.0.0.1:{port}"
     with docker_engine() as client:
@@ -204,49 +188,22 @@ def smoke_test_image(image: BuiltImage, context: Path, port: int, timeout: float
             network_mode="host",
             environment={"HOST": "127.0.0.1", "PORT": str(port), "MLOPS_SERVING_TOKEN": token},
         )
+
+        def exited() -> str | None:
+            container.reload()
+            if container.status in ("exited", "dead"):
+                logs = container.logs(tail=20).decode(errors="replace")
+                return f"the server in {image.reference} exited:\n{logs}"
+            return None
+
         try:
-            _wait_ready(container, base, timeout)
-            answer = httpx.post(
-                f"{base}/predict",
-                json={"rows": rows},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            )
-            if answer.status_code != 200:
-                raise PackagingError(
-                    f"{image.reference}: /predict answered {answer.status_code}: {answer.text}"
-                )
-            body = answer.json()
-            if body["model"] != {"name": meta["name"], "version": meta["version"]}:
-                raise PackagingError(f"{image.reference} serves {body['model']}, not {meta}")
-            if body["predictions"] != [int(x) for x in expected_labels] or any(
-                abs(a - b) > 1e-9
-                for a, b in zip(body["probabilities"], expected_proba, strict=True)
-            ):
-                raise PackagingError(
-                    f"{image.reference}: answers differ from the model's in-process predictions "
-                    f"({body['predictions']} vs {[int(x) for x in expected_labels]})"
-                )
+            wait_until_ready(base, timeout, exited)
+            check_answers(base, batch, token)
+        except SmokeTestFailed as exc:
+            raise PackagingError(f"{image.reference}: {exc}") from None
         finally:
             container.remove(force=True)
-    return len(rows)
-
-
-def _wait_ready(container: Any, base: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        container.reload()
-        if container.status in ("exited", "dead"):
-            logs = container.logs(tail=20).decode(errors="replace")
-            raise PackagingError(f"the server in {container.image.tags} exited:\n{logs}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    logs = container.logs(tail=20).decode(errors="replace")
-    raise PackagingError(f"the server was not ready within {timeout:.0f} s:\n{logs}")
+    return len(batch.rows)
 
 
 def registry_digest(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from mlflow.exceptions import MlflowException
@@ -14,7 +14,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.transactions import Transaction, get_transaction
 
-from mlops.audit import AuditEntry, AuditTrail
+from mlops.audit import Action, AuditEntry, AuditTrail
 from mlops.errors import MlopsError
 from tasks.gates import GateResult
 from tasks.registry import registry_client
@@ -116,3 +116,36 @@ def _untag_promoted_version(txn: Transaction) -> None:
 def record_audit_entry(tracking_uri: str, entry: AuditEntry) -> str:
     """Append one entry to the model's audit trail."""
     return AuditTrail(tracking_uri).append(entry)
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What every audit entry of one flow run shares; ``record`` adds the act itself."""
+
+    tracking_uri: str
+    model: str
+    actor: str
+    trigger: str
+    previous_champion: int | None
+    policy_version: int
+    policy_digest: str
+    links: dict[str, str] = field(default_factory=dict)
+    evidence: dict[str, object] = field(default_factory=dict)
+
+    def record(self, version: int, action: Action, reason: str, **evidence: object) -> None:
+        record_audit_entry(
+            self.tracking_uri,
+            AuditEntry(
+                model=self.model,
+                version=version,
+                action=action,
+                actor=self.actor,
+                trigger=self.trigger,
+                reason=reason,
+                previous_champion=self.previous_champion,
+                policy_version=self.policy_version,
+                policy_digest=self.policy_digest,
+                evidence=self.evidence | evidence,
+                links=self.links,
+            ),
+        )

@@ -1,0 +1,175 @@
+"""The release flow: a validated model version goes live by the policy's strategy, is watched while
+it takes traffic, and is rolled back by itself when it misbehaves."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+from prefect.transactions import transaction
+
+from flows.promotion import _current_user
+from mlops.audit import Action
+from mlops.config import load_pipeline_config
+from mlops.errors import MlopsError
+from mlops.integrity import CHECKSUM_TAG
+from mlops.policy import load_policy
+from mlops.settings import Settings
+from serving.router import Traffic
+from targets.base import make_target
+from tasks.promotion import (
+    AuditContext,
+    current_champion,
+    ensure_promotion_lock,
+    move_champion_alias,
+    tag_promoted_version,
+)
+from tasks.registry import download_model, resolve_model_version
+from tasks.release import (
+    ReleaseFailed,
+    ReleaseOutcome,
+    deploy_candidate,
+    roll_back_traffic,
+    route_all_to,
+    shift_traffic,
+    smoke_test_candidate,
+    watch_candidate,
+)
+from tasks.smoke import known_batch
+
+
+@flow(name="release", persist_result=True)
+def release(
+    version: str = "challenger",
+    pipeline: str | None = None,
+    target: str | None = None,
+    strategy: str | None = None,
+    trigger: str = "manual",
+    actor: str | None = None,
+) -> ReleaseOutcome:
+    """Put a model version into production by blue-green, canary or shadow, or roll it back.
+
+    Args:
+        version: version number or alias (default: the latest `challenger`); it must have passed
+            the gates (`mlops.gates = passed`).
+        pipeline: pipeline config, relative to the project (default: the settings' example).
+        target: where it runs (default: the policy's, `local`).
+        strategy: `blue-green`, `canary` or `shadow` (default: the policy's).
+        trigger, actor: recorded in the audit trail.
+
+    A release that cannot go on ends with production traffic on the champion, an audit entry
+    saying why, and a failed flow run whose message is that reason.
+    """
+    log = get_run_logger()
+    settings = Settings()
+    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
+    policy, digest = load_policy(cfg.policy, set(cfg.contract.columns))
+    rules = policy.release
+    chosen = strategy or rules.strategy
+    uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
+    actor = actor or _current_user()
+    run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
+    previous = current_champion(uri, name)
+    cand_version: int | None = None
+
+    context = AuditContext(
+        uri,
+        name,
+        actor,
+        trigger,
+        previous,
+        policy.version,
+        digest,
+        links={"prefect_flow_run": run_url},
+        evidence={"strategy": chosen, "target": target or rules.target},
+    )
+
+    def audit(action: Action, reason: str, **evidence: object) -> None:
+        context.record(cand_version or 0, action, reason, **evidence)
+
+    try:
+        if chosen not in ("blue-green", "canary", "shadow"):
+            raise ReleaseFailed(f"unknown strategy {chosen!r} (blue-green, canary, shadow)")
+        candidate = resolve_model_version(uri, name, version)
+        cand_version = candidate.version
+        if candidate.tags.get("mlops.gates") != "passed":
+            raise ReleaseFailed(
+                f"{name} v{candidate.version} has not passed the gates "
+                f"(mlops.gates = {candidate.tags.get('mlops.gates', 'unset')}); run the promotion flow"
+            )
+        where = make_target(target or rules.target, settings, name)
+    except MlopsError as exc:
+        audit("release-failed", str(exc))
+        raise
+
+    with concurrency(ensure_promotion_lock(name), occupy=1, strict=True, timeout_seconds=900):
+        recovered = where.recover()
+        if recovered:
+            log.warning(recovered)
+            audit("release-rolled-back", recovered)
+        now = where.state()
+        stable = now.stable.slot if now.stable else None
+        if now.stable and now.stable.version == candidate.version:
+            log.info("%s v%s serves already", name, candidate.version)
+            return ReleaseOutcome(
+                name, candidate.version, True, previous, "already serving", chosen
+            )
+        audit("release-started", f"{chosen} of v{candidate.version} on {where.name}")
+
+        def roll_back(reason: str) -> ReleaseOutcome:
+            roll_back_traffic(where, name, stable, reason)
+            audit("release-rolled-back", reason)
+            raise ReleaseFailed(f"{name} v{candidate.version} rolled back: {reason}")
+
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = download_model(uri, name, candidate.version, Path(tmp) / "model")
+                batch = known_batch(
+                    folder, name, candidate.version, candidate.tags.get(CHECKSUM_TAG)
+                )
+            deployed = deploy_candidate(where, name, candidate.version, rules.ready_timeout_seconds)
+            smoke_test_candidate(name, deployed, batch)
+        except MlopsError as exc:
+            return roll_back(f"before any traffic: {exc}")
+
+        cand = deployed.slot
+        if stable is not None:
+            try:
+                if chosen == "canary":
+                    for step in rules.canary_steps[:-1]:
+                        shift_traffic(where, name, Traffic({stable: 100 - step, cand: step}))
+                        verdict = watch_candidate(
+                            where, name, stable, cand, rules.bake_seconds, rules
+                        )
+                        if verdict.breached:
+                            return roll_back(f"at {step}%: {'; '.join(verdict.reasons)}")
+                elif chosen == "blue-green":
+                    # one atomic switch; the old slot stays warm, so a breach switches straight back
+                    shift_traffic(where, name, Traffic.only(cand))
+                    verdict = watch_candidate(where, name, stable, cand, rules.bake_seconds, rules)
+                    if verdict.breached:
+                        return roll_back(f"after the switch: {'; '.join(verdict.reasons)}")
+                elif chosen == "shadow":
+                    shift_traffic(where, name, Traffic({stable: 100}, mirror=cand))
+                    verdict = watch_candidate(where, name, stable, cand, rules.bake_seconds, rules)
+                    if verdict.breached:
+                        return roll_back(f"in shadow: {'; '.join(verdict.reasons)}")
+            except MlopsError as exc:
+                return roll_back(str(exc))
+
+        # Traffic, alias, tags and audit entry change together or not at all.
+        try:
+            with transaction():
+                route_all_to(where, name, cand, stable)
+                if previous != candidate.version:
+                    move_champion_alias(uri, name, candidate.version, expected=previous)
+                    tag_promoted_version(uri, name, candidate.version, actor, previous)
+                audit("released", f"{chosen}: all traffic on v{candidate.version} ({cand})")
+        except MlopsError as exc:
+            return roll_back(f"promotion failed: {exc}")
+
+    log.info("%s v%s serves all traffic (%s, slot %s)", name, candidate.version, chosen, cand)
+    return ReleaseOutcome(name, candidate.version, True, previous, "released", chosen)

@@ -1,0 +1,210 @@
+"""Release steps: deploy beside the champion, smoke-test, shift traffic while watching, promote or
+roll back. Each leaves a Prefect artifact so the UI shows where a release stands."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.transactions import Transaction, get_transaction
+
+from mlops.errors import MlopsError
+from mlops.policy import ReleasePolicy
+from serving.router import Traffic
+from targets.base import Deployed, ReleaseTarget, SlotSample
+
+
+class ReleaseFailed(MlopsError):
+    """The release ended without the candidate taking production traffic; the reason says why."""
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    model: str
+    version: int
+    serving: bool
+    previous_champion: int | None
+    reason: str
+    strategy: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    breached: bool
+    reasons: list[str]
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The q-quantile of a cumulative histogram (Prometheus' histogram_quantile), in seconds."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for le in bounds:
+        count = buckets[le]
+        if count >= rank:
+            if math.isinf(le):
+                return lower  # beyond the largest finite bucket: its bound is all that is known
+            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1)
+        lower, below = le, count
+    return lower
+
+
+def positive_rate(sample: SlotSample) -> float | None:
+    total = sum(sample.labels.values())
+    return sample.labels.get("1", 0.0) / total if total > 0 else None
+
+
+def judge(candidate: SlotSample, champion: SlotSample, policy: ReleasePolicy) -> Verdict:
+    """Compare the candidate's traffic since a step began with the champion's over the same time."""
+    reasons: list[str] = []
+    figures: dict[str, float] = {"candidate_requests": candidate.requests}
+    cand_err = candidate.errors / candidate.requests if candidate.requests else 0.0
+    champ_err = champion.errors / champion.requests if champion.requests else 0.0
+    figures |= {"candidate_error_rate": cand_err, "champion_error_rate": champ_err}
+    if candidate.errors and cand_err > champ_err + policy.max_error_rate_increase:
+        reasons.append(
+            f"error rate {cand_err:.1%} against the champion's {champ_err:.1%} "
+            f"(allowed +{policy.max_error_rate_increase:.1%})"
+        )
+    if candidate.requests >= max(policy.min_requests, 1):
+        c99, h99 = (
+            quantile(candidate.latency_buckets, 0.99),
+            quantile(champion.latency_buckets, 0.99),
+        )
+        if c99 is not None and h99 is not None:
+            figures |= {"candidate_p99_ms": c99 * 1000, "champion_p99_ms": h99 * 1000}
+            slack = policy.latency_slack_ms / 1000
+            if c99 > h99 * policy.max_p99_latency_ratio and c99 - h99 > slack:
+                reasons.append(
+                    f"p99 latency {c99 * 1000:.0f} ms against the champion's {h99 * 1000:.0f} ms "
+                    f"(allowed x{policy.max_p99_latency_ratio:g})"
+                )
+        cp, hp = positive_rate(candidate), positive_rate(champion)
+        if cp is not None and hp is not None:
+            figures |= {"candidate_positive_rate": cp, "champion_positive_rate": hp}
+            if abs(cp - hp) > policy.max_positive_rate_shift:
+                reasons.append(
+                    f"positive predictions {cp:.1%} against the champion's {hp:.1%} "
+                    f"(allowed ±{policy.max_positive_rate_shift:.0%})"
+                )
+    return Verdict(bool(reasons), reasons, figures)
+
+
+def _artifact(model: str, title: str, lines: list[str]) -> None:
+    create_markdown_artifact(
+        key=f"release-{model}".lower().replace("_", "-"),
+        markdown="\n".join([f"## {title}", "", *lines]),
+        description=title,
+    )
+
+
+@task(name="deploy-candidate", cache_policy=NO_CACHE, persist_result=False)
+def deploy_candidate(
+    target: ReleaseTarget, model: str, version: int, ready_timeout: float
+) -> Deployed:
+    """Start the candidate in the idle slot and wait until it is ready."""
+    deployed = target.deploy(version)
+    target.wait_ready(deployed, ready_timeout)
+    _artifact(model, f"v{version} deployed", [f"slot `{deployed.slot}` at {deployed.url}, ready"])
+    return deployed
+
+
+@task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
+def smoke_test_candidate(model: str, deployed: Deployed, batch: object) -> None:
+    """Health, readiness, and the known batch answered as the model answers it in process."""
+    import httpx
+
+    from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers
+
+    assert isinstance(batch, KnownBatch)
+    health = httpx.get(f"{deployed.url}/health", timeout=5)
+    if health.status_code != 200:
+        raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")
+    check_answers(deployed.url, batch)
+    _artifact(
+        model,
+        f"v{deployed.version} smoke test passed",
+        [f"{len(batch.rows)} known rows answered exactly as in process"],
+    )
+
+
+@task(name="shift-traffic", cache_policy=NO_CACHE, persist_result=False)
+def shift_traffic(target: ReleaseTarget, model: str, traffic: Traffic) -> None:
+    target.set_traffic(traffic)
+    _artifact(model, f"traffic: {traffic.describe()}", [f"router confirms {traffic.describe()}"])
+
+
+@task(name="watch-candidate", cache_policy=NO_CACHE, persist_result=False)
+def watch_candidate(
+    target: ReleaseTarget,
+    model: str,
+    stable: str,
+    candidate: str,
+    seconds: float,
+    policy: ReleasePolicy,
+) -> Verdict:
+    """Read both slots' metrics every interval for ``seconds``; return at the first breach."""
+    start = target.sample()
+    deadline = time.monotonic() + seconds
+    verdict = Verdict(False, [])
+    while True:
+        now = target.sample()
+        verdict = judge(
+            now.get(candidate, SlotSample()).since(start.get(candidate, SlotSample())),
+            now.get(stable, SlotSample()).since(start.get(stable, SlotSample())),
+            policy,
+        )
+        if verdict.breached or time.monotonic() >= deadline:
+            break
+        time.sleep(min(policy.analysis_interval_seconds, max(0.0, deadline - time.monotonic())))
+    figures = [f"| {k} | {v:.4g} |" for k, v in sorted(verdict.figures.items())]
+    _artifact(
+        model,
+        f"{candidate}: {'BREACH' if verdict.breached else 'healthy'} after {seconds:g} s",
+        [
+            "; ".join(verdict.reasons) or "within policy",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            *figures,
+        ],
+    )
+    return verdict
+
+
+@task(name="route-all-to-candidate", cache_policy=NO_CACHE, persist_result=False)
+def route_all_to(target: ReleaseTarget, model: str, slot: str, stable: str | None) -> None:
+    """All traffic to ``slot``, which becomes stable; undone (back to ``stable``) on rollback."""
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("target", target)
+        txn.set("stable", stable)
+    target.set_traffic(Traffic.only(slot))
+    target.mark_stable(slot)
+
+
+@route_all_to.on_rollback
+def _route_back(txn: Transaction) -> None:
+    stable = txn.get("stable")
+    if stable is not None:
+        target: ReleaseTarget = txn.get("target")
+        target.set_traffic(Traffic.only(stable))
+        target.mark_stable(stable)
+
+
+@task(name="roll-back-traffic", cache_policy=NO_CACHE, persist_result=False)
+def roll_back_traffic(target: ReleaseTarget, model: str, stable: str | None, reason: str) -> None:
+    """All traffic back to the stable slot (if there is one); the candidate slot keeps running."""
+    if stable is not None:
+        target.set_traffic(Traffic.only(stable))
+    _artifact(model, "rolled back", [reason, "", f"traffic: {stable or 'none'} 100%"])
