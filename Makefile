@@ -50,6 +50,7 @@ bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number 
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/router.py
 
 clean: ## Remove the local stack's state (stop it first with make down)
 	rm -rf .mlops

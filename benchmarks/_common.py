@@ -6,12 +6,15 @@ Import this before anything imports Prefect: it points Prefect at the private st
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -58,3 +61,22 @@ def example_copy(model_name: str) -> Path:
     raw.update(model_name=model_name, experiment=model_name)
     (folder / "pipeline.yaml").write_text(yaml.safe_dump(raw))
     return folder / "pipeline.yaml"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.args}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} never answered")

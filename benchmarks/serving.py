@@ -23,16 +23,11 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import PROJECT, SETTINGS, local_stack
+from _common import PROJECT, SETTINGS, local_stack, percentile, wait_ready
 
 from mlops.stack import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def load(url: str, body: dict, seconds: float, clients: int) -> tuple[list[float], float]:
@@ -70,20 +65,6 @@ def roundtrips(url: str, count: int) -> list[float]:
             client.get(url)
             out.append(time.perf_counter() - t)
     return out
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.args}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} never answered")
 
 
 def main() -> None:

@@ -165,7 +165,10 @@ def promotion(
     # entry change together or not at all.
     try:
         lock = ensure_promotion_lock(name)
-        with concurrency(lock, occupy=1, strict=True, timeout_seconds=600), transaction():
+        with (
+            concurrency(lock, occupy=1, strict=True, timeout_seconds=600, lease_duration=60),
+            transaction(),
+        ):
             move_champion_alias(uri, name, candidate.version, expected=previous)
             tag_promoted_version(uri, name, candidate.version, actor, previous)
             audit("promoted", f"champion v{previous} replaced" if previous else "first champion")

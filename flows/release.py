@@ -105,7 +105,11 @@ def release(
         audit("release-failed", str(exc))
         raise
 
-    with concurrency(ensure_promotion_lock(name), occupy=1, strict=True, timeout_seconds=900):
+    # One release or promotion of a model at a time; a killed holder frees it within 60 s (the
+    # shortest lease Prefect grants), and the next release then recovers the traffic.
+    with concurrency(
+        ensure_promotion_lock(name), occupy=1, strict=True, timeout_seconds=900, lease_duration=60
+    ):
         recovered = where.recover()
         if recovered:
             log.warning(recovered)
@@ -119,57 +123,69 @@ def release(
             )
         audit("release-started", f"{chosen} of v{candidate.version} on {where.name}")
 
-        def roll_back(reason: str) -> ReleaseOutcome:
-            roll_back_traffic(where, name, stable, reason)
-            audit("release-rolled-back", reason)
-            raise ReleaseFailed(f"{name} v{candidate.version} rolled back: {reason}")
-
+        # A separate process puts traffic back on the stable slot if this one dies mid-release.
+        where.guard()
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = download_model(uri, name, candidate.version, Path(tmp) / "model")
-                batch = known_batch(
-                    folder, name, candidate.version, candidate.tags.get(CHECKSUM_TAG)
-                )
-            deployed = deploy_candidate(where, name, candidate.version, rules.ready_timeout_seconds)
-            smoke_test_candidate(name, deployed, batch)
-        except MlopsError as exc:
-            return roll_back(f"before any traffic: {exc}")
 
-        cand = deployed.slot
-        if stable is not None:
+            def roll_back(reason: str) -> ReleaseOutcome:
+                roll_back_traffic(where, name, stable, reason)
+                audit("release-rolled-back", reason)
+                raise ReleaseFailed(f"{name} v{candidate.version} rolled back: {reason}")
+
             try:
-                if chosen == "canary":
-                    for step in rules.canary_steps[:-1]:
-                        shift_traffic(where, name, Traffic({stable: 100 - step, cand: step}))
+                with tempfile.TemporaryDirectory() as tmp:
+                    folder = download_model(uri, name, candidate.version, Path(tmp) / "model")
+                    batch = known_batch(
+                        folder, name, candidate.version, candidate.tags.get(CHECKSUM_TAG)
+                    )
+                deployed = deploy_candidate(
+                    where, name, candidate.version, rules.ready_timeout_seconds
+                )
+                smoke_test_candidate(name, deployed, batch)
+            except MlopsError as exc:
+                return roll_back(f"before any traffic: {exc}")
+
+            cand = deployed.slot
+            if stable is not None:
+                try:
+                    if chosen == "canary":
+                        for step in rules.canary_steps[:-1]:
+                            shift_traffic(where, name, Traffic({stable: 100 - step, cand: step}))
+                            verdict = watch_candidate(
+                                where, name, stable, cand, rules.bake_seconds, rules
+                            )
+                            if verdict.breached:
+                                return roll_back(f"at {step}%: {'; '.join(verdict.reasons)}")
+                    elif chosen == "blue-green":
+                        # one atomic switch; the old slot stays warm, so a breach switches straight back
+                        shift_traffic(where, name, Traffic.only(cand))
                         verdict = watch_candidate(
                             where, name, stable, cand, rules.bake_seconds, rules
                         )
                         if verdict.breached:
-                            return roll_back(f"at {step}%: {'; '.join(verdict.reasons)}")
-                elif chosen == "blue-green":
-                    # one atomic switch; the old slot stays warm, so a breach switches straight back
-                    shift_traffic(where, name, Traffic.only(cand))
-                    verdict = watch_candidate(where, name, stable, cand, rules.bake_seconds, rules)
-                    if verdict.breached:
-                        return roll_back(f"after the switch: {'; '.join(verdict.reasons)}")
-                elif chosen == "shadow":
-                    shift_traffic(where, name, Traffic({stable: 100}, mirror=cand))
-                    verdict = watch_candidate(where, name, stable, cand, rules.bake_seconds, rules)
-                    if verdict.breached:
-                        return roll_back(f"in shadow: {'; '.join(verdict.reasons)}")
-            except MlopsError as exc:
-                return roll_back(str(exc))
+                            return roll_back(f"after the switch: {'; '.join(verdict.reasons)}")
+                    elif chosen == "shadow":
+                        shift_traffic(where, name, Traffic({stable: 100}, mirror=cand))
+                        verdict = watch_candidate(
+                            where, name, stable, cand, rules.bake_seconds, rules
+                        )
+                        if verdict.breached:
+                            return roll_back(f"in shadow: {'; '.join(verdict.reasons)}")
+                except MlopsError as exc:
+                    return roll_back(str(exc))
 
-        # Traffic, alias, tags and audit entry change together or not at all.
-        try:
-            with transaction():
-                route_all_to(where, name, cand, stable)
-                if previous != candidate.version:
-                    move_champion_alias(uri, name, candidate.version, expected=previous)
-                    tag_promoted_version(uri, name, candidate.version, actor, previous)
-                audit("released", f"{chosen}: all traffic on v{candidate.version} ({cand})")
-        except MlopsError as exc:
-            return roll_back(f"promotion failed: {exc}")
+            # Traffic, alias, tags and audit entry change together or not at all.
+            try:
+                with transaction():
+                    route_all_to(where, name, cand, stable)
+                    if previous != candidate.version:
+                        move_champion_alias(uri, name, candidate.version, expected=previous)
+                        tag_promoted_version(uri, name, candidate.version, actor, previous)
+                    audit("released", f"{chosen}: all traffic on v{candidate.version} ({cand})")
+            except MlopsError as exc:
+                return roll_back(f"promotion failed: {exc}")
+        finally:
+            where.unguard()
 
     log.info("%s v%s serves all traffic (%s, slot %s)", name, candidate.version, chosen, cand)
     return ReleaseOutcome(name, candidate.version, True, previous, "released", chosen)

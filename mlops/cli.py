@@ -80,11 +80,16 @@ def up(
 
 @app.command()
 def down() -> None:
-    """Stop exactly the processes `mlops up` started."""
+    """Stop exactly the processes `mlops up` and local releases started."""
     from mlops.stack import LocalStack
+    from targets.local import LocalTarget
 
+    settings = _settings()
     try:
-        LocalStack(_settings()).down()
+        for folder in sorted((settings.state_dir / "release").glob("*/")):
+            LocalTarget(settings, folder.name).stop()
+            typer.echo(f"release target {folder.name}: router and model servers stopped")
+        LocalStack(settings).down()
     except MlopsError as exc:
         raise _fail(exc) from None
 
@@ -227,6 +232,36 @@ def reproduce(
         )
         raise typer.Exit(1)
     typer.echo(f"reproduced: largest difference {result.max_difference:.3g}")
+
+
+@app.command("release")
+def release_(
+    version: Annotated[str, typer.Option(help="Version number or alias.")] = "challenger",
+    strategy: Annotated[
+        str | None, typer.Option(help="blue-green, canary or shadow (default: the policy's).")
+    ] = None,
+    pipeline: Annotated[
+        Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
+    ] = None,
+) -> None:
+    """Release a version that passed the gates: traffic moves by the strategy, or rolls back."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.release import release
+
+        outcome = release(
+            version=version,
+            strategy=strategy,
+            pipeline=str(pipeline) if pipeline else None,
+            trigger="cli",
+        )
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(
+        f"{outcome.model} v{outcome.version}: {outcome.reason} ({outcome.strategy}); "
+        f"callers reach it at http://{settings.host}:{settings.router_port}/predict"
+    )
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class _State:
         default_factory=dict
     )  # slot -> version, pid, started, port
     stable: str | None = None
+    guard: dict[str, Any] | None = None  # pid, started of the release guard
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -114,6 +116,38 @@ class LocalTarget:
             f"restored {stable.slot} (v{stable.version}) to 100%"
         )
 
+    def guard(self) -> None:
+        """Watch this process from a separate one: if it dies mid-release, restore the stable slot."""
+        self.unguard()
+        me = psutil.Process()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "targets.guard",
+                str(self.settings.state_dir),
+                self.model,
+                str(me.pid),
+                str(me.create_time()),
+            ],
+            cwd=self.settings.project_dir,
+            env=os.environ | service_env(self.settings),
+            stdout=(self.dir / "guard.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        state = self._load()
+        state.guard = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+        self._save(state)
+
+    def unguard(self) -> None:
+        state = self._load()
+        if state.guard and _alive(state.guard["pid"], state.guard["started"]):
+            stop_process_group(state.guard["pid"], timeout=5)
+        state.guard = None
+        self._save(state)
+
     def mark_stable(self, slot: str) -> None:
         state = self._load()
         state.stable = slot
@@ -184,7 +218,7 @@ class LocalTarget:
     def stop(self) -> None:
         """Stop the router and both slots (``mlops down``)."""
         state = self._load()
-        for info in [*state.slots.values(), state.router]:
+        for info in [state.guard, *state.slots.values(), state.router]:
             if info and _alive(info["pid"], info["started"]):
                 stop_process_group(info["pid"], timeout=10)
         (self.dir / "state.json").unlink(missing_ok=True)

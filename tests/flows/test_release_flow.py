@@ -201,3 +201,55 @@ def test_an_unknown_version_ends_the_release_with_a_reason_and_an_audit_entry(
     assert target.router.current() == before
     last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)[-1]
     assert last.action == "release-failed" and "nope" in last.reason
+
+
+def test_killing_the_release_mid_canary_leaves_traffic_on_one_model(
+    project: dict[str, Any],
+) -> None:
+    import subprocess
+    import sys
+
+    pipeline, target = str(project["pipeline"]), project["target"]
+    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    stable = target.state().stable.slot
+    edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 60})
+    code = (
+        "from flows.release import release; "
+        f"release(version='{project['v2']}', pipeline='{pipeline}', strategy='canary')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = target.router.current()
+            if now is not None and len(now.serving) == 2:
+                break
+            assert proc.poll() is None, "the release ended before its canary"
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the canary never started")
+        os.killpg(proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        while target.router.current() != Traffic.only(stable) and time.monotonic() < killed + 10:
+            time.sleep(0.05)
+        assert target.router.current() == Traffic.only(stable)
+    finally:
+        edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 3})
+        if proc.poll() is None:
+            proc.kill()
+    assert _champion(project["name"]) == project["v1"]
+
+
+def test_the_next_release_recovers_a_split_left_behind(project: dict[str, Any]) -> None:
+    pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
+    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    state = target.state()
+    if state.idle is None:  # the other slot must run something for a split
+        target.deploy(project["v2"])
+        state = target.state()
+    target.set_traffic(Traffic({state.stable.slot: 50, state.idle.slot: 50}))  # as if killed
+    outcome = release(version=str(project["v1"]), pipeline=pipeline)
+    assert outcome.reason == "already serving"
+    assert target.router.current() == Traffic.only(state.stable.slot)
+    entries = AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)
+    assert any("left by an unfinished release" in e.reason for e in entries[-3:])
