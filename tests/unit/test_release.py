@@ -1,0 +1,104 @@
+"""Canary analysis, traffic validation and router configuration, on small inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlops.policy import ReleasePolicy
+from serving.router import RouterError, Traffic, render_dynamic
+from targets.base import SlotSample
+from targets.local import parse_router_metrics
+from tasks.release import judge, quantile
+
+pytestmark = pytest.mark.unit
+
+BUCKETS = {0.005: 50.0, 0.01: 90.0, 0.05: 99.0, 0.1: 100.0, math.inf: 100.0}
+
+
+def test_quantile_interpolates_like_prometheus() -> None:
+    assert quantile(BUCKETS, 0.5) == pytest.approx(0.005 * 50 / 50)
+    assert quantile(BUCKETS, 0.95) == pytest.approx(0.01 + 0.04 * (95 - 90) / 9)
+    assert quantile({}, 0.99) is None
+    assert quantile({0.1: 0.0, math.inf: 0.0}, 0.99) is None
+    assert quantile({0.1: 1.0, math.inf: 10.0}, 0.99) == 0.1  # past the last finite bucket
+
+
+def _sample(
+    requests: float, errors: float, slow: bool = False, positive: float = 0.25
+) -> SlotSample:
+    scale = 10.0 if slow else 1.0
+    buckets = {le * scale: c * requests / 100 for le, c in BUCKETS.items()}
+    return SlotSample(
+        requests, errors, buckets, {"1": positive * requests, "0": (1 - positive) * requests}
+    )
+
+
+def test_judge_passes_a_candidate_like_the_champion() -> None:
+    verdict = judge(_sample(100, 0), _sample(1000, 1), ReleasePolicy())
+    assert not verdict.breached and verdict.reasons == []
+
+
+@pytest.mark.parametrize(
+    ("candidate", "fragment"),
+    [
+        (_sample(100, 5), "error rate 5.0%"),
+        (_sample(100, 0, slow=True), "p99 latency"),
+        (_sample(100, 0, positive=0.6), "positive predictions 60.0%"),
+    ],
+)
+def test_judge_names_each_breach(candidate: SlotSample, fragment: str) -> None:
+    verdict = judge(candidate, _sample(1000, 0), ReleasePolicy(latency_slack_ms=5))
+    assert verdict.breached and fragment in "; ".join(verdict.reasons)
+
+
+def test_few_requests_judge_errors_but_not_latency_or_predictions() -> None:
+    few = _sample(5, 0, slow=True, positive=0.9)
+    assert not judge(few, _sample(1000, 0), ReleasePolicy(min_requests=20)).breached
+    assert judge(_sample(5, 2), _sample(1000, 0), ReleasePolicy(min_requests=20)).breached
+
+
+@pytest.mark.parametrize(
+    ("weights", "mirror", "fragment"),
+    [
+        ({"blue": 60, "green": 30}, None, "sum to 100"),
+        ({"purple": 100}, None, "unknown slot"),
+        ({"blue": 50, "green": 50}, "green", "cannot both take traffic and mirror"),
+    ],
+)
+def test_bad_traffic_is_refused(weights: dict[str, int], mirror: str | None, fragment: str) -> None:
+    with pytest.raises(RouterError, match=fragment):
+        Traffic(weights, mirror)
+
+
+def test_router_config_for_canary_and_shadow() -> None:
+    backends = {"blue": "http://127.0.0.1:1", "green": "http://127.0.0.1:2"}
+    canary = render_dynamic(backends, Traffic({"blue": 95, "green": 5}))["http"]["services"]
+    assert canary["release"]["weighted"]["services"] == [
+        {"name": "blue", "weight": 95},
+        {"name": "green", "weight": 5},
+    ]
+    shadow = render_dynamic(backends, Traffic({"blue": 100}, mirror="green"))["http"]["services"]
+    assert shadow["release"]["mirroring"] == {
+        "service": "blue",
+        "mirrors": [{"name": "green", "percent": 100}],
+    }
+    with pytest.raises(RouterError, match="no server"):
+        render_dynamic({"blue": backends["blue"]}, Traffic({"blue": 50, "green": 50}))
+
+
+def test_router_metrics_are_read_per_slot() -> None:
+    text = "\n".join(
+        [
+            "# TYPE traefik_service_requests_total counter",
+            'traefik_service_requests_total{code="200",method="POST",protocol="http",service="blue@file"} 90',
+            'traefik_service_requests_total{code="502",method="POST",protocol="http",service="green@file"} 3',
+            'traefik_service_requests_total{code="200",method="POST",protocol="http",service="green@file"} 7',
+            'traefik_service_requests_total{code="200",method="GET",protocol="http",service="prometheus@internal"} 4',
+        ]
+    )
+    samples = parse_router_metrics(text)
+    assert samples["blue"].requests == 90 and samples["blue"].errors == 0
+    assert samples["green"].requests == 10 and samples["green"].errors == 3
+    assert set(samples) == {"blue", "green"}
