@@ -171,6 +171,8 @@ def release(
                         )
                         if verdict.breached:
                             return roll_back(f"in shadow: {'; '.join(verdict.reasons)}")
+                except ReleaseFailed:
+                    raise  # rolled back already, with its reason
                 except MlopsError as exc:
                     return roll_back(str(exc))
 

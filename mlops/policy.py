@@ -88,9 +88,10 @@ class ReleasePolicy(_Strict):
     analysis_interval_seconds: float = Field(1.0, gt=0, le=30)
     ready_timeout_seconds: float = Field(120, gt=0)
     min_requests: int = Field(
-        20,
+        100,
         ge=0,
-        description="Candidate requests a step needs before latency and predictions are compared.",
+        description="Candidate requests a step needs before latency and predictions are compared "
+        "(a p99 of fewer than 100 requests is their maximum, which is noise).",
     )
     max_error_rate_increase: float = Field(
         0.01, ge=0, le=1, description="Candidate 5xx share over the champion's."

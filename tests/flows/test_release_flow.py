@@ -98,7 +98,15 @@ def project(
     pipeline = make_project(root, adult_frame(3000), model_name=name)
     lenient_policy(
         pipeline,
-        release={"bake_seconds": 3, "analysis_interval_seconds": 0.25, "min_requests": 10},
+        # availability is what these tests judge; latency and prediction breaches are unit-tested
+        # (p99 of a cold server on a busy 2-core machine is noise)
+        release={
+            "bake_seconds": 3,
+            "analysis_interval_seconds": 0.25,
+            "min_requests": 10,
+            "max_p99_latency_ratio": 50,
+            "max_positive_rate_shift": 0.5,
+        },
     )
     mp = pytest.MonkeyPatch()
     mp.setenv("MLOPS_PROJECT_DIR", str(root))
