@@ -55,7 +55,7 @@ class StackState:
         return next((s for s in self.services if s.name == name), None)
 
 
-def _bin(name: str) -> str:
+def console_script(name: str) -> str:
     """A console script of this environment (the venv's bin next to the running interpreter)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
@@ -97,7 +97,7 @@ def services(settings: Settings) -> list[Service]:
         Service(
             name="prefect",
             argv=[
-                _bin("prefect"),
+                console_script("prefect"),
                 "server",
                 "start",
                 "--host",
@@ -112,7 +112,7 @@ def services(settings: Settings) -> list[Service]:
         Service(
             name="mlflow",
             argv=[
-                _bin("mlflow"),
+                console_script("mlflow"),
                 "server",
                 "--host",
                 settings.host,
@@ -133,7 +133,7 @@ def services(settings: Settings) -> list[Service]:
         Service(
             name=WORKER,
             argv=[
-                _bin("prefect"),
+                console_script("prefect"),
                 "worker",
                 "start",
                 "--pool",
@@ -180,14 +180,7 @@ class LocalStack:
 
     @staticmethod
     def alive(run: Running) -> bool:
-        try:
-            proc = psutil.Process(run.pid)
-            return (
-                abs(proc.create_time() - run.started) < 1.0
-                and proc.status() != psutil.STATUS_ZOMBIE
-            )
-        except psutil.Error:
-            return False
+        return process_alive(run.pid, run.started)
 
     # up --------------------------------------------------------------------------------------
     def up(self, with_worker: bool = True, deploy: bool = True) -> StackState:
@@ -250,17 +243,8 @@ class LocalStack:
                 f"program; stop it, or choose another port with MLOPS_{svc.name.upper()}_PORT"
             )
         log = self.logs / f"{svc.name}.log"
-        with log.open("ab") as fh:
-            proc = subprocess.Popen(
-                svc.argv,
-                cwd=self.settings.project_dir,
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        started = psutil.Process(proc.pid).create_time()
+        proc = spawn(svc.argv, log, cwd=self.settings.project_dir, env=env)
+        started = started_at(proc.pid)
         self.out(f"{svc.name}: started (pid {proc.pid}, log {log})")
         return Running(svc.name, proc.pid, started, str(log), svc.ui_url, svc.port)
 
@@ -327,7 +311,14 @@ class LocalStack:
         Prefect's CLI is the only API that reads prefect.yaml.
         """
         result = subprocess.run(
-            [_bin("prefect"), "--no-prompt", "deploy", "--all", "--pool", self.settings.work_pool],
+            [
+                console_script("prefect"),
+                "--no-prompt",
+                "deploy",
+                "--all",
+                "--pool",
+                self.settings.work_pool,
+            ],
             cwd=self.settings.project_dir,
             env=env,
             capture_output=True,
@@ -449,6 +440,36 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def spawn(
+    argv: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session (so it outlives this process), output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def started_at(pid: int) -> float:
+    """The process's start time: with the pid, what tells it from a later process given that pid."""
+    return float(psutil.Process(pid).create_time())
+
+
+def process_alive(pid: int, started: float) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not a recycled pid)."""
+    try:
+        proc = psutil.Process(pid)
+        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def stop_process_group(pid: int, timeout: float) -> None:

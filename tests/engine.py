@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops.stack import free_port, stop_process_group
+from mlops.stack import free_port, spawn, stop_process_group
 from tests.helpers import PROJECT
 
 LOCAL_BASE_IMAGE = "mlops-base:bookworm"
@@ -63,12 +63,7 @@ def container_engine(workdir: Path) -> Iterator[Engine]:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(
-            subprocess.Popen(
-                [registry_bin, "serve", str(workdir / "registry.yml")],
-                stdout=(workdir / "registry.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            spawn([registry_bin, "serve", str(workdir / "registry.yml")], workdir / "registry.log")
         )
         _wait(lambda: httpx.get(f"http://{registry}/v2/").status_code == 200, "docker-registry")
         if podman is None:
@@ -81,12 +76,10 @@ def container_engine(workdir: Path) -> Iterator[Engine]:
         )
         socket = workdir / "podman.sock"
         procs.append(
-            subprocess.Popen(
+            spawn(
                 [podman, "system", "service", "--time=0", f"unix://{socket}"],
+                workdir / "podman.log",
                 env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)},
-                stdout=(workdir / "podman.log").open("wb"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         )
         transport = httpx.HTTPTransport(uds=str(socket))
