@@ -17,27 +17,12 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import PROJECT, SETTINGS, local_stack, percentile, wait_ready
+from _common import PROJECT, ROW, SETTINGS, exited, local_stack, percentile
 
 from mlops.stack import free_port, stop_process_group
+from tasks.smoke import wait_until_ready
 
 BIN = Path(sys.executable).parent
-ROW = {
-    "age": 39,
-    "workclass": "State-gov",
-    "fnlwgt": 77516,
-    "education": "Bachelors",
-    "education_num": 13,
-    "marital_status": "Never-married",
-    "occupation": "Adm-clerical",
-    "relationship": "Not-in-family",
-    "race": "White",
-    "sex": "Male",
-    "capital_gain": 2174,
-    "capital_loss": 0,
-    "hours_per_week": 40,
-    "native_country": "United-States",
-}
 
 
 def paired(direct: str, routed: str, count: int, send: str) -> tuple[list[float], list[float]]:
@@ -91,7 +76,7 @@ def main() -> None:
         direct = f"http://127.0.0.1:{port}"
         pid = None
         try:
-            wait_ready(direct + "/ready", proc)
+            wait_until_ready(direct, 120, exited(proc))
             pid = router.start({"blue": direct}, Traffic.only("blue"))
             paired(direct, router.url, 200, "predict")  # warm-up
             results = {

@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 import httpx
-from _common import PROJECT, SETTINGS, local_stack, percentile, wait_ready
+from _common import PROJECT, ROW, SETTINGS, exited, local_stack, percentile
 
 from mlops.stack import free_port, stop_process_group
+from tasks.smoke import wait_until_ready
 
 BIN = Path(sys.executable).parent
 
@@ -81,29 +82,13 @@ def main() -> None:
 
         version = training(trigger="benchmark").version
         name = "adult-income"
-        row = {
-            "age": 39,
-            "workclass": "State-gov",
-            "fnlwgt": 77516,
-            "education": "Bachelors",
-            "education_num": 13,
-            "marital_status": "Never-married",
-            "occupation": "Adm-clerical",
-            "relationship": "Not-in-family",
-            "race": "White",
-            "sex": "Male",
-            "capital_gain": 2174,
-            "capital_loss": 0,
-            "hours_per_week": 40,
-            "native_country": "United-States",
-        }
         # the floor: the same model object, in this process
         import pandas as pd
 
         served = load_served_model(
             str(SETTINGS.mlflow_tracking_uri), name, str(version), SETTINGS.state_dir / "bench"
         )
-        frame = pd.DataFrame([row])
+        frame = pd.DataFrame([ROW])
         for _ in range(20):
             served.predict(frame)
         floor = []
@@ -130,7 +115,7 @@ def main() -> None:
                 ],
                 "/ready",
                 "/predict",
-                {"row": row},
+                {"row": ROW},
             ),
             (
                 "mlflow models serve",
@@ -151,7 +136,7 @@ def main() -> None:
                 ],
                 "/ping",
                 "/invocations",
-                {"dataframe_records": [row]},
+                {"dataframe_records": [ROW]},
             ),
         ):
             port = free_port()
@@ -165,7 +150,7 @@ def main() -> None:
             )
             try:
                 base = f"http://127.0.0.1:{port}"
-                wait_ready(base + ready, proc)
+                wait_until_ready(base, 120, exited(proc), path=ready)
                 load(base + url, body, 2, args.clients)  # warm-up
                 latency, _ = load(base + url, body, args.seconds / 2, 1)
                 if label == "this server":

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,21 +189,27 @@ def smoke_test_image(image: BuiltImage, context: Path, port: int, timeout: float
             environment={"HOST": "127.0.0.1", "PORT": str(port), "MLOPS_SERVING_TOKEN": token},
         )
 
-        def exited() -> str | None:
-            container.reload()
-            if container.status in ("exited", "dead"):
-                logs = container.logs(tail=20).decode(errors="replace")
-                return f"the server in {image.reference} exited:\n{logs}"
-            return None
-
         try:
-            wait_until_ready(base, timeout, exited)
+            wait_until_ready(base, timeout, container_exited(container))
             check_answers(base, batch, token)
         except SmokeTestFailed as exc:
             raise PackagingError(f"{image.reference}: {exc}") from None
         finally:
             container.remove(force=True)
     return len(batch.rows)
+
+
+def container_exited(container: Any) -> Callable[[], str | None]:
+    """For ``wait_until_ready``: the container's last log lines once it has exited, else None."""
+
+    def exited() -> str | None:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            logs = container.logs(tail=20).decode(errors="replace")
+            return f"the server in {container.image.tags} exited:\n{logs}"
+        return None
+
+    return exited
 
 
 def registry_digest(

@@ -48,16 +48,17 @@ def known_batch(model_dir: Path, name: str, version: int, sha256: str | None) ->
 
 
 def wait_until_ready(
-    base: str, timeout: float, alive: Callable[[], str | None] = lambda: None
+    base: str, timeout: float, alive: Callable[[], str | None] = lambda: None, path: str = "/ready"
 ) -> None:
-    """Wait for /ready; ``alive`` returns why the server is gone (then stop waiting), or None."""
+    """Wait until ``path`` answers 200; ``alive`` returns why the server is gone (then stop
+    waiting), or None."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         gone = alive()
         if gone:
             raise SmokeTestFailed(gone)
         try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{base}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pandas as pd
 import yaml
 
@@ -98,16 +95,3 @@ def lenient_policy(pipeline: Path, **changes: object) -> None:
         comparison={"bootstrap_samples": 200},
     )
     edit_yaml(path, **changes)
-
-
-def wait_ready(base: str, timeout: float, why: Callable[[], str] = lambda: "") -> None:
-    """Wait until the model server at ``base`` answers /ready with 200; fail saying ``why()``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/ready").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{base} was not ready within {timeout:.0f} s {why()}")

@@ -26,13 +26,15 @@ from tasks.packaging import (
     IMAGE_TAG,
     PackagingError,
     assemble_build_context,
+    container_exited,
     image_repository,
     registry_digest,
 )
 from tasks.registry import registry_client, resolve_model_version
+from tasks.smoke import wait_until_ready
 from tasks.tracking import tracking_server
 from tests.engine import Engine, container_engine
-from tests.helpers import adult_frame, make_project, wait_ready
+from tests.helpers import adult_frame, make_project
 
 pytestmark = pytest.mark.integration
 
@@ -108,7 +110,7 @@ def test_image_pulled_by_digest_serves_the_models_predictions_and_metrics(
     container = _run(client, pinned, port, HOST="127.0.0.1", MLOPS_SERVING_TOKEN=token)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, 120, lambda: container.logs().decode())
+        wait_until_ready(base, 120, container_exited(container))
         rows = _rows(40)
         refused = httpx.post(f"{base}/predict", json={"rows": rows})
         assert refused.status_code == 401  # outside local mode a token is required

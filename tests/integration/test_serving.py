@@ -23,8 +23,9 @@ from mlops.stack import free_port
 from serving.app import ServerConfig, create_app
 from serving.model import ModelIntegrityError, load_served_model
 from serving.prediction_log import PredictionLog, read_labelled, read_log
+from tasks.smoke import wait_until_ready
 from tasks.tracking import tracking_server
-from tests.helpers import adult_frame, make_project, wait_ready
+from tests.helpers import adult_frame, make_project
 
 pytestmark = pytest.mark.integration
 
@@ -70,7 +71,7 @@ def server(
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base, 60)
+    wait_until_ready(base, 60)
     yield {"base": base, "log": str(work / "log"), "name": name, "version": version}
     uv.should_exit = True
     thread.join(timeout=10)
