@@ -4,7 +4,6 @@ make it champion in one recorded act, or reject it with the reason."""
 from __future__ import annotations
 
 import dataclasses
-import getpass
 from dataclasses import asdict
 from typing import cast
 
@@ -32,6 +31,7 @@ from tasks.promotion import (
     AuditContext,
     PromotionConflict,
     PromotionOutcome,
+    current_user,
     ensure_promotion_lock,
     move_champion_alias,
     tag_promoted_version,
@@ -44,13 +44,6 @@ from tasks.registry import (
 )
 from tasks.reporting import write_model_card
 from tasks.tracking import load_run_frame
-
-
-def _current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # a container user with no name
-        return "unknown"
 
 
 @flow(name="promotion", persist_result=True)
@@ -78,7 +71,7 @@ def promotion(
     policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
     uri = str(settings.mlflow_tracking_uri)
     name = cfg.model_name
-    actor = actor or _current_user()
+    actor = actor or current_user()
     run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
 
     candidate = resolve_model_version(uri, name, version)

@@ -11,7 +11,6 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from flows.promotion import _current_user
 from mlops.audit import Action
 from mlops.config import load_pipeline_config
 from mlops.errors import MlopsError
@@ -23,6 +22,7 @@ from targets.base import make_target
 from tasks.promotion import (
     AuditContext,
     current_champion,
+    current_user,
     ensure_promotion_lock,
     move_champion_alias,
     tag_promoted_version,
@@ -70,7 +70,7 @@ def release(
     rules = policy.release
     chosen = strategy or rules.strategy
     uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
-    actor = actor or _current_user()
+    actor = actor or current_user()
     run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
     previous = current_champion(uri, name)
     cand_version: int | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -35,6 +36,13 @@ class PromotionOutcome:
 
 class PromotionConflict(MlopsError):
     """The champion changed while this promotion was being judged."""
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name
+        return "unknown"
 
 
 def promotion_lock_name(model: str) -> str:

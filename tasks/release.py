@@ -7,6 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import httpx
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -16,6 +17,7 @@ from mlops.errors import MlopsError
 from mlops.policy import ReleasePolicy
 from serving.router import Traffic
 from targets.base import Deployed, ReleaseTarget, SlotSample
+from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers
 
 
 class ReleaseFailed(MlopsError):
@@ -120,13 +122,8 @@ def deploy_candidate(
 
 
 @task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
-def smoke_test_candidate(model: str, deployed: Deployed, batch: object) -> None:
+def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch) -> None:
     """Health, readiness, and the known batch answered as the model answers it in process."""
-    import httpx
-
-    from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers
-
-    assert isinstance(batch, KnownBatch)
     health = httpx.get(f"{deployed.url}/health", timeout=5)
     if health.status_code != 200:
         raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")
@@ -158,6 +155,8 @@ def watch_candidate(
     deadline = time.monotonic() + seconds
     verdict = Verdict(False, [])
     while True:
+        # wait first: a sample taken right after ``start`` would only compare it with itself
+        time.sleep(min(policy.analysis_interval_seconds, max(0.0, deadline - time.monotonic())))
         now = target.sample()
         verdict = judge(
             now.get(candidate, SlotSample()).since(start.get(candidate, SlotSample())),
@@ -166,7 +165,6 @@ def watch_candidate(
         )
         if verdict.breached or time.monotonic() >= deadline:
             break
-        time.sleep(min(policy.analysis_interval_seconds, max(0.0, deadline - time.monotonic())))
     figures = [f"| {k} | {v:.4g} |" for k, v in sorted(verdict.figures.items())]
     _artifact(
         model,
