@@ -14,7 +14,7 @@ from prefect.transactions import transaction
 from mlops.audit import Action
 from mlops.config import load_pipeline_config
 from mlops.errors import MlopsError
-from mlops.integrity import CHECKSUM_TAG
+from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from serving.router import Traffic
@@ -139,7 +139,11 @@ def release(
                         folder, name, candidate.version, candidate.tags.get(CHECKSUM_TAG)
                     )
                 deployed = deploy_candidate(
-                    where, name, candidate.version, rules.ready_timeout_seconds
+                    where,
+                    name,
+                    candidate.version,
+                    candidate.tags.get(IMAGE_TAG),
+                    rules.ready_timeout_seconds,
                 )
                 smoke_test_candidate(name, deployed, batch)
             except MlopsError as exc:

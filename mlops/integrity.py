@@ -11,6 +11,7 @@ from pathlib import Path
 from mlops.errors import MlopsError
 
 CHECKSUM_TAG = "mlops.model.sha256"
+IMAGE_TAG = "mlops.image"  # the model server image, repository:tag@sha256:digest (packaging)
 
 
 class ModelIntegrityError(MlopsError):

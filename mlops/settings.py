@@ -70,6 +70,33 @@ class Settings(BaseSettings):
     )
     startup_timeout: float = Field(90.0, gt=0, description="Seconds to wait for a service.")
 
+    # release targets beyond the local one (targets/): each is used only when a release names it
+    k8s_kubeconfig: Path | None = Field(
+        None, description="kserve target: kubeconfig of the cluster (or k8s_in_cluster)."
+    )
+    k8s_context: str | None = Field(None, description="kserve target: kubeconfig context.")
+    k8s_in_cluster: bool = Field(
+        False, description="kserve target: use the pod's service account (running in-cluster)."
+    )
+    k8s_namespace: str = Field("mlops", description="Namespace of the InferenceServices.")
+    gitops_repo: str | None = Field(
+        None, description="gitops target: the git repository Argo CD or Flux syncs from."
+    )
+    gitops_branch: str = Field("main", description="gitops target: branch to commit to.")
+    gitops_path: str = Field("deploy", description="gitops target: folder for the manifests.")
+    gitops_format: Literal["kserve", "knative"] = Field(
+        "kserve",
+        description="gitops target: KServe InferenceService or Knative Service (Cloud Run).",
+    )
+    aws_region: str | None = Field(None, description="AWS region (lambda target, S3).")
+    aws_endpoint_url: str | None = Field(
+        None, description="AWS API endpoint override: an emulation such as moto's server."
+    )
+    lambda_role_arn: str | None = Field(
+        None, description="lambda target: execution role of the model's function."
+    )
+    lambda_alias: str = Field("live", description="lambda target: the alias callers invoke.")
+
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.project_dir = self.project_dir.resolve()

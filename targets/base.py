@@ -20,7 +20,7 @@ class Deployed:
 
     slot: str
     version: int
-    url: str  # where the slot answers directly (smoke tests, its own /metrics)
+    url: str | None  # where the slot answers directly (smoke tests); None where none is reachable
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class ReleaseTarget(Protocol):
         """Put all traffic back on the stable slot if a dead release left it split; say so."""
         ...
 
-    def deploy(self, version: int) -> Deployed:
-        """Start ``version`` in the idle slot (replacing what ran there) and return it."""
+    def deploy(self, version: int, image: str | None) -> Deployed:
+        """Start ``version`` (its server image, where the target runs images) in the idle slot,
+        replacing what ran there, and return it."""
         ...
 
     def wait_ready(self, deployed: Deployed, timeout: float) -> None: ...
@@ -86,10 +87,38 @@ class ReleaseTarget(Protocol):
         ...
 
 
+TARGETS = ("local", "kserve", "gitops", "lambda")
+
+
 def make_target(kind: str, settings: Settings, model: str) -> ReleaseTarget:
     """The target named ``kind``; one without its settings is an error naming them."""
     if kind == "local":
         from targets.local import LocalTarget
 
         return LocalTarget(settings, model)
-    raise TargetError(f"unknown release target {kind!r} (known: local)")
+    if kind == "kserve":
+        from targets.kserve import KServeTarget
+
+        return KServeTarget(settings, model)
+    if kind == "gitops":
+        from targets.gitops import GitOpsTarget
+
+        return GitOpsTarget(settings, model)
+    if kind == "lambda":
+        from targets.aws_lambda import LambdaTarget
+
+        return LambdaTarget(settings, model)
+    raise TargetError(f"unknown release target {kind!r} (known: {', '.join(TARGETS)})")
+
+
+def need_image(model: str, version: int, image: str | None, target: str) -> str:
+    if not image:
+        raise TargetError(
+            f"{model} v{version} has no server image (tag mlops.image), which the {target} target "
+            f"runs: build and push it first with `mlops package --version {version}`"
+        )
+    return image
+
+
+def missing_settings(target: str, names: list[str]) -> TargetError:
+    return TargetError(f"the {target} release target needs {', '.join(names)} (unset)")

@@ -1,30 +1,64 @@
 """The release guard: a small process that watches a release flow's process and, if it dies while
 traffic is split or mirrored, puts all traffic back on the stable slot.
 
-Started by the local target when a release begins, stopped when it ends. A release killed at any
-point (SIGKILL included) thus leaves traffic on one model; the next release also recovers
-(``LocalTarget.recover``) should the guard itself be gone.
+Every target starts one when a release begins (``start_guard``) and stops it when the release ends
+(``stop_guard``). A release killed at any point (SIGKILL included) thus leaves traffic on one
+model; the next release also recovers (``ReleaseTarget.recover``) should the guard itself be gone.
 
-    python -m targets.guard STATE_DIR MODEL FLOW_PID FLOW_STARTED
+    python -m targets.guard STATE_DIR MODEL TARGET FLOW_PID FLOW_STARTED
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from mlops.stack import process_alive
+from mlops.settings import Settings
+from mlops.stack import process_alive, service_env, spawn, started_at, stop_process_group
+
+
+def start_guard(settings: Settings, model: str, target: str, record: Path) -> None:
+    """Watch this process from a separate one; its pid goes to ``record``."""
+    stop_guard(record)
+    me = os.getpid()
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "targets.guard",
+            str(settings.state_dir),
+            model,
+            target,
+            str(me),
+            str(started_at(me)),
+        ],
+        record.with_suffix(".log"),
+        cwd=settings.project_dir,
+        env=os.environ | service_env(settings),
+    )
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"pid": proc.pid, "started": started_at(proc.pid)}))
+
+
+def stop_guard(record: Path) -> None:
+    if record.exists():
+        info = json.loads(record.read_text())
+        if process_alive(info["pid"], info["started"]):
+            stop_process_group(info["pid"], timeout=5)
+        record.unlink(missing_ok=True)
 
 
 def main(argv: list[str]) -> int:
-    state_dir, model, pid, started = Path(argv[0]), argv[1], int(argv[2]), float(argv[3])
-    from mlops.settings import Settings
-    from targets.local import LocalTarget
+    state_dir, model, kind = Path(argv[0]), argv[1], argv[2]
+    pid, started = int(argv[3]), float(argv[4])
+    from targets.base import make_target
 
     while process_alive(pid, started):
         time.sleep(0.2)
-    target = LocalTarget(Settings(state_dir=state_dir), model)
+    target = make_target(kind, Settings(state_dir=state_dir), model)
     what = target.recover()
     print(what or "the release ended with traffic on one slot; nothing to do", flush=True)
     return 0

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from mlops.stack import (
 )
 from serving.router import SLOTS, Router, Traffic
 from targets.base import Deployed, SlotSample, TargetError, TargetState
+from targets.guard import start_guard, stop_guard
 
 
 @dataclass
@@ -39,7 +39,6 @@ class _State:
         default_factory=dict
     )  # slot -> version, pid, started, port
     stable: str | None = None
-    guard: dict[str, Any] | None = None  # pid, started of the release guard
 
 
 class LocalTarget:
@@ -57,7 +56,10 @@ class LocalTarget:
     # state -----------------------------------------------------------------------------------
     def _load(self) -> _State:
         path = self.dir / "state.json"
-        return _State(**json.loads(path.read_text())) if path.exists() else _State()
+        if not path.exists():
+            return _State()
+        known = {f.name for f in fields(_State)}
+        return _State(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def _save(self, state: _State) -> None:
         tmp = self.dir / "state.json.tmp"
@@ -120,33 +122,10 @@ class LocalTarget:
         )
 
     def guard(self) -> None:
-        """Watch this process from a separate one: if it dies mid-release, restore the stable slot."""
-        self.unguard()
-        me = os.getpid()
-        proc = spawn(
-            [
-                sys.executable,
-                "-m",
-                "targets.guard",
-                str(self.settings.state_dir),
-                self.model,
-                str(me),
-                str(started_at(me)),
-            ],
-            self.dir / "guard.log",
-            cwd=self.settings.project_dir,
-            env=os.environ | service_env(self.settings),
-        )
-        state = self._load()
-        state.guard = {"pid": proc.pid, "started": started_at(proc.pid)}
-        self._save(state)
+        start_guard(self.settings, self.model, self.name, self.dir / "guard.json")
 
     def unguard(self) -> None:
-        state = self._load()
-        if state.guard and process_alive(state.guard["pid"], state.guard["started"]):
-            stop_process_group(state.guard["pid"], timeout=5)
-        state.guard = None
-        self._save(state)
+        stop_guard(self.dir / "guard.json")
 
     def mark_stable(self, slot: str) -> None:
         state = self._load()
@@ -154,7 +133,7 @@ class LocalTarget:
         self._save(state)
 
     # slots -----------------------------------------------------------------------------------
-    def deploy(self, version: int) -> Deployed:
+    def deploy(self, version: int, image: str | None = None) -> Deployed:
         state = self._load()
         slot = next(s for s in SLOTS if s != state.stable)
         self.retire(slot)
@@ -199,7 +178,7 @@ class LocalTarget:
                 return None
             return f"the {deployed.slot} server exited:\n{tail(Path(info['log']))}"
 
-        wait_until_ready(deployed.url, timeout, gone)
+        wait_until_ready(self._url(info), timeout, gone)
 
     def retire(self, slot: str) -> None:
         state = self._load()
@@ -213,8 +192,9 @@ class LocalTarget:
 
     def stop(self) -> None:
         """Stop the router and both slots (``mlops down``)."""
+        self.unguard()
         state = self._load()
-        for info in [state.guard, *state.slots.values(), state.router]:
+        for info in [*state.slots.values(), state.router]:
             if info and process_alive(info["pid"], info["started"]):
                 stop_process_group(info["pid"], timeout=10)
         (self.dir / "state.json").unlink(missing_ok=True)

@@ -25,13 +25,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.errors import MlopsError
-from mlops.integrity import CHECKSUM_TAG, verify_artifacts
+from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG, verify_artifacts
 from tasks.registry import RegisteredVersion, download_model, registry_client
 from tasks.smoke import SmokeTestFailed, check_answers, known_batch, wait_until_ready
 
 PRODUCT_ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = PRODUCT_ROOT / "infra" / "docker"
-IMAGE_TAG = "mlops.image"  # repository:tag@sha256:digest, as the registry reported it
 SERVER_PACKAGES = ("mlops", "serving")  # what the image runs; no Prefect, DVC or tasks/
 _NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")  # one path component of an image name
 _MANIFESTS = ", ".join(

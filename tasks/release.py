@@ -112,18 +112,30 @@ def _artifact(model: str, title: str, lines: list[str]) -> None:
 
 @task(name="deploy-candidate", cache_policy=NO_CACHE, persist_result=False)
 def deploy_candidate(
-    target: ReleaseTarget, model: str, version: int, ready_timeout: float
+    target: ReleaseTarget, model: str, version: int, image: str | None, ready_timeout: float
 ) -> Deployed:
     """Start the candidate in the idle slot and wait until it is ready."""
-    deployed = target.deploy(version)
+    deployed = target.deploy(version, image)
     target.wait_ready(deployed, ready_timeout)
-    _artifact(model, f"v{version} deployed", [f"slot `{deployed.slot}` at {deployed.url}, ready"])
+    where = f" at {deployed.url}" if deployed.url else ""
+    _artifact(
+        model,
+        f"v{version} deployed",
+        [f"{target.name} target, slot `{deployed.slot}`{where}, ready"],
+    )
     return deployed
 
 
 @task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
 def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch) -> None:
     """Health, readiness, and the known batch answered as the model answers it in process."""
+    if deployed.url is None:
+        _artifact(
+            model,
+            f"v{deployed.version} smoke test: readiness only",
+            ["the target gives no URL of the candidate alone that is reachable from here"],
+        )
+        return
     health = httpx.get(f"{deployed.url}/health", timeout=5)
     if health.status_code != 200:
         raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")

@@ -19,11 +19,10 @@ import pytest
 
 from flows.packaging import packaging
 from flows.training import training
-from mlops.integrity import CHECKSUM_TAG, ModelIntegrityError
+from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG, ModelIntegrityError
 from mlops.settings import Settings
 from mlops.stack import free_port
 from tasks.packaging import (
-    IMAGE_TAG,
     PackagingError,
     assemble_build_context,
     container_exited,

@@ -1,0 +1,253 @@
+"""An EMULATION of the Kubernetes API server, for tests only: no cluster can run on these machines.
+
+It serves what kubectl and the Kubernetes Python client need to talk to a cluster holding the
+KServe and Knative CRDs: discovery (so ``kubectl apply --dry-run=client`` resolves the kinds), and
+create / read / replace of custom objects with ``resourceVersion`` conflicts and ``generation``.
+(kubectl's client-side schema validation reads OpenAPI v2 as protobuf, which this does not serve:
+the schema check is ``targets.manifests.validate_manifest`` against the same CRDs.) A small controller plays KServe:
+after a delay it marks each InferenceService generation ready (a new revision per predictor
+change, the canary share routed as ``canaryTrafficPercent`` says), or failed when its image is
+in ``failing``. It is no KServe: nothing runs, and the revision URLs point nowhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from mlops.stack import free_port
+
+KINDS = {  # (group, version) -> (plural, kind)
+    ("serving.kserve.io", "v1beta1"): ("inferenceservices", "InferenceService"),
+    ("serving.knative.dev", "v1"): ("services", "Service"),
+}
+
+
+def _status(code: int, reason: str, message: str) -> JSONResponse:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+    return JSONResponse(body | {"code": code, "reason": reason, "message": message}, code)
+
+
+class EmulatedKubernetes:
+    def __init__(self, ready_after: float = 0.3) -> None:
+        self.port = free_port("127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ready_after = ready_after
+        self.failing: set[str] = set()  # images whose revisions fail
+        self.urls: dict[str, str] = {}  # image -> where its revision answers (none by default)
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.writes: list[dict[str, Any]] = []  # every accepted object, in order
+        self._lock = threading.Lock()
+        self._rv = 0
+        self.app = self._build()
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> EmulatedKubernetes:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the emulated Kubernetes API did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
+                    "users": [{"name": "tester", "user": {"token": "emulated"}}],
+                    "contexts": [
+                        {"name": "emulated", "context": {"cluster": "emulated", "user": "tester"}}
+                    ],
+                    "current-context": "emulated",
+                }
+            )
+        )
+        return path
+
+    # the controller ----------------------------------------------------------------------------
+    def _reconcile(self, key: tuple[str, str, str, str], generation: int) -> None:
+        time.sleep(self.ready_after)
+        with self._lock:
+            obj = self.objects.get(key)
+            if obj is None or obj["metadata"]["generation"] != generation:
+                return
+            old = obj.get("status", {}).get("components", {}).get("predictor", {})
+            predictor = obj["spec"]["predictor"]
+            image = predictor["containers"][0]["image"]
+            changed = image != old.get("_image")
+            revision = (
+                f"{obj['metadata']['name']}-predictor-{generation:05d}"
+                if changed
+                else old.get("latestCreatedRevision")
+            )
+            previous = old.get("latestReadyRevision") if changed else old.get("_previous")
+            canary = predictor.get("canaryTrafficPercent")
+            status: dict[str, Any] = {"observedGeneration": generation}
+            if image in self.failing:
+                status["conditions"] = [
+                    {
+                        "type": "PredictorReady",
+                        "status": "False",
+                        "reason": "RevisionFailed",
+                        "message": f"Revision {revision} failed: image {image} exited",
+                    },
+                    {"type": "Ready", "status": "False", "reason": "RevisionFailed"},
+                ]
+                predictor_status = {
+                    "latestCreatedRevision": revision,
+                    "latestReadyRevision": old.get("latestReadyRevision"),
+                }
+            else:
+                status["conditions"] = [
+                    {"type": "PredictorReady", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ]
+                traffic = [
+                    {
+                        "revisionName": revision,
+                        "tag": "latest",
+                        "latestRevision": True,
+                        "percent": 100 if canary is None or previous is None else canary,
+                        "url": self.urls.get(image),
+                    }
+                ]
+                if previous and canary is not None:
+                    traffic.append(
+                        {
+                            "revisionName": previous,
+                            "tag": "prev",
+                            "latestRevision": False,
+                            "percent": 100 - canary,
+                        }
+                    )
+                predictor_status = {
+                    "latestCreatedRevision": revision,
+                    "latestReadyRevision": revision,
+                    "traffic": traffic,
+                }
+            predictor_status |= {"_image": image, "_previous": previous}
+            status["components"] = {"predictor": predictor_status}
+            obj["status"] = status
+
+    # the API -----------------------------------------------------------------------------------
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/version")
+        def version() -> dict[str, str]:
+            return {"major": "1", "minor": "32", "gitVersion": "v1.32.0-emulated"}
+
+        @app.get("/api")
+        def api() -> dict[str, Any]:
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+
+        @app.get("/api/v1")
+        def core() -> dict[str, Any]:
+            return {"kind": "APIResourceList", "groupVersion": "v1", "resources": []}
+
+        @app.get("/apis")
+        def groups() -> dict[str, Any]:
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [
+                    {
+                        "name": g,
+                        "versions": [{"groupVersion": f"{g}/{v}", "version": v}],
+                        "preferredVersion": {"groupVersion": f"{g}/{v}", "version": v},
+                    }
+                    for g, v in KINDS
+                ],
+            }
+
+        @app.get("/apis/{group}/{version}")
+        def resources(group: str, version: str) -> Any:
+            if (group, version) not in KINDS:
+                return _status(404, "NotFound", f"{group}/{version}")
+            plural, kind = KINDS[group, version]
+            verbs = ["create", "get", "list", "update", "patch", "delete"]
+            return {
+                "kind": "APIResourceList",
+                "groupVersion": f"{group}/{version}",
+                "resources": [
+                    {
+                        "name": plural,
+                        "singularName": kind.lower(),
+                        "namespaced": True,
+                        "kind": kind,
+                        "verbs": verbs,
+                    }
+                ],
+            }
+
+        base = "/apis/{group}/{version}/namespaces/{ns}/{plural}"
+
+        @app.post(base)
+        async def create(group: str, version: str, ns: str, plural: str, request: Request) -> Any:
+            obj = await request.json()
+            key = (group, plural, ns, obj["metadata"]["name"])
+            with self._lock:
+                if key in self.objects:
+                    return _status(409, "AlreadyExists", f"{key[3]} already exists")
+                obj["metadata"] |= {"namespace": ns, "generation": 1}
+                return self._store(key, obj, 201)
+
+        @app.get(base + "/{name}")
+        def read(group: str, version: str, ns: str, plural: str, name: str) -> Any:
+            with self._lock:
+                obj = self.objects.get((group, plural, ns, name))
+                if obj is None:
+                    return _status(404, "NotFound", f'{plural} "{name}" not found')
+                return copy.deepcopy(obj)
+
+        @app.put(base + "/{name}")
+        async def replace(
+            group: str, version: str, ns: str, plural: str, name: str, request: Request
+        ) -> Any:
+            obj = await request.json()
+            key = (group, plural, ns, name)
+            with self._lock:
+                old = self.objects.get(key)
+                if old is None:
+                    return _status(404, "NotFound", f'{plural} "{name}" not found')
+                if obj["metadata"].get("resourceVersion") != old["metadata"]["resourceVersion"]:
+                    return _status(409, "Conflict", "the object has been modified")
+                generation = old["metadata"]["generation"]
+                if obj.get("spec") != old.get("spec"):
+                    generation += 1
+                obj["metadata"] |= {"namespace": ns, "generation": generation}
+                obj["status"] = old.get("status", {})
+                return self._store(key, obj, 200)
+
+        return app
+
+    def _store(self, key: tuple[str, str, str, str], obj: dict[str, Any], code: int) -> Any:
+        self._rv += 1
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self.objects[key] = obj
+        self.writes.append(json.loads(json.dumps(obj)))
+        if key[1] == "inferenceservices":
+            threading.Thread(
+                target=self._reconcile, args=(key, obj["metadata"]["generation"]), daemon=True
+            ).start()
+        return JSONResponse(copy.deepcopy(obj), code)
