@@ -46,6 +46,7 @@ class EmulatedKubernetes:
         self.urls: dict[str, str] = {}  # image -> where its revision answers (none by default)
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.writes: list[dict[str, Any]] = []  # every accepted object, in order
+        self.config_path: Path | None = None  # the last kubeconfig written
         self._lock = threading.Lock()
         self._rv = 0
         self.app = self._build()
@@ -68,6 +69,8 @@ class EmulatedKubernetes:
         self._thread.join(timeout=10)
 
     def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig file pointing at this server."""
+        self.config_path = path
         path.write_text(
             yaml.safe_dump(
                 {
