@@ -23,6 +23,7 @@ from mlops.stack import process_alive, service_env, spawn, started_at, stop_proc
 def start_guard(settings: Settings, model: str, target: str, record: Path) -> None:
     """Watch this process from a separate one; its pid goes to ``record``."""
     stop_guard(record)
+    record.parent.mkdir(parents=True, exist_ok=True)
     me = os.getpid()
     proc = spawn(
         [
@@ -39,7 +40,6 @@ def start_guard(settings: Settings, model: str, target: str, record: Path) -> No
         cwd=settings.project_dir,
         env=os.environ | service_env(settings),
     )
-    record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"pid": proc.pid, "started": started_at(proc.pid)}))
 
 

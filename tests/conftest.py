@@ -57,5 +57,29 @@ def adult_data(settings: Settings) -> Path:
     return settings.project_dir / cfg.data.path
 
 
+@pytest.fixture(scope="session")
+def aws() -> Iterator[str]:
+    """moto's server on a free loopback port: an EMULATION of the AWS APIs over HTTP (no AWS account
+    is reachable here). Yields its endpoint URL; tests reset it with POST /moto-api/reset."""
+    from mlops.stack import console_script, free_port, spawn, stop_process_group
+    from tasks.smoke import wait_until_ready
+
+    port = free_port()
+    proc = spawn(
+        [console_script("moto_server"), "-H", "127.0.0.1", "-p", str(port)], _STATE / "moto.log"
+    )
+    mp = pytest.MonkeyPatch()
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        mp.setenv(key, "emulated")
+    mp.delenv("AWS_PROFILE", raising=False)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(url, 60, path="/moto-api/")
+        yield url
+    finally:
+        mp.undo()
+        stop_process_group(proc.pid, timeout=5)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_STATE, ignore_errors=True)
