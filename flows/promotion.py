@@ -20,6 +20,7 @@ from tasks.approval import ApprovalRejected, request_approval
 from tasks.gate_report import publish_gate_report
 from tasks.gates import (
     GateFailed,
+    GateResult,
     ProbabilisticModel,
     check_fairness,
     check_metric_thresholds,
@@ -37,6 +38,7 @@ from tasks.promotion import (
     tag_promoted_version,
 )
 from tasks.registry import (
+    RegisteredVersion,
     load_model_version,
     lookup_model_version,
     registry_client,
@@ -52,6 +54,7 @@ def promotion(
     pipeline: str | None = None,
     trigger: str = "manual",
     actor: str | None = None,
+    go_live: bool = False,
 ) -> PromotionOutcome:
     """Run the gates on a model version and promote it to champion if they all pass.
 
@@ -60,6 +63,9 @@ def promotion(
         pipeline: pipeline config, relative to the project (default: the settings' example).
         trigger: who or what started this promotion, recorded in the audit trail.
         actor: the person or system acting (default: the user running the flow).
+        go_live: hand a passing version to the release flow, which moves the champion alias
+            together with production traffic (the policy's strategy and target), instead of
+            moving the alias alone.
 
     Returns:
         What happened. A failed gate, a refused approval or a champion that changed meanwhile
@@ -153,6 +159,21 @@ def promotion(
         actor = decision.approver
         context = dataclasses.replace(context, actor=actor)
 
+    if go_live:
+        from flows.release import release
+
+        released = release(
+            version=str(candidate.version),
+            pipeline=pipeline,
+            trigger=f"promotion ({trigger})",
+            actor=actor,
+        )
+        log.info("%s v%s %s", name, candidate.version, released.reason)
+        _card(uri, name, candidate, results)
+        return PromotionOutcome(
+            name, candidate.version, released.serving, previous, released.reason, results
+        )
+
     # One promotion of a model at a time (a Prefect global concurrency limit of one); inside it,
     # the champion must still be the one the gates judged against, and alias, tags and audit
     # entry change together or not at all.
@@ -169,12 +190,7 @@ def promotion(
         audit("rejected", str(exc))
         raise
 
-    write_model_card(
-        uri,
-        lookup_model_version(uri, name, str(candidate.version)) or candidate,
-        [asdict(r) for r in results],
-        AuditTrail(uri).entries(name, candidate.version),
-    )
+    _card(uri, name, candidate, results)
     log.info(
         "%s v%s is champion (was %s)",
         name,
@@ -182,3 +198,12 @@ def promotion(
         f"v{previous}" if previous else "none",
     )
     return PromotionOutcome(name, candidate.version, True, previous, "promoted", results)
+
+
+def _card(uri: str, name: str, candidate: RegisteredVersion, results: list[GateResult]) -> None:
+    write_model_card(
+        uri,
+        lookup_model_version(uri, name, str(candidate.version)) or candidate,
+        [asdict(r) for r in results],
+        AuditTrail(uri).entries(name, candidate.version),
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -26,7 +28,10 @@ from tasks.validation import validate_dataset
 
 @flow(name="training", persist_result=True)
 def training(
-    pipeline: str | None = None, data_rev: str | None = None, trigger: str = "manual"
+    pipeline: str | None = None,
+    data_rev: str | None = None,
+    trigger: str = "manual",
+    hand_over: Literal["none", "promotion", "release"] = "none",
 ) -> RegisteredVersion:
     """Train, evaluate, track and register a model from one exact version of the data.
 
@@ -34,9 +39,13 @@ def training(
         pipeline: pipeline config file, relative to the project (default: the settings' example).
         data_rev: git revision whose DVC-tracked data to train on (default: the workspace).
         trigger: who or what started this run, recorded on the model version.
+        hand_over: what follows registration: nothing; the `promotion` flow (gates, then the
+            champion alias); or `release`: the gates, then the release flow puts a passing
+            version into production by the policy's strategy and target.
 
     Returns:
         The registered model version, or the earlier one an identical run already registered.
+        A version the gates or the release reject fails this flow run with their reason.
     """
     log = get_run_logger()
     settings = Settings()
@@ -55,7 +64,7 @@ def training(
             data.short,
         )
         publish_training_report(existing, data, existing.metrics, policy, None, cfg.model.family)
-        return existing
+        return _hand_over(existing, hand_over, pipeline, trigger)
 
     run_id = str(flow_run.get_id() or "local")
     frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
@@ -95,4 +104,20 @@ def training(
         "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url
     )
     publish_training_report(registered, data, metrics, policy, run.run_url, cfg.model.family)
+    return _hand_over(registered, hand_over, pipeline, trigger)
+
+
+def _hand_over(
+    registered: RegisteredVersion, hand_over: str, pipeline: str | None, trigger: str
+) -> RegisteredVersion:
+    """Run the gates (and the release) on the version as subflows of this run."""
+    if hand_over != "none":
+        from flows.promotion import promotion
+
+        promotion(
+            version=str(registered.version),
+            pipeline=pipeline,
+            trigger=f"training ({trigger})",
+            go_live=hand_over == "release",
+        )
     return registered

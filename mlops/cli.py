@@ -6,7 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -139,15 +139,27 @@ def train(
     data_rev: Annotated[
         str | None, typer.Option(help="Git revision of the data (default: workspace).")
     ] = None,
+    hand_over: Annotated[
+        str,
+        typer.Option(
+            help="After registering: none, promotion (the gates, then champion) or release "
+            "(the gates, then the release flow by the policy's strategy and target)."
+        ),
+    ] = "none",
 ) -> None:
     """Run the training flow in this process against the local stack."""
     settings = _settings()
+    if hand_over not in ("none", "promotion", "release"):
+        raise _fail(MlopsError(f"--hand-over {hand_over!r}: use none, promotion or release"))
     try:
         _need_stack(settings)
         from flows.training import training
 
         result = training(
-            pipeline=str(pipeline) if pipeline else None, data_rev=data_rev, trigger="cli"
+            pipeline=str(pipeline) if pipeline else None,
+            data_rev=data_rev,
+            trigger="cli",
+            hand_over=cast(Any, hand_over),  # checked above
         )
     except MlopsError as exc:
         raise _fail(exc) from None
@@ -240,6 +252,10 @@ def release_(
     strategy: Annotated[
         str | None, typer.Option(help="blue-green, canary or shadow (default: the policy's).")
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(help="local, kserve, gitops or lambda (default: the policy's, local)."),
+    ] = None,
     pipeline: Annotated[
         Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
     ] = None,
@@ -253,14 +269,19 @@ def release_(
         outcome = release(
             version=version,
             strategy=strategy,
+            target=target,
             pipeline=str(pipeline) if pipeline else None,
             trigger="cli",
         )
     except MlopsError as exc:
         raise _fail(exc) from None
-    typer.echo(
-        f"{outcome.model} v{outcome.version}: {outcome.reason} ({outcome.strategy}); "
+    where = (
         f"callers reach it at http://{settings.host}:{settings.router_port}/predict"
+        if (target or "local") == "local"
+        else f"on the {target} target"
+    )
+    typer.echo(
+        f"{outcome.model} v{outcome.version}: {outcome.reason} ({outcome.strategy}); {where}"
     )
 
 

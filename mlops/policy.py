@@ -80,7 +80,9 @@ class ReleasePolicy(_Strict):
     """How a validated version goes live, and what makes it roll back by itself."""
 
     strategy: Literal["blue-green", "canary", "shadow"] = "canary"
-    target: str = Field("local", description="Where it runs: local (more with cloud targets).")
+    target: Literal["local", "kserve", "gitops", "lambda"] = Field(
+        "local", description="Where it runs (targets/): the local router, KServe, GitOps, Lambda."
+    )
     canary_steps: tuple[int, ...] = (5, 25, 50, 100)
     bake_seconds: float = Field(
         60, ge=0, description="Per canary step; the shadow and blue-green watch."

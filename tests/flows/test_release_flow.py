@@ -261,3 +261,21 @@ def test_the_next_release_recovers_a_split_left_behind(project: dict[str, Any]) 
     assert target.router.current() == Traffic.only(state.stable.slot)
     entries = AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)
     assert any("left by an unfinished release" in e.reason for e in entries[-3:])
+
+
+def test_training_hands_a_passing_challenger_to_the_release(project: dict[str, Any]) -> None:
+    """training(hand_over="release"): a new version goes through the gates into production."""
+    pipeline, name, target = project["pipeline"], project["name"], project["target"]
+    release(version=str(project["v1"]), pipeline=str(pipeline))
+    edit_yaml(pipeline, model={"params": {"max_iter": 60}})
+    try:
+        v3 = training(pipeline=str(pipeline), trigger="test", hand_over="release").version
+    finally:
+        edit_yaml(pipeline, model={"params": {"max_iter": 40}})
+    assert v3 not in (project["v1"], project["v2"])
+    assert target.state().stable.version == v3
+    assert target.router.current() == Traffic.only(target.state().stable.slot)
+    assert _champion(name) == v3
+    entries = AuditTrail(Settings().mlflow_tracking_uri).entries(name, v3)
+    assert [e.action for e in entries][-3:] == ["gate-decision", "release-started", "released"]
+    assert entries[-1].trigger == "promotion (training (test))"
