@@ -133,6 +133,18 @@ def _champion(name: str) -> int:
     return int(client.get_model_version_by_alias(name, "champion").version)
 
 
+def _wait_for_split(target: LocalTarget, running: Any = lambda: True) -> float:
+    """Wait until the candidate takes its first share of traffic; returns a deadline for the rest."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = target.router.current()
+        if now is not None and len(now.serving) == 2:
+            return deadline
+        assert running(), "the release ended before its canary"
+        time.sleep(0.05)
+    raise AssertionError("the canary never started")
+
+
 def test_blue_green_and_canary_under_steady_load(project: dict[str, Any]) -> None:
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
     first = release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
@@ -171,14 +183,7 @@ def test_a_failing_canary_rolls_back_by_itself_within_2_s(project: dict[str, Any
     with Load(target.router.url, clients=3) as load:
         thread = threading.Thread(target=run)
         thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # until the candidate takes its first share
-            now = target.router.current()
-            if now is not None and len(now.serving) == 2:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the canary never started")
+        deadline = _wait_for_split(target)
         time.sleep(1)
         candidate = target.state().idle
         assert candidate is not None and candidate.version == project["v2"]
@@ -227,15 +232,7 @@ def test_killing_the_release_mid_canary_leaves_traffic_on_one_model(
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            now = target.router.current()
-            if now is not None and len(now.serving) == 2:
-                break
-            assert proc.poll() is None, "the release ended before its canary"
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the canary never started")
+        _wait_for_split(target, lambda: proc.poll() is None)
         os.killpg(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         while target.router.current() != Traffic.only(stable) and time.monotonic() < killed + 10:
@@ -246,6 +243,39 @@ def test_killing_the_release_mid_canary_leaves_traffic_on_one_model(
         if proc.poll() is None:
             proc.kill()
     assert _champion(project["name"]) == project["v1"]
+
+
+def test_a_router_that_goes_away_mid_canary_ends_the_release_on_the_champion(
+    project: dict[str, Any],
+) -> None:
+    pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
+    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    stable = target.state().stable.slot
+    edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 30})
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            release(version=str(project["v2"]), pipeline=pipeline, strategy="canary")
+        except ReleaseFailed as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        _wait_for_split(target, thread.is_alive)
+        router = target._load().router
+        assert router is not None
+        os.killpg(os.getpgid(router["pid"]), signal.SIGKILL)
+        thread.join(timeout=90)
+    finally:
+        edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 3})
+    assert "cannot be reached" in outcome["error"], outcome
+    # the rollback started a new router, on the champion alone
+    assert target.router.current() == Traffic.only(stable)
+    assert _champion(name) == project["v1"]
+    last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)[-1]
+    assert last.action == "release-rolled-back" and "cannot be reached" in last.reason
 
 
 def test_the_next_release_recovers_a_split_left_behind(project: dict[str, Any]) -> None:
