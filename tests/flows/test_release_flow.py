@@ -145,6 +145,20 @@ def _wait_for_split(target: LocalTarget, running: Any = lambda: True) -> float:
     raise AssertionError("the canary never started")
 
 
+def _canary_of_v2(project: dict[str, Any], outcome: dict[str, Any]) -> Any:
+    """A canary release of v2, to run in a thread; its failure reason goes to outcome["error"]."""
+
+    def run() -> None:
+        try:
+            release(
+                version=str(project["v2"]), pipeline=str(project["pipeline"]), strategy="canary"
+            )
+        except ReleaseFailed as exc:
+            outcome["error"] = str(exc)
+
+    return run
+
+
 def test_blue_green_and_canary_under_steady_load(project: dict[str, Any]) -> None:
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
     first = release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
@@ -173,12 +187,7 @@ def test_a_failing_canary_rolls_back_by_itself_within_2_s(project: dict[str, Any
     stable = target.state().stable.slot
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 30})
     outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            release(version=str(project["v2"]), pipeline=pipeline, strategy="canary")
-        except ReleaseFailed as exc:
-            outcome["error"] = str(exc)
+    run = _canary_of_v2(project, outcome)
 
     with Load(target.router.url, clients=3) as load:
         thread = threading.Thread(target=run)
@@ -253,12 +262,7 @@ def test_a_router_that_goes_away_mid_canary_ends_the_release_on_the_champion(
     stable = target.state().stable.slot
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 30})
     outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            release(version=str(project["v2"]), pipeline=pipeline, strategy="canary")
-        except ReleaseFailed as exc:
-            outcome["error"] = str(exc)
+    run = _canary_of_v2(project, outcome)
 
     thread = threading.Thread(target=run)
     thread.start()
