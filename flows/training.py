@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -13,6 +14,7 @@ from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.data import load_dataset, resolve_data_version
 from tasks.evaluation import evaluate_model
+from tasks.production_data import read_production_data
 from tasks.registry import (
     RegisteredVersion,
     find_model_version,
@@ -32,6 +34,7 @@ def training(
     data_rev: str | None = None,
     trigger: str = "manual",
     hand_over: Literal["none", "promotion", "release"] = "none",
+    production_data: str | None = None,
 ) -> RegisteredVersion:
     """Train, evaluate, track and register a model from one exact version of the data.
 
@@ -42,6 +45,8 @@ def training(
         hand_over: what follows registration: nothing; the `promotion` flow (gates, then the
             champion alias); or `release`: the gates, then the release flow puts a passing
             version into production by the policy's strategy and target.
+        production_data: a Parquet file of labelled production rows (tasks.production_data) to
+            train on beside the data version; its md5 joins the version's lineage.
 
     Returns:
         The registered model version, or the earlier one an identical run already registered.
@@ -54,7 +59,8 @@ def training(
     tracking_uri = str(settings.mlflow_tracking_uri)
 
     data = resolve_data_version(settings.project_dir, cfg.data.path, data_rev)
-    fingerprint = training_fingerprint(cfg, data.md5)
+    extra, extra_md5 = read_production_data(production_data) if production_data else (None, None)
+    fingerprint = training_fingerprint(cfg, f"{data.md5}+{extra_md5}" if extra_md5 else data.md5)
     existing = find_model_version(tracking_uri, cfg.model_name, fingerprint[0])
     if existing is not None:
         log.info(
@@ -68,9 +74,11 @@ def training(
 
     run_id = str(flow_run.get_id() or "local")
     frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
-    valid = validate_dataset(
-        frame, cfg.contract, f"{data.path}@{data.short}", settings.reports_dir / run_id
-    )
+    source = f"{data.path}@{data.short}"
+    if extra is not None:
+        frame = pd.concat([frame, extra], ignore_index=True)
+        source += f" + {len(extra)} production rows @{str(extra_md5)[:8]}"
+    valid = validate_dataset(frame, cfg.contract, source, settings.reports_dir / run_id)
     split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
     model = train_model(split, cfg.features, cfg.model)
     metrics = evaluate_model(model, split)
@@ -78,6 +86,11 @@ def training(
     tags = lineage_tags(
         settings.project_dir, data, fingerprint, policy, policy_digest, run_id, trigger
     )
+    if extra is not None:
+        tags |= {
+            "mlops.data.production_md5": str(extra_md5),
+            "mlops.data.production_rows": str(len(extra)),
+        }
     run = log_training_run(
         tracking_uri,
         cfg.experiment,

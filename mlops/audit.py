@@ -33,6 +33,9 @@ Action = Literal[
     "released",
     "release-rolled-back",
     "release-failed",
+    "retraining-triggered",
+    "retraining-skipped",
+    "retraining-failed",
 ]
 
 

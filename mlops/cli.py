@@ -23,6 +23,8 @@ data_app = typer.Typer(
     help="The DVC-versioned dataset of the active pipeline.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
+policy_app = typer.Typer(help="The versioned policy of the active pipeline.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 
 
 def _settings() -> Settings:
@@ -187,6 +189,63 @@ def promote(
     _print_outcome(outcome)
 
 
+@policy_app.command("apply")
+def policy_apply(
+    pipeline: Annotated[
+        Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
+    ] = None,
+) -> None:
+    """Record the policy file's new version and emit mlops.policy.updated: the retraining
+    automation then judges the champion against it and retrains if it fails."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from mlops.config import load_pipeline_config
+        from mlops.policy import apply_policy
+        from tasks.promotion import current_user
+
+        cfg = load_pipeline_config(pipeline or settings.pipeline)
+        what, event = apply_policy(
+            str(settings.mlflow_tracking_uri),
+            cfg.model_name,
+            cfg.policy,
+            set(cfg.contract.columns),
+            current_user(),
+        )
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(what + (f"; event mlops.policy.updated {event}" if event else ""))
+
+
+@app.command()
+def monitor(
+    pipeline: Annotated[
+        Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
+    ] = None,
+) -> None:
+    """Judge the production window since the last one now (the monitoring flow, in this process)."""
+    settings = _settings()
+    try:
+        _need_stack(settings)
+        from flows.monitoring import monitoring
+
+        outcome = monitoring(pipeline=str(pipeline) if pipeline else None)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    d, p = outcome.drift, outcome.performance
+    typer.echo(f"{outcome.model} v{outcome.version}: {outcome.rows} rows")
+    typer.echo(
+        f"  drift        {'DETECTED: ' if d.detected else ''}{d.reason if d.judged else 'not judged: ' + d.reason}"
+    )
+    typer.echo(
+        f"  performance  {'DEGRADED: ' if p.degraded else ''}{p.reason if p.judged else 'not judged: ' + p.reason}"
+    )
+    for problem in outcome.problems:
+        typer.echo(f"  problem      {problem}")
+    for name, eid in outcome.events.items():
+        typer.echo(f"  event        {name} {eid}")
+
+
 def _print_outcome(outcome: Any) -> None:
     for gate in outcome.gates:
         typer.echo(f"  {gate.gate:<24} {'pass' if gate.passed else 'FAIL'}  {gate.reason}")
@@ -326,7 +385,7 @@ def serve(
         token = token_from_environment({**os.environ, "MLOPS_ENV": settings.env})
     except MlopsError as exc:
         raise _fail(exc) from None
-    root = log_root or str(settings.state_dir / "prediction-log" / model)
+    root = log_root or settings.prediction_log(model)
     workdir = settings.state_dir / "serving"
     app_ = create_app(
         lambda: load_served_model(str(settings.mlflow_tracking_uri), model, ref, workdir),

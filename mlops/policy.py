@@ -117,6 +117,32 @@ class ReleasePolicy(_Strict):
         return steps
 
 
+class MonitoringPolicy(_Strict):
+    """What production data may do before the model is retrained (checked on each window)."""
+
+    min_rows: int = Field(
+        1000,
+        ge=50,
+        description="A window with fewer predicted rows is reported as too small to judge and "
+        "keeps accumulating (on 300-row samples of unshifted Adult data Evidently already flags "
+        "one to three columns; on 1000 rows none).",
+    )
+    max_rows: int = Field(50_000, ge=100, description="Most recent rows of a window judged.")
+    reference_rows: int = Field(
+        20_000, ge=1000, description="Rows of the champion's training data drift is judged against."
+    )
+    max_drift_share: float = Field(
+        0.1, ge=0, le=1, description="Share of columns drifted above which drift is detected."
+    )
+    min_labelled_rows: int = Field(
+        200, ge=10, description="Labelled rows a window needs before live performance is judged."
+    )
+    performance_metric: str = "roc_auc"
+    max_metric_drop: float = Field(
+        0.05, ge=0, le=1, description="Live metric below the champion's holdout figure by more."
+    )
+
+
 class Policy(_Strict):
     """A versioned policy file; its ``version`` is recorded on every model it judged."""
 
@@ -126,6 +152,7 @@ class Policy(_Strict):
     fairness: FairnessPolicy = FairnessPolicy()
     data: DataPolicy = DataPolicy()
     release: ReleasePolicy = ReleasePolicy()
+    monitoring: MonitoringPolicy = MonitoringPolicy()
     require_approval: bool = False
     approval_timeout_seconds: int = Field(3600, ge=1)
 
@@ -134,6 +161,11 @@ class Policy(_Strict):
         unknown = sorted(set(self.metrics) - set(KNOWN_METRICS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {sorted(KNOWN_METRICS)}")
+        if self.monitoring.performance_metric not in KNOWN_METRICS:
+            raise ValueError(
+                f"monitoring.performance_metric {self.monitoring.performance_metric!r} is unknown; "
+                f"known: {sorted(KNOWN_METRICS)}"
+            )
         if self.comparison.metric not in KNOWN_METRICS:
             raise ValueError(
                 f"comparison.metric {self.comparison.metric!r} is unknown; known: {sorted(KNOWN_METRICS)}"
@@ -154,3 +186,54 @@ def load_policy(path: Path, columns: set[str] | None = None) -> tuple[Policy, st
             raise ConfigError(f"{path}: fairness.sensitive names unknown columns {missing}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return policy, digest
+
+
+def apply_policy(
+    tracking_uri: str, model: str, path: Path, columns: set[str], actor: str
+) -> tuple[str, str | None]:
+    """Record the policy file as ``model``'s applied policy (audit trail, Prefect variable) and
+    emit ``mlops.policy.updated``, which the retraining automation answers by judging the
+    champion against it. A file that changed without a higher ``version`` is refused.
+
+    Returns what happened and the event id (None when the applied policy is this one already).
+    """
+    from prefect.variables import Variable
+
+    from mlops.audit import AuditEntry, AuditTrail
+    from mlops.events import POLICY_UPDATED, emit_model_event
+
+    policy, digest = load_policy(path, columns)
+    key = f"mlops-policy-{model}"
+    last = Variable.get(key, default=None)
+    last_version = int(last["version"]) if isinstance(last, dict) else None
+    if isinstance(last, dict) and last.get("digest") == digest:
+        return f"policy v{policy.version} ({digest}) is applied already", None
+    if last_version is not None and policy.version <= last_version:
+        raise ConfigError(
+            f"{path}: the policy changed but its version {policy.version} is not above the "
+            f"applied version {last_version}: bump `version`"
+        )
+    what = (
+        f"policy v{last_version} -> v{policy.version}"
+        if last_version is not None
+        else f"policy v{policy.version} applied"
+    )
+    event_id = emit_model_event(
+        POLICY_UPDATED,
+        model,
+        {"reason": what, "policy_version": policy.version, "digest": digest, "previous": last},
+    )
+    AuditTrail(tracking_uri).append(
+        AuditEntry(
+            model=model,
+            action="policy-applied",
+            actor=actor,
+            trigger="mlops policy apply",
+            reason=what,
+            policy_version=policy.version,
+            policy_digest=digest,
+            evidence={"previous": last, "event_id": event_id, "file": str(path)},
+        )
+    )
+    Variable.set(key, {"version": policy.version, "digest": digest}, overwrite=True)
+    return what, event_id

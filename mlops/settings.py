@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         "Build a local one with infra/docker/build-base-image.sh where no hub is reachable.",
     )
     startup_timeout: float = Field(90.0, gt=0, description="Seconds to wait for a service.")
+    prediction_log_url: str | None = Field(
+        None,
+        description="Where model servers log predictions and monitoring reads them: a folder or "
+        "an fsspec URL (s3://bucket/prefix); <state_dir>/prediction-log when unset.",
+    )
+    pushgateway_url: str | None = Field(
+        None, description="Prometheus Pushgateway the monitoring flow pushes its figures to."
+    )
 
     # release targets beyond the local one (targets/): each is used only when a release names it
     k8s_kubeconfig: Path | None = Field(
@@ -114,6 +122,11 @@ class Settings(BaseSettings):
     def prefect_ui_url(self) -> str:
         assert self.prefect_api_url is not None
         return self.prefect_api_url.removesuffix("/api")
+
+    def prediction_log(self, model: str) -> str:
+        """The prediction log of ``model``: one folder (or prefix) per model."""
+        base = self.prediction_log_url or str(self.state_dir / "prediction-log")
+        return f"{base.rstrip('/')}/{model}"
 
     @property
     def results_dir(self) -> Path:

@@ -152,7 +152,7 @@ class LocalTarget:
                 "--port",
                 str(port),
                 "--log-root",
-                str(self.settings.state_dir / "prediction-log" / self.model),
+                self.settings.prediction_log(self.model),
             ],
             log,
             cwd=self.settings.project_dir,

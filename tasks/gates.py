@@ -11,8 +11,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-from evidently import Report
-from evidently.presets import DataDriftPreset, DataSummaryPreset
 from fairlearn.metrics import (
     MetricFrame,
     demographic_parity_difference,
@@ -24,6 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.policy import KNOWN_METRICS, ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
+from tasks.drift import evidently_drift
 from tasks.evaluation import METRICS
 
 
@@ -209,40 +208,17 @@ def fairness(
 
 
 # training data ----------------------------------------------------------------------------------
-def _drifted(config: dict[str, Any], value: float) -> bool:
-    """Evidently reports a test's p-value (drift below the threshold) or a distance (drift at or
-    above it), by the method it chose for the column's type and size."""
-    threshold = float(config.get("threshold", 0.05))
-    if "p_value" in str(config.get("method", "")):
-        return value < threshold
-    return value >= threshold
-
-
 def training_data(
     current: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
 ) -> GateResult:
     """Missing values per column and drift against the champion's training data (Evidently)."""
     sample = current.sample(min(len(current), policy.sample_rows), random_state=0)
+    if reference is not None:
+        reference = reference.sample(min(len(reference), policy.sample_rows), random_state=0)
+    reading = evidently_drift(sample, reference)
     failures: list[str] = []
     details: dict[str, Any] = {}
-    if reference is not None:
-        ref = reference[[c for c in current.columns if c in reference.columns]]
-        ref = ref.sample(min(len(ref), policy.sample_rows), random_state=0)
-        snapshot = Report([DataSummaryPreset(), DataDriftPreset()]).run(sample[ref.columns], ref)
-    else:
-        snapshot = Report([DataSummaryPreset()]).run(sample, None)
-    missing: dict[str, float] = {}
-    drift_share = None
-    drifted: list[str] = []
-    for metric in snapshot.dict()["metrics"]:
-        name, value = metric["metric_name"], metric["value"]
-        config = metric.get("config", {})
-        if name.startswith("MissingValueCount(") and "column" in config:
-            missing[config["column"]] = float(value["share"])
-        elif name.startswith("DriftedColumnsCount("):
-            drift_share = float(value["share"])
-        elif name.startswith("ValueDrift(") and _drifted(config, float(value)):
-            drifted.append(config["column"])
+    missing, drift_share, drifted = reading.missing_share, reading.share, reading.drifted
     details["missing_share"] = {k: round(v, 4) for k, v in missing.items() if v}
     too_missing = {k: v for k, v in missing.items() if v > policy.max_missing_share}
     if too_missing:
@@ -252,11 +228,11 @@ def training_data(
             + ", ".join(f"{k} {v:.1%}" for k, v in sorted(too_missing.items()))
         )
     if drift_share is not None:
-        details |= {"drift_share": round(drift_share, 4), "drifted_columns": sorted(drifted)}
+        details |= {"drift_share": round(drift_share, 4), "drifted_columns": drifted}
         if drift_share > policy.max_drift_share:
             failures.append(
                 f"{drift_share:.0%} of columns drifted against the champion's training data "
-                f"(limit {policy.max_drift_share:.0%}): {', '.join(sorted(drifted))}"
+                f"(limit {policy.max_drift_share:.0%}): {', '.join(drifted)}"
             )
     if failures:
         return GateResult("training-data", False, "; ".join(failures), details)

@@ -159,3 +159,40 @@ def log_training_run(
             model_uri=info.model_uri,
             run_url=run_url,
         )
+
+
+@task(
+    name="log-monitoring-run",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=only_connection_errors,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def log_monitoring_run(
+    tracking_uri: str, experiment: str, outcome: dict[str, Any], report: str | None
+) -> str:
+    """One MLflow run per monitoring window: its figures as metrics (a history to chart), the
+    verdicts as JSON and the Evidently report as an HTML artifact. Returns the run's URL."""
+    drift, perf = outcome["drift"], outcome["performance"]
+    metrics = {"window_rows": float(outcome["rows"])}
+    if drift["share"] is not None:
+        metrics["drift_share"] = float(drift["share"])
+    if perf["live"] is not None:
+        metrics[f"live_{perf['metric']}"] = float(perf["live"])
+    with tracking_server(tracking_uri):
+        exp = mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"window-{outcome['until'][:19]}") as run:
+            mlflow.set_tags(
+                {
+                    "mlops.model": outcome["model"],
+                    "mlops.model.version": str(outcome["version"]),
+                    "mlops.drift.detected": str(drift["detected"]),
+                    "mlops.performance.degraded": str(perf["degraded"]),
+                }
+            )
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(outcome, "monitoring.json")
+            if report:
+                mlflow.log_artifact(report)
+    return f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"

@@ -1,0 +1,109 @@
+"""Production traffic for the demo and the tests: rows posted to a model endpoint one request each,
+their true labels sent back through ``/feedback`` as they would arrive later; and the worked
+example's documented shift of the world."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+
+def shift_adult(frame: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
+    """The example's shift, seeded, on rows of the Adult data (with the ``income`` column):
+
+    - the features move: everyone is 8 years older (``age`` + 8, at most 90) and works 15 % fewer
+      hours (``hours_per_week`` x 0.85, rounded, at least 1); two of fourteen columns drift;
+    - the label relation moves: among people aged 50 or more after the shift, half of those who
+      earned ``>50K`` now earn ``<=50K`` (drawn with ``seed``), so a model trained before the
+      shift over-predicts high incomes for older people.
+    """
+    rng = np.random.default_rng(seed)
+    shifted = frame.copy()
+    shifted["age"] = (shifted["age"] + 8).clip(upper=90)
+    shifted["hours_per_week"] = (shifted["hours_per_week"] * 0.85).round().clip(lower=1).astype(int)
+    if "income" in shifted:
+        older_rich = (shifted["age"] >= 50) & (shifted["income"] == ">50K")
+        flip = older_rich & (rng.random(len(shifted)) < 0.5)
+        shifted.loc[flip, "income"] = "<=50K"
+    return shifted
+
+
+@dataclass
+class TrafficReport:
+    sent: int = 0
+    answered: int = 0
+    labelled: int = 0
+    failures: list[str] = field(default_factory=list)
+    versions: dict[int, int] = field(default_factory=dict)
+
+
+def send_traffic(
+    url: str,
+    rows: pd.DataFrame,
+    target: str,
+    positive: str,
+    clients: int = 4,
+    feedback: bool = True,
+    token: str | None = None,
+    stop: threading.Event | None = None,
+) -> TrafficReport:
+    """POST each row to ``url``/predict (one row a request) and, with ``feedback``, its true label
+    to ``url``/feedback; ``clients`` at a time. Rows with missing values are skipped (the server
+    refuses them)."""
+    rows = rows.dropna()
+    labels = (rows[target] == positive).astype(int).tolist() if target in rows else None
+    records = rows.drop(columns=[target], errors="ignore").to_dict("records")
+    report = TrafficReport()
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def work(part: range) -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+            for i in part:
+                if stop is not None and stop.is_set():
+                    return
+                row: dict[str, Any] = {k: _plain(v) for k, v in records[i].items()}
+                body: dict[str, Any] | None = None
+                labelled, failure = False, None
+                try:
+                    r = client.post("/predict", json={"row": row})
+                    if r.status_code == 200:
+                        body = r.json()
+                    else:
+                        failure = f"{r.status_code}: {r.text[:200]}"
+                    if body is not None and feedback and labels is not None:
+                        f = client.post(
+                            "/feedback", json={"request_id": body["request_id"], "label": labels[i]}
+                        )
+                        labelled = f.status_code == 202
+                except httpx.HTTPError as exc:
+                    failure = f"{type(exc).__name__}: {exc}"
+                with lock:
+                    report.sent += 1
+                    report.labelled += int(labelled)
+                    if body is not None:
+                        report.answered += 1
+                        v = int(body["model"]["version"])
+                        report.versions[v] = report.versions.get(v, 0) + 1
+                    if failure and len(report.failures) < 20:
+                        report.failures.append(failure)
+
+    n = len(records)
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(work, [range(k, n, clients) for k in range(clients)]))
+    return report
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as the JSON types the server's signature expects."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value

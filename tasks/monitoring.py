@@ -1,0 +1,384 @@
+"""Production monitoring steps: read a window of the prediction log, judge its drift against the
+champion's training data and the serving model's live performance where labels arrived, publish
+the figures, and emit the events that automations react to.
+
+Broken input never crashes a monitoring run and never raises a drift event: unreadable files,
+missing columns, labels for unknown requests and windows too small to judge are reported as
+problems, and a window that cannot be judged says so.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mlops.policy import KNOWN_METRICS, MonitoringPolicy
+from serving.prediction_log import FEEDBACK, PREDICTIONS
+from tasks.drift import evidently_drift
+from tasks.evaluation import METRICS
+
+#: Columns the model server writes beside the features.
+LOG_COLUMNS = {"request_id", "row", "time", "model", "version", "prediction", "probability"}
+_PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})")
+
+
+@dataclass
+class Window:
+    """The predicted rows of one monitoring window, with the labels known for them."""
+
+    since: datetime | None
+    until: datetime
+    rows: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    files: int = 0
+
+    @property
+    def labelled(self) -> int:
+        return int(self.rows["label"].notna().sum()) if "label" in self.rows else 0
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    judged: bool
+    detected: bool
+    reason: str
+    share: float | None = None
+    drifted: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # per column, as Evidently's method says
+    methods: dict[str, str] = field(default_factory=dict)
+    report: str | None = None  # the Evidently HTML report
+
+
+@dataclass(frozen=True)
+class PerformanceVerdict:
+    judged: bool
+    degraded: bool
+    reason: str
+    metric: str
+    labelled: int = 0
+    live: float | None = None
+    baseline: float | None = None
+
+
+@dataclass(frozen=True)
+class MonitoringOutcome:
+    model: str
+    version: int | None
+    since: str | None
+    until: str
+    rows: int
+    drift: DriftVerdict
+    performance: PerformanceVerdict
+    problems: list[str]
+    events: dict[str, str]  # event name -> id, for the events emitted
+
+
+# reading the log ---------------------------------------------------------------------------------
+def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]]:
+    fs, path = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{kind}")
+    files = sorted(fs.glob(f"{path}/**/*.parquet"))
+    if since is not None:  # skip hour partitions that ended before the window began
+
+        def recent(f: str) -> bool:
+            m = _PARTITION.search(f)
+            if not m:
+                return True
+            start = datetime.fromisoformat(f"{m[1]}T{m[2]}:00:00+00:00")
+            return start + timedelta(hours=1) > since
+
+        files = [f for f in files if recent(f)]
+    return fs, files
+
+
+def _read(root: str, kind: str, since: datetime | None, problems: list[str]) -> pd.DataFrame:
+    fs, files = _files(root, kind, since)
+    frames = []
+    for f in files:
+        try:
+            with fs.open(f, "rb") as fh:
+                frames.append(pq.read_table(fh).to_pandas())
+        except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
+            problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def read_window(
+    log_root: str,
+    since: datetime | None,
+    until: datetime,
+    features: list[str],
+    max_rows: int,
+) -> Window:
+    """The rows predicted in [since, until), the most recent ``max_rows`` of them, with labels."""
+    problems: list[str] = []
+    predictions = _read(log_root, PREDICTIONS, since, problems)
+    files = len(_files(log_root, PREDICTIONS, since)[1])
+    if predictions.empty or "time" not in predictions:
+        return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems, files)
+    times = pd.to_datetime(predictions["time"], utc=True)
+    keep = times < until
+    if since is not None:
+        keep &= times >= since
+    rows = predictions[keep].assign(time=times[keep]).sort_values("time").tail(max_rows)
+    missing = [c for c in features if c not in rows]
+    if missing:
+        problems.append(f"the prediction log lacks feature column(s) {missing}: not judged")
+    extra = sorted(set(rows.columns) - set(features) - LOG_COLUMNS)
+    if extra:
+        problems.append(f"column(s) {extra} are not in the reference: ignored")
+    rows = rows.drop(columns=extra)
+
+    feedback = _read(log_root, FEEDBACK, since, problems)
+    if not feedback.empty and {"request_id", "label"} <= set(feedback.columns):
+        labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
+        unmatched = int((~labels["request_id"].isin(predictions["request_id"])).sum())
+        if unmatched:
+            problems.append(
+                f"{unmatched} label(s) name request ids with no logged prediction: ignored"
+            )
+        rows = rows.merge(labels, on="request_id", how="left")
+    else:
+        rows = rows.assign(label=pd.NA)
+    return Window(since, until, rows.reset_index(drop=True), problems, files)
+
+
+# judging -----------------------------------------------------------------------------------------
+def judge_drift(
+    window: Window,
+    reference: pd.DataFrame,
+    features: list[str],
+    policy: MonitoringPolicy,
+    html: Path | None,
+) -> DriftVerdict:
+    """Drift of the window's features against the reference (Evidently, per column and share)."""
+    if len(window.rows) < policy.min_rows:
+        return DriftVerdict(
+            False,
+            False,
+            f"{len(window.rows)} rows: too small to judge (needs {policy.min_rows}); "
+            "the window keeps accumulating",
+        )
+    columns = [c for c in features if c in window.rows and c in reference]
+    if not columns:
+        return DriftVerdict(False, False, "no feature column in common with the reference")
+    ref = reference[columns].sample(min(len(reference), policy.reference_rows), random_state=0)
+    reading = evidently_drift(window.rows[columns], ref, html)
+    share = reading.share or 0.0
+    detected = share > policy.max_drift_share
+    drifted = reading.drifted
+    reason = (
+        f"{share:.0%} of {len(columns)} columns drifted (limit {policy.max_drift_share:.0%})"
+        + (f": {', '.join(drifted)}" if drifted else "")
+    )
+    return DriftVerdict(
+        True,
+        detected,
+        reason,
+        share,
+        drifted,
+        {c.column: round(c.score, 4) for c in reading.columns},
+        {c.column: c.method for c in reading.columns},
+        str(html) if html else None,
+    )
+
+
+def judge_performance(
+    window: Window,
+    version: int | None,
+    baseline: dict[str, float],
+    policy: MonitoringPolicy,
+) -> PerformanceVerdict:
+    """The serving version's live metric on the window's labelled rows, against its holdout."""
+    metric = policy.performance_metric
+    rows = window.rows
+    if version is not None and "version" in rows:
+        rows = rows[rows["version"] == version]
+    labelled = rows[rows["label"].notna()] if "label" in rows else rows.iloc[0:0]
+    n = len(labelled)
+    base = baseline.get(metric)
+    if n < policy.min_labelled_rows:
+        return PerformanceVerdict(
+            False,
+            False,
+            f"{n} labelled rows (needs {policy.min_labelled_rows})",
+            metric,
+            n,
+            None,
+            base,
+        )
+    y = labelled["label"].astype(int).to_numpy()
+    if len(set(y)) < 2:
+        return PerformanceVerdict(False, False, "labels hold one class only", metric, n, None, base)
+    live = METRICS[metric](y, labelled["probability"].astype(float).to_numpy())
+    if base is None or math.isnan(base):
+        return PerformanceVerdict(
+            False, False, f"no holdout {metric} to compare with", metric, n, live, None
+        )
+    higher = KNOWN_METRICS[metric] == "higher"
+    drop = base - live if higher else live - base
+    degraded = drop > policy.max_metric_drop
+    reason = (
+        f"live {metric} {live:.3f} on {n} labelled rows against {base:.3f} on the holdout "
+        f"({'worse' if drop > 0 else 'better'} by {abs(drop):.3f}; limit {policy.max_metric_drop:.3f})"
+    )
+    return PerformanceVerdict(True, degraded, reason, metric, n, live, base)
+
+
+def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
+    """The payload of an event: what was judged, on which window, and why."""
+    common = {
+        "model": outcome.model,
+        "version": outcome.version,
+        "window": {"since": outcome.since, "until": outcome.until, "rows": outcome.rows},
+    }
+    if kind == "drift":
+        d = outcome.drift
+        return common | {
+            "reason": d.reason,
+            "drift_share": d.share,
+            "drifted_columns": d.drifted,
+            "scores": {c: d.scores[c] for c in d.drifted},
+            "report": d.report,
+        }
+    p = outcome.performance
+    return common | {
+        "reason": p.reason,
+        "metric": p.metric,
+        "live": p.live,
+        "baseline": p.baseline,
+        "labelled_rows": p.labelled,
+    }
+
+
+def write_prometheus(outcome: MonitoringOutcome, path: Path, pushgateway: str | None) -> None:
+    """The window's figures as Prometheus gauges: a textfile (node exporter's textfile collector)
+    and, when configured, the Pushgateway."""
+    from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
+
+    registry = CollectorRegistry()
+    labels = {"model": outcome.model}
+    Gauge(
+        "mlops_monitoring_window_rows",
+        "Rows in the last monitoring window.",
+        ["model"],
+        registry=registry,
+    ).labels(**labels).set(outcome.rows)
+    Gauge(
+        "mlops_monitoring_last_run_timestamp_seconds",
+        "End of the last window.",
+        ["model"],
+        registry=registry,
+    ).labels(**labels).set(datetime.fromisoformat(outcome.until).timestamp())
+    judged = Gauge(
+        "mlops_drift_judged",
+        "1 if the last window was judged for drift.",
+        ["model"],
+        registry=registry,
+    )
+    judged.labels(**labels).set(int(outcome.drift.judged))
+    if outcome.drift.judged and outcome.drift.share is not None:
+        Gauge(
+            "mlops_drift_share",
+            "Share of feature columns drifted in the last window.",
+            ["model"],
+            registry=registry,
+        ).labels(**labels).set(outcome.drift.share)
+        column = Gauge(
+            "mlops_drift_column_detected",
+            "1 if the column drifted in the last window.",
+            ["model", "column"],
+            registry=registry,
+        )
+        for c in outcome.drift.scores:
+            column.labels(column=c, **labels).set(int(c in outcome.drift.drifted))
+    if outcome.performance.judged and outcome.performance.live is not None:
+        Gauge(
+            "mlops_live_metric",
+            "The serving model's live metric on labelled rows.",
+            ["model", "metric"],
+            registry=registry,
+        ).labels(metric=outcome.performance.metric, **labels).set(outcome.performance.live)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)  # written aside and renamed: never half a file
+    if pushgateway:
+        push_to_gateway(pushgateway, job=f"mlops-monitoring-{outcome.model}", registry=registry)
+
+
+# Prefect tasks -----------------------------------------------------------------------------------
+@task(name="read-prediction-window", cache_policy=NO_CACHE, persist_result=False)
+def read_prediction_window(
+    log_root: str, since: datetime | None, until: datetime, features: list[str], max_rows: int
+) -> Window:
+    """The window of the prediction log since the last judged one, with its labels."""
+    return read_window(log_root, since, until, features, max_rows)
+
+
+@task(name="detect-drift", cache_policy=NO_CACHE, persist_result=False)
+def detect_drift(
+    window: Window,
+    reference: pd.DataFrame,
+    features: list[str],
+    policy: MonitoringPolicy,
+    html: Path | None,
+) -> DriftVerdict:
+    """Evidently drift of the window against the champion's training data."""
+    return judge_drift(window, reference, features, policy, html)
+
+
+@task(name="measure-live-performance", cache_policy=NO_CACHE, persist_result=False)
+def measure_live_performance(
+    window: Window, version: int | None, baseline: dict[str, float], policy: MonitoringPolicy
+) -> PerformanceVerdict:
+    """The serving model's metric on the labels that arrived, against its holdout figure."""
+    return judge_performance(window, version, baseline, policy)
+
+
+@task(name="publish-monitoring-report", cache_policy=NO_CACHE, persist_result=False)
+def publish_monitoring_report(outcome: MonitoringOutcome, report_url: str | None) -> None:
+    """A summary table and a markdown verdict in the Prefect UI, linking the Evidently report."""
+    key = f"monitoring-{outcome.model}".lower().replace("_", "-")
+    d, p = outcome.drift, outcome.performance
+    rows: list[dict[str, Any]] = [
+        {"figure": "window", "value": f"{outcome.since or 'start'} .. {outcome.until}"},
+        {"figure": "rows", "value": outcome.rows},
+        {
+            "figure": "drift",
+            "value": ("DETECTED: " if d.detected else "") + d.reason
+            if d.judged
+            else f"not judged: {d.reason}",
+        },
+        {
+            "figure": f"live {p.metric}",
+            "value": ("DEGRADED: " if p.degraded else "") + p.reason
+            if p.judged
+            else f"not judged: {p.reason}",
+        },
+    ]
+    rows += [
+        {
+            "figure": f"drift score {c} ({d.methods.get(c, '')})",
+            "value": f"{s}{' drifted' if c in d.drifted else ''}",
+        }
+        for c, s in sorted(d.scores.items())
+    ]
+    create_table_artifact(
+        key=key, table=rows, description=f"{outcome.model}: last monitoring window"
+    )
+    lines = [f"## {outcome.model} v{outcome.version}: monitoring window", ""]
+    lines += [f"- **drift**: {rows[2]['value']}", f"- **performance**: {rows[3]['value']}"]
+    if report_url:
+        lines.append(f"- Evidently report: [{report_url}]({report_url})")
+    lines += [f"- problem: {problem}" for problem in outcome.problems]
+    lines += [f"- event `{name}`: {eid}" for name, eid in outcome.events.items()]
+    create_markdown_artifact(key=f"{key}-report", markdown="\n".join(lines), description="verdict")
