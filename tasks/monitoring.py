@@ -178,7 +178,8 @@ def judge_drift(
     detected = share > policy.max_drift_share
     drifted = reading.drifted
     reason = (
-        f"{share:.0%} of {len(columns)} columns drifted (limit {policy.max_drift_share:.0%})"
+        f"{len(drifted)} of {len(columns)} columns drifted ({share:.0%}; "
+        f"limit {policy.max_drift_share:.0%})"
         + (f": {', '.join(drifted)}" if drifted else "")
     )
     return DriftVerdict(

@@ -1,0 +1,166 @@
+"""Monitoring on a prediction log written by the server's own writer: windows, bad input, verdicts."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops.policy import MonitoringPolicy
+from mlops.traffic import shift_adult
+from serving.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from tasks.monitoring import judge_drift, judge_performance, read_window
+from tests.helpers import adult_frame
+
+pytestmark = pytest.mark.unit
+
+FEATURES = [
+    "age", "workclass", "fnlwgt", "education", "education_num", "marital_status", "occupation",
+    "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
+]  # fmt: skip
+POLICY = MonitoringPolicy(min_rows=1000, min_labelled_rows=100)
+
+
+def write_log(root: Path, frame: pd.DataFrame, version: int = 1, labels: bool = True) -> list[str]:
+    """Log ``frame`` as the server would: one request per row, then the labels as feedback."""
+    log = PredictionLog(str(root), batch_rows=10_000, max_age_seconds=3600)
+    rng = np.random.default_rng(0)
+    ids = [f"{i:032x}" for i in rng.integers(0, 2**62, len(frame))]
+    now = datetime.now(UTC)
+    features = frame[FEATURES].to_dict("records")
+    y = (frame["income"] == ">50K").astype(int).to_numpy()
+    proba = np.clip(y * 0.7 + rng.random(len(frame)) * 0.3, 0, 1)  # an informative score
+    log.append(
+        PREDICTIONS,
+        [
+            {"request_id": rid, "row": 0, "time": now, "model": "m", "version": version,
+             "prediction": int(p >= 0.5), "probability": float(p), **row}
+            for rid, row, p in zip(ids, features, proba, strict=True)
+        ],
+    )  # fmt: skip
+    if labels:
+        log.append(
+            FEEDBACK,
+            [{"request_id": r, "label": int(v), "time": now} for r, v in zip(ids, y, strict=True)],
+        )
+    log.close()
+    return ids
+
+
+def clean(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows without missing values, typed as the training data is (and the server logs it)."""
+    typed = pd.read_csv(io.StringIO(frame.to_csv(index=False)), na_values=["?"])
+    return typed.dropna().reset_index(drop=True)
+
+
+def test_a_window_holds_the_rows_of_its_time_span_with_their_labels(tmp_path: Path) -> None:
+    write_log(tmp_path, clean(adult_frame(300)))
+    now = datetime.now(UTC)
+    window = read_window(
+        str(tmp_path), now - timedelta(minutes=5), now + timedelta(seconds=1), FEATURES, 10_000
+    )
+    assert len(window.rows) == len(clean(adult_frame(300))) and window.labelled == len(window.rows)
+    assert window.problems == []
+    later = read_window(
+        str(tmp_path), now + timedelta(seconds=1), now + timedelta(minutes=1), FEATURES, 10_000
+    )
+    assert later.rows.empty and later.problems == []
+
+
+def test_an_empty_or_missing_log_is_an_empty_window_not_an_error(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    window = read_window(str(tmp_path / "nothing-here"), None, now, FEATURES, 10_000)
+    assert window.rows.empty and window.problems == []
+    verdict = judge_drift(window, adult_frame(2000), FEATURES, POLICY, None)
+    assert not verdict.judged and not verdict.detected
+    assert "0 rows: too small to judge (needs 1000)" in verdict.reason
+
+
+def test_corrupt_files_missing_and_extra_columns_and_unknown_labels_are_reported(
+    tmp_path: Path,
+) -> None:
+    frame = clean(adult_frame(400)).drop(columns=["native_country"]).assign(shoe_size=42)
+    features = [c for c in FEATURES if c != "native_country"]
+    log = PredictionLog(str(tmp_path), batch_rows=10_000, max_age_seconds=3600)
+    now = datetime.now(UTC)
+    log.append(PREDICTIONS, [{"request_id": f"{i:032x}", "time": now, "version": 1, "prediction": 0,
+                              "probability": 0.1, **r} for i, r in enumerate(frame[[*features, "shoe_size"]].to_dict("records"))])  # fmt: skip
+    log.append(FEEDBACK, [{"request_id": "f" * 32, "label": 1, "time": now}])
+    log.close()
+    bad = (
+        tmp_path / PREDICTIONS / f"date={now:%Y-%m-%d}" / f"hour={now:%H}" / "part-corrupt.parquet"
+    )
+    bad.write_bytes(b"PAR1 this is not parquet")
+
+    window = read_window(
+        str(tmp_path), now - timedelta(minutes=1), now + timedelta(seconds=1), FEATURES, 10_000
+    )
+    assert len(window.rows) == len(frame)
+    problems = "\n".join(window.problems)
+    assert "part-corrupt.parquet is unreadable and was skipped" in problems
+    assert "lacks feature column(s) ['native_country']" in problems
+    assert "column(s) ['shoe_size'] are not in the reference: ignored" in problems
+    assert "1 label(s) name request ids with no logged prediction" in problems
+    assert "shoe_size" not in window.rows and window.labelled == 0
+
+
+def test_unshifted_windows_raise_no_drift_and_the_shifted_one_does(tmp_path: Path) -> None:
+    data = clean(adult_frame(9000))
+    reference, live = data.iloc[:5000], data.iloc[5000:]
+    for k, part in enumerate(np.array_split(live, 3)):  # repeated windows, none drifted
+        root = tmp_path / f"window-{k}"
+        write_log(root, part)
+        window = read_window(
+            str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
+        )
+        verdict = judge_drift(window, reference, FEATURES, POLICY, None)
+        assert verdict.judged and not verdict.detected, verdict.reason
+    root = tmp_path / "shifted"
+    write_log(root, shift_adult(live))
+    window = read_window(
+        str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
+    )
+    verdict = judge_drift(window, reference, FEATURES, POLICY, tmp_path / "report.html")
+    assert verdict.detected and set(verdict.drifted) == {"age", "hours_per_week"}, verdict.reason
+    assert "2 of 14 columns drifted (14%; limit 10%): age, hours_per_week" in verdict.reason
+    assert (tmp_path / "report.html").stat().st_size > 10_000  # Evidently's HTML report
+
+
+def test_live_performance_is_judged_on_the_serving_version_once_enough_labels_arrived(
+    tmp_path: Path,
+) -> None:
+    data = clean(adult_frame(1500))
+    write_log(tmp_path, data.iloc[:50], version=1)
+    window = read_window(
+        str(tmp_path), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
+    )
+    few = judge_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    assert not few.judged and "50 labelled rows (needs 100)" in few.reason
+
+    write_log(tmp_path / "more", data, version=1)
+    window = read_window(
+        str(tmp_path / "more"), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
+    )
+    fine = judge_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    assert fine.judged and not fine.degraded and fine.live is not None and fine.live > 0.9
+    worse = judge_performance(window, 1, {"roc_auc": fine.live + 0.1}, POLICY)
+    assert worse.judged and worse.degraded and "worse by 0.100; limit 0.050" in worse.reason
+    unknown = judge_performance(window, 1, {}, POLICY)
+    assert not unknown.judged and "no holdout roc_auc" in unknown.reason
+    other_version = judge_performance(window, 2, {"roc_auc": 0.9}, POLICY)
+    assert not other_version.judged and "0 labelled rows" in other_version.reason
+
+
+def test_the_shift_is_seeded_and_moves_what_it_documents() -> None:
+    frame = clean(adult_frame(3000))
+    a, b = shift_adult(frame, seed=3), shift_adult(frame, seed=3)
+    pd.testing.assert_frame_equal(a, b)
+    assert (a["age"] - frame["age"]).clip(lower=0).max() == 8 and a["age"].max() <= 90
+    older_rich = (a["age"] >= 50) & (frame["income"] == ">50K")
+    flipped = (a.loc[older_rich, "income"] == "<=50K").mean()
+    assert 0.35 < flipped < 0.65
+    assert (a.loc[~older_rich, "income"] == frame.loc[~older_rich, "income"]).all()
