@@ -5,9 +5,8 @@ release; anything that fails on the way leaves the champion serving."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -31,7 +30,7 @@ def retraining(
     pipeline: str | None = None,
     reason: str = "manual",
     event_id: str | None = None,
-    evidence: str | None = None,
+    evidence: dict[str, Any] | None = None,
     production_days: float = 7.0,
 ) -> RetrainingOutcome:
     """Retrain because of ``reason``; release the new version if it passes the gates.
@@ -40,7 +39,7 @@ def retraining(
         pipeline: pipeline config, relative to the project (default: the settings' example).
         reason: what asked for it: an event name (`mlops.model.drift-detected`, ...) or `manual`.
         event_id: the Prefect event that triggered this run, recorded in the audit trail.
-        evidence: the event's payload as JSON, recorded in the audit trail.
+        evidence: the event's payload, recorded in the audit trail.
         production_days: labelled production rows from this many days back join the training data.
 
     Returns:
@@ -66,7 +65,7 @@ def retraining(
         digest,
         links={"prefect_flow_run": f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"},
     )
-    payload = json.loads(evidence) if evidence else {}
+    payload = evidence or {}
     context.record(
         before or 0,
         "retraining-triggered",

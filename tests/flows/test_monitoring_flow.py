@@ -1,0 +1,164 @@
+"""The monitoring flow and the retraining automation on real Prefect and MLflow servers, with
+production traffic sent through the local release target's router to real model servers."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+from flows.monitoring import monitoring, watermark_name
+from flows.promotion import promotion
+from flows.release import release
+from flows.training import training
+from mlops.events import DRIFT_DETECTED, emit_model_event
+from mlops.settings import Settings
+from mlops.stack import LocalStack, free_port, service_env
+from mlops.traffic import send_traffic, shift_adult
+from targets.local import LocalTarget
+from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
+
+pytestmark = pytest.mark.flows
+
+
+def typed_rows(start: int, count: int) -> pd.DataFrame:
+    """Rows of the example after the training rows, typed and complete, as callers send them."""
+    raw = pd.read_csv(
+        EXAMPLE / "adult.csv.gz", na_values=["?"], skiprows=range(1, start + 1), nrows=count
+    )
+    return raw.dropna().reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def production(
+    local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """A champion released on the local target, answering through the router."""
+    root = tmp_path_factory.mktemp("monitoring-project")
+    name = f"monitored-{uuid.uuid4().hex[:6]}"
+    pipeline = make_project(root, adult_frame(8000), model_name=name)
+    lenient_policy(pipeline, monitoring={"min_rows": 900, "min_labelled_rows": 200})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLOPS_PROJECT_DIR", str(root))
+    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
+    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
+    settings = Settings()
+    target = LocalTarget(settings, name)
+    try:
+        v1 = training(pipeline=str(pipeline), trigger="test").version
+        promotion(version=str(v1), pipeline=str(pipeline), trigger="test")
+        release(version=str(v1), pipeline=str(pipeline), trigger="test")
+        yield {
+            "name": name,
+            "pipeline": str(pipeline),
+            "v1": v1,
+            "url": target.router.url,
+            "settings": settings,
+        }
+    finally:
+        target.stop()
+        mp.undo()
+
+
+def _send(production: dict[str, Any], rows: pd.DataFrame) -> None:
+    report = send_traffic(production["url"], rows, "income", ">50K", clients=4)
+    assert report.answered == len(rows) and report.labelled == len(rows), report.failures
+    time.sleep(6)  # the server's log flushes every 5 s
+
+
+def _events(settings: Settings, name: str, model: str) -> list[dict[str, Any]]:
+    body = {
+        "filter": {"event": {"name": [name]}, "resource": {"id": [f"mlops.model.{model}"]}},
+        "limit": 50,
+    }
+    r = httpx.post(f"{settings.prefect_api_url}/events/filter", json=body, timeout=10)
+    r.raise_for_status()
+    events: list[dict[str, Any]] = r.json()["events"]
+    return events
+
+
+def test_unshifted_traffic_raises_no_drift_over_repeated_windows(
+    production: dict[str, Any],
+) -> None:
+    for k in range(3):
+        _send(production, typed_rows(8000 + 1000 * k, 1000))
+        outcome = monitoring(pipeline=production["pipeline"])
+        assert outcome.drift.judged and not outcome.drift.detected, outcome.drift.reason
+        assert outcome.performance.judged and not outcome.performance.degraded, (
+            outcome.performance.reason
+        )
+        assert outcome.events == {} and outcome.problems == []
+        assert 900 <= outcome.rows <= 1000
+    assert _events(production["settings"], DRIFT_DETECTED, production["name"]) == []
+
+
+def test_a_window_too_small_is_reported_and_kept_for_the_next_run(
+    production: dict[str, Any],
+) -> None:
+    from prefect.variables import Variable
+
+    before = Variable.get(watermark_name(production["name"]))
+    _send(production, typed_rows(12000, 100))
+    outcome = monitoring(pipeline=production["pipeline"])
+    assert not outcome.drift.judged and "too small to judge (needs 900)" in outcome.drift.reason
+    assert outcome.events == {}
+    assert Variable.get(watermark_name(production["name"])) == before  # the window keeps growing
+
+
+def test_shifted_traffic_emits_a_drift_event_with_its_evidence(production: dict[str, Any]) -> None:
+    settings, name = production["settings"], production["name"]
+    _send(production, shift_adult(typed_rows(13000, 1200)))
+    outcome = monitoring(pipeline=production["pipeline"])
+    assert outcome.drift.detected and {"age", "hours_per_week"} <= set(outcome.drift.drifted)
+    assert DRIFT_DETECTED in outcome.events
+    assert outcome.drift.report and Path(outcome.drift.report).exists()
+    deadline = time.monotonic() + 20
+    while not (found := _events(settings, DRIFT_DETECTED, name)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [e["id"] for e in found] == [outcome.events[DRIFT_DETECTED]]
+    payload = found[0]["payload"]
+    assert "age" in payload["drifted_columns"] and payload["window"]["rows"] == outcome.rows
+    metrics = (settings.state_dir / "metrics" / f"monitoring-{name}.prom").read_text()
+    assert f'mlops_drift_column_detected{{column="age",model="{name}"}} 1.0' in metrics
+
+
+def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settings) -> None:
+    """The retraining deployment of prefect.yaml, registered as `mlops up` registers it: its
+    trigger fires at the first event and waits out its window (no worker runs the flow here)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+
+    stack = LocalStack(local_stack.model_copy(update={"work_pool": "local"}))  # as prefect.yaml says
+    stack.ensure_work_pool()
+    stack.deploy(os.environ | service_env(local_stack))
+    for k in range(10):
+        emit_model_event(
+            DRIFT_DETECTED, "adult-income", {"reason": f"burst {k}", "drift_share": 0.2}
+        )
+
+    async def retraining_runs() -> list[Any]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("retraining/adult")
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployment.id]}),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["adult"])),
+            )
+
+    import asyncio
+
+    deadline = time.monotonic() + 60
+    while not asyncio.run(retraining_runs()) and time.monotonic() < deadline:
+        time.sleep(1)
+    time.sleep(10)  # the other nine have had time to fire, if they were going to
+    runs = asyncio.run(retraining_runs())
+    assert len(runs) == 1, [r.name for r in runs]
+    assert runs[0].parameters["reason"] == DRIFT_DETECTED
+    assert runs[0].parameters["event_id"]
+    assert runs[0].parameters["evidence"]["reason"].startswith("burst")
