@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict
-from typing import cast
+from typing import Any, cast
 
 from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
@@ -84,7 +84,10 @@ def promotion(
     champion = lookup_model_version(uri, name, "champion")
     previous = champion.version if champion else None
     if previous == candidate.version:
-        log.info("%s v%s is the champion already; nothing to do", name, candidate.version)
+        log.info("%s v%s is the champion already; nothing to judge", name, candidate.version)
+        if go_live:  # make sure it serves (a stopped target is started again)
+            released = _release(candidate.version, pipeline, trigger, actor)
+            return PromotionOutcome(name, candidate.version, False, previous, released.reason, [])
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
 
     context = AuditContext(
@@ -160,14 +163,7 @@ def promotion(
         context = dataclasses.replace(context, actor=actor)
 
     if go_live:
-        from flows.release import release
-
-        released = release(
-            version=str(candidate.version),
-            pipeline=pipeline,
-            trigger=f"promotion ({trigger})",
-            actor=actor,
-        )
+        released = _release(candidate.version, pipeline, trigger, actor)
         log.info("%s v%s %s", name, candidate.version, released.reason)
         _card(uri, name, candidate, results)
         return PromotionOutcome(
@@ -206,4 +202,12 @@ def _card(uri: str, name: str, candidate: RegisteredVersion, results: list[GateR
         lookup_model_version(uri, name, str(candidate.version)) or candidate,
         [asdict(r) for r in results],
         AuditTrail(uri).entries(name, candidate.version),
+    )
+
+
+def _release(version: int, pipeline: str | None, trigger: str, actor: str) -> Any:
+    from flows.release import release
+
+    return release(
+        version=str(version), pipeline=pipeline, trigger=f"promotion ({trigger})", actor=actor
     )

@@ -406,31 +406,12 @@ def _print_version(result: Any) -> None:
             typer.echo(f"  {key} = {result.tags[key]}")
 
 
-def run_deployment_and_wait(settings: Settings, name: str, timeout: float = 900) -> Any:
-    """Run a deployment through the work pool, wait for its end, return its result."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-
-    flow_run = run_deployment(name=name, timeout=timeout)
-    assert isinstance(flow_run, FlowRun)  # the sync form, called outside an event loop
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        raise MlopsError(
-            f"deployment {name}: flow run {flow_run.name} ended {state.name if state else 'unknown'}: "
-            f"{state.message if state else ''}; see {settings.prefect_ui_url}/runs/flow-run/{flow_run.id}"
-        )
-    try:
-        return state.result()
-    except Exception as exc:
-        raise MlopsError(
-            f"deployment {name}: flow run {flow_run.name} completed but its result cannot be read "
-            f"({type(exc).__name__}: {exc}); see {settings.prefect_ui_url}/runs/flow-run/{flow_run.id}"
-        ) from None
-
-
 @app.command()
 def demo() -> None:
-    """The main job: start the stack, version the data, run the training deployment on the worker."""
+    """The main job, the closed loop: train, judge and release a champion; send production
+    traffic; shift the world; watch monitoring, an automation, retraining, the gates and a canary
+    put a new champion in production by themselves."""
+    from mlops.demo import closed_loop
     from mlops.stack import LocalStack
 
     settings = _settings()
@@ -438,22 +419,23 @@ def demo() -> None:
     try:
         LocalStack(settings).up(with_worker=True)
         data_pull()
-        typer.echo("running deployment training/adult on the local work pool ...")
-        result = run_deployment_and_wait(settings, "training/adult")
-        _print_version(result)
-        typer.echo("running deployment promotion/adult (gates, then champion) ...")
-        outcome = run_deployment_and_wait(settings, "promotion/adult")
+        result = closed_loop(settings, typer.echo)
     except MlopsError as exc:
         raise _fail(exc) from None
-    _print_outcome(outcome)
-    typer.echo(f"\ndone in {time.monotonic() - started:.0f}s")
+    took = result.seconds_to_new_champion
     typer.echo(
-        f"Prefect UI   {settings.prefect_ui_url}  (flow runs; artifacts training-summary, gate-report)"
+        f"\ndone in {time.monotonic() - started:.0f}s"
+        + (f"; {took:.0f}s from the shift to the new champion at 100%" if took else "")
     )
     typer.echo(
-        f"MLflow UI    {settings.mlflow_tracking_uri}  (experiment adult-income, model adult-income)"
+        f"Prefect UI   {settings.prefect_ui_url}  (flow runs, automations, events; artifacts "
+        "monitoring-*, release-*, gate-report)"
     )
-    typer.echo(f"audit trail  mlops audit {result.name}")
+    typer.echo(
+        f"MLflow UI    {settings.mlflow_tracking_uri}  (experiments {result.model} and "
+        f"{result.model}-monitoring, model {result.model})"
+    )
+    typer.echo(f"audit trail  mlops audit {result.model}")
     typer.echo("stop the stack with `mlops down`")
 
 

@@ -179,8 +179,7 @@ def judge_drift(
     drifted = reading.drifted
     reason = (
         f"{len(drifted)} of {len(columns)} columns drifted ({share:.0%}; "
-        f"limit {policy.max_drift_share:.0%})"
-        + (f": {', '.join(drifted)}" if drifted else "")
+        f"limit {policy.max_drift_share:.0%})" + (f": {', '.join(drifted)}" if drifted else "")
     )
     return DriftVerdict(
         True,

@@ -135,7 +135,9 @@ def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settin
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 
-    stack = LocalStack(local_stack.model_copy(update={"work_pool": "local"}))  # as prefect.yaml says
+    stack = LocalStack(
+        local_stack.model_copy(update={"work_pool": "local"})
+    )  # as prefect.yaml says
     stack.ensure_work_pool()
     stack.deploy(os.environ | service_env(local_stack))
     for k in range(10):
