@@ -98,7 +98,7 @@ def _monitor(settings: Settings, out: Out) -> Any:
 
 async def _runs_since(deployment: str, since: datetime) -> list[Any]:
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
     async with get_client() as client:
@@ -106,7 +106,7 @@ async def _runs_since(deployment: str, since: datetime) -> list[Any]:
         runs = await client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id={"any_": [dep.id]},
-                expected_start_time=FlowRunFilterStartTime(after_=since),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
             ),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         )
