@@ -121,6 +121,7 @@ def promotion(
             target,
             policy.comparison,
             f"champion v{previous}",
+            reference,
         ),
         check_fairness(challenger_model, holdout, target, policy.fairness),
         check_training_data(

@@ -223,7 +223,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
         "earners now earn <=50K (mlops.traffic.shift_adult) =="
     )
     shift_at = datetime.now(UTC)
-    shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2), seed=7)
+    shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
     report = send_traffic(router, shifted.iloc[:2000], target, positive)
     out(f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled")
     time.sleep(6)

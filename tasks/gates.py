@@ -130,6 +130,22 @@ def compare_models(
     )
 
 
+def unseen_rows(holdout: pd.DataFrame, champion_training: pd.DataFrame | None) -> pd.DataFrame:
+    """The holdout rows the champion never trained on. When the data changed between versions
+    (new rows, production rows), some of the challenger's holdout was the champion's training
+    data; judging both on it would favour the champion, which has seen the answers."""
+    if champion_training is None:
+        return holdout
+    columns = [c for c in holdout.columns if c in champion_training.columns]
+    seen = champion_training[columns].drop_duplicates().assign(_seen=True)
+    marked = holdout.merge(seen, on=columns, how="left")
+    keep = marked["_seen"].isna().to_numpy()
+    return holdout[keep]
+
+
+MIN_COMPARISON_ROWS = 200
+
+
 # fairness ---------------------------------------------------------------------------------------
 def fairness(
     predictions: np.ndarray, frame: pd.DataFrame, y: np.ndarray, policy: FairnessPolicy
@@ -297,12 +313,20 @@ def compare_with_champion(
     target: str,
     policy: ComparisonPolicy,
     champion_label: str,
+    champion_training: pd.DataFrame | None = None,
 ) -> GateResult:
-    """Gate: the challenger is not worse than the champion beyond the margin (paired bootstrap)."""
-    X = holdout.drop(columns=[target])
-    return compare_models(
-        challenger, champion, X, holdout[target].to_numpy(), policy, champion_label
-    )
+    """Gate: the challenger is not worse than the champion beyond the margin (paired bootstrap),
+    on the holdout rows the champion never trained on."""
+    rows = unseen_rows(holdout, champion_training)
+    if len(rows) < MIN_COMPARISON_ROWS:
+        rows = holdout  # too few to judge by: say so
+        champion_label += (
+            f" on all {len(holdout)} holdout rows (fewer than {MIN_COMPARISON_ROWS} it never saw)"
+        )
+    elif champion_training is not None:
+        champion_label += f" on the {len(rows)} of {len(holdout)} holdout rows it never trained on"
+    X = rows.drop(columns=[target])
+    return compare_models(challenger, champion, X, rows[target].to_numpy(), policy, champion_label)
 
 
 @task(name="check-fairness", cache_policy=NO_CACHE, persist_result=False)

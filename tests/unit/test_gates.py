@@ -104,3 +104,15 @@ def test_training_data_flags_missing_values_and_drift() -> None:
     assert "a" in r.details["drifted_columns"]
     same = training_data(ref, ref, DataPolicy(sample_rows=800))
     assert same.passed and same.details["drift_share"] == 0
+
+
+def test_the_champion_is_compared_only_on_rows_it_never_trained_on() -> None:
+    from tasks.gates import unseen_rows
+
+    frame = pd.DataFrame(
+        {"a": range(300), "b": [i % 7 for i in range(300)], "y": [i % 2 for i in range(300)]}
+    )
+    holdout, champion_training = frame.iloc[:100], frame.iloc[50:300]
+    unseen = unseen_rows(holdout, champion_training)
+    pd.testing.assert_frame_equal(unseen, frame.iloc[:50])
+    assert unseen_rows(holdout, None) is holdout
