@@ -219,8 +219,8 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     _monitor(settings, out)
 
     out(
-        "\n== 3. the world shifts: everyone 8 years older, 15 % fewer hours, half the older high "
-        "earners now earn <=50K (mlops.traffic.shift_adult) =="
+        "\n== 3. the world shifts: everyone 8 years older, 15 % fewer hours, and nobody aged 45+ "
+        "working under 40 hours earns >50K any more (mlops.traffic.shift_adult) =="
     )
     shift_at = datetime.now(UTC)
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))

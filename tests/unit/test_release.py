@@ -102,3 +102,35 @@ def test_router_metrics_are_read_per_slot() -> None:
     assert samples["blue"].requests == 90 and samples["blue"].errors == 0
     assert samples["green"].requests == 10 and samples["green"].errors == 3
     assert set(samples) == {"blue", "green"}
+
+
+def test_a_few_slow_requests_of_a_busy_machine_are_not_a_latency_breach() -> None:
+    """Seen in the closed-loop demo: 3 of ~110 candidate requests over 1 s while the machine
+    trained a model; the p99 of so few requests is those three, the champion's is 80 ms."""
+    champion = SlotSample(
+        5000,
+        0,
+        {
+            0.01: 900,
+            0.025: 4000,
+            0.05: 4900,
+            0.1: 4960,
+            0.25: 4980,
+            1: 4995,
+            2.5: 5000,
+            math.inf: 5000,
+        },
+    )
+    outliers = SlotSample(
+        110,
+        0,
+        {0.01: 30, 0.025: 70, 0.05: 100, 0.1: 106, 0.25: 107, 1: 107, 2.5: 110, math.inf: 110},
+    )
+    verdict = judge(outliers, champion, ReleasePolicy(min_requests=100))
+    assert verdict.figures["candidate_p99_ms"] > 1000  # its p99 is the outliers ...
+    assert not verdict.breached, verdict.reasons  # ... which a busy machine explains
+    slow = SlotSample(
+        110, 0, {0.01: 5, 0.025: 10, 0.05: 20, 0.1: 40, 0.25: 80, 1: 105, 2.5: 110, math.inf: 110}
+    )
+    verdict = judge(slow, champion, ReleasePolicy(min_requests=100))
+    assert verdict.breached and "requests slower than" in verdict.reasons[0]
