@@ -145,7 +145,7 @@ def release(
                     candidate.tags.get(IMAGE_TAG),
                     rules.ready_timeout_seconds,
                 )
-                smoke_test_candidate(name, deployed, batch)
+                smoke_test_candidate(name, deployed, batch, rules.warmup_requests)
             except MlopsError as exc:
                 return roll_back(f"before any traffic: {exc}")
 

@@ -89,6 +89,9 @@ class ReleasePolicy(_Strict):
     )
     analysis_interval_seconds: float = Field(1.0, gt=0, le=30)
     ready_timeout_seconds: float = Field(120, gt=0)
+    warmup_requests: int = Field(
+        100, ge=0, description="Single-row requests sent to the candidate before it takes traffic."
+    )
     min_requests: int = Field(
         100,
         ge=0,

@@ -18,6 +18,8 @@ import pyarrow.parquet as pq
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
+#: A request header the release's smoke test and warm-up send: answered, but not logged here.
+SYNTHETIC_HEADER = "X-Mlops-Synthetic"
 
 
 class PredictionLog:

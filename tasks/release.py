@@ -18,7 +18,7 @@ from mlops.errors import MlopsError
 from mlops.policy import ReleasePolicy
 from serving.router import Traffic
 from targets.base import Deployed, ReleaseTarget, SlotSample
-from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers
+from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers, warm_up
 
 
 class ReleaseFailed(MlopsError):
@@ -157,8 +157,9 @@ def deploy_candidate(
 
 
 @task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
-def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch) -> None:
-    """Health, readiness, and the known batch answered as the model answers it in process."""
+def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch, warmup: int) -> None:
+    """Health, readiness, the known batch answered as the model answers it in process, then
+    ``warmup`` single-row requests so callers never meet the candidate cold."""
     if deployed.url is None:
         _artifact(
             model,
@@ -170,10 +171,14 @@ def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch) -> N
     if health.status_code != 200:
         raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")
     check_answers(deployed.url, batch)
+    slowest = warm_up(deployed.url, batch, warmup) if warmup else 0.0
     _artifact(
         model,
         f"v{deployed.version} smoke test passed",
-        [f"{len(batch.rows)} known rows answered exactly as in process"],
+        [
+            f"{len(batch.rows)} known rows answered exactly as in process",
+            f"warmed up with {warmup} single-row requests (slowest {slowest * 1000:.0f} ms)",
+        ],
     )
 
 

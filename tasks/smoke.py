@@ -14,6 +14,7 @@ import httpx
 import pandas as pd
 
 from mlops.errors import MlopsError
+from serving.prediction_log import SYNTHETIC_HEADER
 
 
 class SmokeTestFailed(MlopsError):
@@ -68,7 +69,9 @@ def wait_until_ready(
 
 def check_answers(base: str, batch: KnownBatch, token: str | None = None) -> None:
     """POST the batch; the server must name the right model and give the in-process answers."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {SYNTHETIC_HEADER: "smoke-test"} | (
+        {"Authorization": f"Bearer {token}"} if token else {}
+    )
     answer = httpx.post(f"{base}/predict", json={"rows": batch.rows}, headers=headers, timeout=30)
     if answer.status_code != 200:
         raise SmokeTestFailed(f"{base}/predict answered {answer.status_code}: {answer.text}")
@@ -82,3 +85,23 @@ def check_answers(base: str, batch: KnownBatch, token: str | None = None) -> Non
             f"{base}: answers differ from the model's in-process predictions "
             f"({body['predictions']} vs {batch.labels})"
         )
+
+
+def warm_up(base: str, batch: KnownBatch, requests: int, token: str | None = None) -> float:
+    """Single-row predictions of the known batch, one after another, so the candidate's first
+    production requests do not pay its cold start (lazy imports, first allocations, thread pools).
+    Returns the slowest answer's seconds."""
+    headers = {SYNTHETIC_HEADER: "warm-up"} | (
+        {"Authorization": f"Bearer {token}"} if token else {}
+    )
+    slowest = 0.0
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
+        for i in range(requests):
+            started = time.perf_counter()
+            answer = client.post("/predict", json={"row": batch.rows[i % len(batch.rows)]})
+            if answer.status_code != 200:
+                raise SmokeTestFailed(
+                    f"{base}/predict answered {answer.status_code} while warming up"
+                )
+            slowest = max(slowest, time.perf_counter() - started)
+    return slowest
