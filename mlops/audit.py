@@ -142,6 +142,14 @@ def describe_version(tracking_uri: str, model: str, version: int | None = None) 
         f"  path             {tags.get('mlops.data.path', '?')}",
         f"  dvc md5          {tags.get('mlops.data.md5', '?')}",
         f"  revision         {tags.get('mlops.data.rev', '?')}",
+        *(
+            [
+                f"  production rows  {tags['mlops.data.production_rows']} labelled "
+                f"(parquet md5 {tags.get('mlops.data.production_md5', '?')})"
+            ]
+            if "mlops.data.production_rows" in tags
+            else []
+        ),
         "code",
         f"  git commit       {tags.get('mlops.git.commit', '?')}"
         + (" (uncommitted changes)" if tags.get("mlops.git.dirty") == "true" else ""),

@@ -81,5 +81,29 @@ def aws() -> Iterator[str]:
         stop_process_group(proc.pid, timeout=5)
 
 
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A user's shell: its own state folder and ports, nothing inherited from the test session."""
+    import os
+
+    from mlops.stack import free_port
+    from tests.helpers import BIN, mlops
+
+    state = tmp_path_factory.mktemp("user-stack")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_", "PREFECT_", "MLFLOW_"))
+    }
+    env.update(
+        MLOPS_STATE_DIR=str(state),
+        MLOPS_PREFECT_PORT=str(free_port()),
+        MLOPS_MLFLOW_PORT=str(free_port()),
+        MLOPS_ROUTER_PORT=str(free_port()),
+        MLOPS_ROUTER_ADMIN_PORT=str(free_port()),
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+    )
+    yield env
+    mlops(env, "down", timeout=120)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_STATE, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -95,3 +96,30 @@ def lenient_policy(pipeline: Path, **changes: object) -> None:
         comparison={"bootstrap_samples": 200},
     )
     edit_yaml(path, **changes)
+
+
+# the `mlops` command as a user runs it -----------------------------------------------------------
+BIN = Path(sys.executable).parent
+
+
+def run_command(
+    env: dict[str, str], *argv: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def mlops(
+    env: dict[str, str], *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return run_command(env, str(BIN / "mlops"), *args, timeout=timeout)
+
+
+def assert_clean(out: subprocess.CompletedProcess[str]) -> None:
+    """No traceback and no ERROR log line in a command's output."""
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text, text
+    assert not [
+        line for line in text.splitlines() if "| ERROR" in line or line.startswith("ERROR")
+    ], text

@@ -1,0 +1,151 @@
+"""The closed loop as a user runs it: `mlops demo` on a fresh local stack (real Prefect server,
+worker, MLflow server, model servers behind the router), then the commands around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from tests.helpers import BIN, PROJECT, assert_clean, mlops, run_command
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, str]) -> None:
+    demo = mlops(user_env, "demo", timeout=1200)
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert_clean(demo)
+    out = demo.stdout
+    # no manual step after the shift: the drift event, the automation, retraining, gates, canary
+    assert "drift:       none: 0 of 14 columns drifted" in out
+    assert (
+        "drift:       DETECTED: 2 of 14 columns drifted (14%; limit 10%): age, hours_per_week"
+        in out
+    )
+    assert (
+        "automation triggered by mlops.model.drift-detected: run deployment retraining/adult" in out
+    )
+    assert (
+        "audit retraining-triggered v1" in out and "audit gate-decision v2: all gates pass" in out
+    )
+    assert "release step: traffic: blue 90%, green 10%" in out
+    assert "audit released v2: canary: all traffic on v2" in out
+    assert "adult-income v2 is champion, serving 100% of traffic" in out
+    router = f"http://127.0.0.1:{user_env['MLOPS_ROUTER_PORT']}"
+    row = {"age": 52, "workclass": "Private", "fnlwgt": 77516, "education": "Bachelors",
+           "education_num": 13, "marital_status": "Married-civ-spouse", "occupation": "Exec-managerial",
+           "relationship": "Husband", "race": "White", "sex": "Male", "capital_gain": 0,
+           "capital_loss": 0, "hours_per_week": 30, "native_country": "United-States"}  # fmt: skip
+    answer = httpx.post(f"{router}/predict", json={"row": row}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["model"] == {
+        "name": "adult-income",
+        "version": 2,
+    }
+    chain = mlops(user_env, "audit", "adult-income", "--version", "2")
+    assert "retraining: mlops.model.drift-detected (event " in chain.stdout, chain.stdout
+    assert "production rows  " in chain.stdout and "labelled (parquet md5 " in chain.stdout
+    md5 = yaml.safe_load((PROJECT / "data" / "adult.csv.dvc").read_text())["outs"][0]["md5"]
+    assert "registered adult-income version 1" in demo.stdout
+    assert f"mlops.data.md5 = {md5}" in demo.stdout
+    assert "mlops.git.commit = " in demo.stdout and "mlops.trigger = deployment" in demo.stdout
+    assert "adult-income v1 is champion (was none)" in demo.stdout
+    for gate in (
+        "metric-thresholds",
+        "champion-vs-challenger",
+        "fairness",
+        "training-data",
+        "model-contract",
+    ):
+        assert f"{gate}" in demo.stdout
+
+    # every link of the lineage chain of the promoted version
+    chain = mlops(user_env, "audit", "adult-income")
+    assert chain.returncode == 0, chain.stderr
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True
+    ).stdout.strip()
+    for link in (
+        "adult-income v1",
+        "champion",
+        f"dvc md5          {md5}",
+        f"git commit       {commit}",
+        "pipeline sha256",
+        "prefect run",
+        "mlflow run",
+        "model.params.max_iter",
+        "roc_auc",
+        "policy             v1",
+        "fairness                 pass",
+        "promoted       by deployment",
+    ):
+        assert link in chain.stdout, (link, chain.stdout)
+
+    # retraining v1 from its own data version and config gives the same holdout metrics
+    again_trained = mlops(user_env, "reproduce", "adult-income", "--version", "1")
+    assert again_trained.returncode == 0, again_trained.stdout + again_trained.stderr
+    assert "reproduced: largest difference 0" in again_trained.stdout
+    assert "Traceback" not in again_trained.stdout + again_trained.stderr
+
+    # up again: nothing new is started
+    again = mlops(user_env, "up")
+    assert again.returncode == 0 and again.stdout.count("already running") == 3
+    assert "started" not in again.stdout
+
+    # the Prefect CLI against the stack runs the deployment through the worker
+    api = f"http://127.0.0.1:{user_env['MLOPS_PREFECT_PORT']}/api"
+    run = run_command(
+        {**user_env, "PREFECT_API_URL": api},
+        str(BIN / "prefect"),
+        "deployment",
+        "run",
+        "training/adult",
+        "--watch",
+        "--watch-timeout",
+        "600",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Flow run finished successfully in 'Completed'" in run.stdout
+    flow_run_id = next(line.split()[-1] for line in run.stdout.splitlines() if "UUID:" in line)
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(api) as client:
+        fr = client.read_flow_run(uuid.UUID(flow_run_id))
+    assert fr.state is not None and fr.state.is_completed()
+
+    status = mlops(user_env, "status")
+    assert status.returncode == 0
+    assert [line.split()[0] for line in status.stdout.splitlines()] == [
+        "prefect",
+        "mlflow",
+        "worker",
+    ]
+
+    # a server that dies is reported, and a command that needs it says so
+    state = json.loads((Path(user_env["MLOPS_STATE_DIR"]) / "stack.json").read_text())
+    pids = {s["name"]: s["pid"] for s in state["services"]}
+    os.killpg(os.getpgid(pids["mlflow"]), signal.SIGKILL)
+    psutil.Process(pids["mlflow"]).wait(timeout=10)
+    status = mlops(user_env, "status")
+    assert status.returncode == 1
+    assert "mlflow" in status.stdout and "dead" in status.stdout
+    train = mlops(user_env, "train")
+    assert train.returncode == 1
+    assert "MLflow server not answering" in train.stderr and "mlops up" in train.stderr
+    assert "Traceback" not in train.stdout + train.stderr
+
+    down = mlops(user_env, "down")
+    assert down.returncode == 0
+    for name, pid in pids.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
+            name
+        )
+    assert "not running" in mlops(user_env, "status").stdout
