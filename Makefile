@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup engine kubectl demo up down status test test-unit lint bench clean
+.PHONY: help setup engine tools demo up down status test test-unit lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,8 +23,9 @@ setup: $(STAMP) ## Create .venv and install the project with its pinned dependen
 engine: ## Podman (Docker API) and a local image registry, for building and running model images
 	@infra/docker/setup-engine.sh || echo "no container engine set up: the image tests will skip (use Docker with DOCKER_HOST, or run this as root on Debian)"
 
-kubectl: ## kubectl for the manifest dry-run tests (Debian's package when missing)
+tools: ## kubectl (manifest dry-runs) and promtool (alert rules), from Debian's packages when missing
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
+	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || echo "no promtool: the monitoring config tests will skip"
 
 demo: $(STAMP) ## The main job: start the local stack and run the training deployment on it
 	$(BIN)/mlops demo
@@ -38,7 +39,7 @@ down: $(STAMP) ## Stop the local stack
 status: $(STAMP) ## Show what runs where
 	$(BIN)/mlops status
 
-test: $(STAMP) engine kubectl ## Run every test tier: unit, flows (real servers), integration (the CLI, stack, images)
+test: $(STAMP) engine tools ## Run every test tier: unit, flows (real servers), integration (the CLI, stack, images)
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP) ## Only the unit tier (no services)

@@ -65,6 +65,24 @@ class LocalTarget:
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(asdict(state), indent=2))
         os.replace(tmp, self.dir / "state.json")
+        self._write_scrape_targets(state)
+
+    def _write_scrape_targets(self, state: _State) -> None:
+        """The slots' servers for Prometheus' file service discovery (infra/monitoring/)."""
+        folder = self.settings.state_dir / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "slots.json"
+        others = [t for t in _read_json(path) if t["labels"].get("model") != self.model]
+        ours = [
+            {
+                "targets": [f"{self.settings.host}:{info['port']}"],
+                "labels": {"model": self.model, "slot": slot, "version": str(info["version"])},
+            }
+            for slot, info in sorted(state.slots.items())
+        ]
+        tmp = folder / f".slots-{os.getpid()}.json"
+        tmp.write_text(json.dumps(others + ours, indent=2))
+        os.replace(tmp, path)
 
     def _url(self, slot: dict[str, Any]) -> str:
         return f"http://{self.settings.host}:{slot['port']}"
@@ -250,3 +268,11 @@ def parse_prediction_counts(text: str) -> dict[str, float]:
             if s.name == "mlops_predictions_total":
                 counts[s.labels["label"]] = counts.get(s.labels["label"], 0.0) + s.value
     return counts
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return data if isinstance(data, list) else []
