@@ -165,7 +165,14 @@ def create_app(
                     }
                 ]
             )
-            model.predict(warm)  # first call pays for lazy imports and allocations, not a caller
+            labels, proba = model.predict(
+                warm
+            )  # the first call pays for lazy imports, not a caller
+            log.warm(
+                {"request_id": "0" * 32, "row": 0, "time": datetime.now(UTC), "model": model.name,
+                 "version": model.version, "prediction": int(labels[0]),
+                 "probability": float(proba[0]), **warm.iloc[0].to_dict()}
+            )  # fmt: skip
             state["model"] = model
         except Exception as exc:  # reported by /ready and /health
             state["error"] = f"{type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ with labels that arrive later (``POST /feedback``) joined by request id.
 
 from __future__ import annotations
 
+import io
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -48,6 +49,11 @@ class PredictionLog:
                 rows, self._rows[k] = self._rows[k], []
             if rows:
                 self._write(k, rows)
+
+    def warm(self, record: dict[str, Any]) -> None:
+        """Serialise one record to Parquet in memory: the first flush then does not pay for
+        pyarrow's lazy imports and allocations while callers wait on the GIL."""
+        pq.write_table(pa.Table.from_pylist([record]), io.BytesIO())
 
     def _write(self, kind: str, rows: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)

@@ -1,0 +1,150 @@
+"""Time from a drift event to the retraining flow running, over repeated trials.
+
+A private local stack with its process worker and the deployments of prefect.yaml. Each trial
+emits `mlops.model.drift-detected` for a fresh resource (`mlops.model.bench-<k>`), which an
+automation shaped like prefect.yaml's (reactive, threshold 1, per resource) answers by running
+the `retraining/adult` deployment on the worker; the trial measures the event's time to the flow
+run's start (state Running), then cancels the run. The baseline, in the same run, is the same
+deployment started directly (`run_deployment`, no event, no automation) to Running.
+
+Prints p95 then p50 of the event path, the baseline's, and their ratio; the last line's first
+number is the event path's p95 in seconds (goal: under 2 s).
+
+    .venv/bin/python benchmarks/trigger_latency.py [--trials 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from datetime import timedelta
+
+from _common import SETTINGS, STATE
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _wait_running(client: object, deployment_id: uuid.UUID, after: float) -> object:
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        runs = await client.read_flow_runs(  # type: ignore[attr-defined]
+            flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployment_id]})
+        )
+        for run in runs:
+            if (
+                run.start_time
+                and run.start_time.timestamp() >= after - 1
+                and run.state.is_running()
+            ):
+                return run
+        await asyncio.sleep(0.1)
+    raise TimeoutError("no flow run reached Running within 120 s")
+
+
+async def _cancel(client: object, run: object) -> None:
+    from prefect.states import Cancelling
+
+    await client.set_flow_run_state(run.id, Cancelling(), force=True)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = await client.read_flow_run(run.id)  # type: ignore[attr-defined]
+        if now.state.is_final():
+            return
+        await asyncio.sleep(0.2)
+
+
+async def trials(n: int) -> tuple[list[float], list[float]]:
+    from prefect import get_client
+    from prefect.events import emit_event
+    from prefect.events.actions import RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from mlops.events import DRIFT_DETECTED
+
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("retraining/adult")
+        await client.create_automation(
+            AutomationCore(
+                name="bench-trigger-latency",
+                trigger=EventTrigger(
+                    match={"prefect.resource.id": "mlops.model.bench-*"},
+                    for_each={"prefect.resource.id"},
+                    expect={DRIFT_DETECTED},
+                    posture=Posture.Reactive,
+                    threshold=1,
+                    within=timedelta(seconds=600),
+                ),
+                actions=[
+                    RunDeployment(
+                        source="selected",
+                        deployment_id=deployment.id,
+                        parameters={
+                            "reason": DRIFT_DETECTED,
+                            "event_id": "{{ event.id | string }}",
+                        },
+                    )
+                ],
+            )
+        )
+        await asyncio.sleep(2)  # the server loads new automations
+        via_event: list[float] = []
+        for k in range(n):
+            event = emit_event(
+                event=DRIFT_DETECTED,
+                resource={"prefect.resource.id": f"mlops.model.bench-{k}-{uuid.uuid4().hex[:6]}"},
+                payload={"reason": "benchmark"},
+            )
+            assert event is not None
+            sent = event.occurred.timestamp()
+            run = await _wait_running(client, deployment.id, sent)
+            via_event.append(run.start_time.timestamp() - sent)  # type: ignore[attr-defined]
+            await _cancel(client, run)
+        direct: list[float] = []
+        for _ in range(n):
+            sent = time.time()
+            created = await client.create_flow_run_from_deployment(deployment.id)
+            run = await _wait_running(client, deployment.id, sent)
+            assert run.id == created.id  # type: ignore[attr-defined]
+            direct.append(run.start_time.timestamp() - sent)  # type: ignore[attr-defined]
+            await _cancel(client, run)
+    return via_event, direct
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=6)
+    args = parser.parse_args()
+
+    import shutil
+
+    from mlops.stack import LocalStack
+
+    stack = LocalStack(SETTINGS, out=lambda _m: None)
+    try:
+        stack.up(with_worker=True, deploy=True)
+        via_event, direct = asyncio.run(trials(args.trials))
+    finally:
+        stack.down()
+        shutil.rmtree(STATE, ignore_errors=True)
+    print("event -> running: " + ", ".join(f"{v:.2f}" for v in via_event) + " s")
+    print("direct -> running: " + ", ".join(f"{v:.2f}" for v in direct) + " s")
+    e95, e50 = percentile(via_event, 0.95), percentile(via_event, 0.5)
+    d95, d50 = percentile(direct, 0.95), percentile(direct, 0.5)
+    print(
+        f"baseline (run_deployment, no event): p95 {d95:.2f} s, p50 {d50:.2f} s; "
+        f"the event path takes {e50 / d50:.2f}x the direct one at p50"
+    )
+    print(
+        f"{e95:.2f} s p95, {e50:.2f} s p50: drift event to the retraining flow running (goal p95 < 2 s)"
+    )
+
+
+if __name__ == "__main__":
+    main()
