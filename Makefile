@@ -55,6 +55,8 @@ bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number 
 	$(BIN)/python benchmarks/rerun.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/router.py
+	$(BIN)/python benchmarks/trigger_latency.py
+	$(BIN)/python benchmarks/closed_loop.py
 
 clean: ## Remove the local stack's state (stop it first with make down)
 	rm -rf .mlops
