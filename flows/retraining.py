@@ -13,7 +13,6 @@ from prefect.runtime import flow_run
 
 from flows.training import training
 from mlops.config import load_pipeline_config
-from mlops.errors import MlopsError
 from mlops.events import POLICY_UPDATED
 from mlops.policy import load_policy
 from mlops.settings import Settings
@@ -110,7 +109,7 @@ def retraining(
             hand_over="release",
             production_data=production.path if production else None,
         )
-    except MlopsError as exc:
+    except Exception as exc:  # a gate, the release, anything: recorded, then the run fails with it
         context.record(before or 0, "retraining-failed", f"champion v{before} keeps serving: {exc}")
         raise
     after = current_champion(uri, name)

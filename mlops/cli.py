@@ -232,14 +232,10 @@ def monitor(
         outcome = monitoring(pipeline=str(pipeline) if pipeline else None)
     except MlopsError as exc:
         raise _fail(exc) from None
-    d, p = outcome.drift, outcome.performance
+    drift, perf = outcome.verdicts()
     typer.echo(f"{outcome.model} v{outcome.version}: {outcome.rows} rows")
-    typer.echo(
-        f"  drift        {'DETECTED: ' if d.detected else ''}{d.reason if d.judged else 'not judged: ' + d.reason}"
-    )
-    typer.echo(
-        f"  performance  {'DEGRADED: ' if p.degraded else ''}{p.reason if p.judged else 'not judged: ' + p.reason}"
-    )
+    typer.echo(f"  drift        {drift}")
+    typer.echo(f"  performance  {perf}")
     for problem in outcome.problems:
         typer.echo(f"  problem      {problem}")
     for name, eid in outcome.events.items():

@@ -83,14 +83,10 @@ def production_rows(cfg: PipelineConfig, project_dir: Path, count: int, seed: in
 
 def _monitor(settings: Settings, out: Out) -> Any:
     outcome = run_deployment_and_wait(settings, MONITORING)
-    d, p = outcome.drift, outcome.performance
+    drift, perf = outcome.verdicts()
     out(f"   {outcome.rows} rows judged")
-    out(
-        f"   drift:       {('DETECTED: ' if d.detected else 'none: ') + d.reason if d.judged else 'not judged: ' + d.reason}"
-    )
-    out(
-        f"   performance: {('DEGRADED: ' if p.degraded else 'holds: ') + p.reason if p.judged else 'not judged: ' + p.reason}"
-    )
+    out(f"   drift:       {drift}")
+    out(f"   performance: {perf}")
     for name, eid in outcome.events.items():
         out(f"   event {name} {eid}")
     return outcome

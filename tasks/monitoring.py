@@ -83,6 +83,21 @@ class MonitoringOutcome:
     problems: list[str]
     events: dict[str, str]  # event name -> id, for the events emitted
 
+    def verdicts(self) -> tuple[str, str]:
+        """The drift and the performance verdict, each in one line."""
+        d, p = self.drift, self.performance
+        drift = (
+            (("DETECTED: " if d.detected else "none: ") + d.reason)
+            if d.judged
+            else f"not judged: {d.reason}"
+        )
+        perf = (
+            (("DEGRADED: " if p.degraded else "holds: ") + p.reason)
+            if p.judged
+            else f"not judged: {p.reason}"
+        )
+        return drift, perf
+
 
 # reading the log ---------------------------------------------------------------------------------
 def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]]:
@@ -348,22 +363,13 @@ def measure_live_performance(
 def publish_monitoring_report(outcome: MonitoringOutcome, report_url: str | None) -> None:
     """A summary table and a markdown verdict in the Prefect UI, linking the Evidently report."""
     key = f"monitoring-{outcome.model}".lower().replace("_", "-")
-    d, p = outcome.drift, outcome.performance
+    d = outcome.drift
+    drift, perf = outcome.verdicts()
     rows: list[dict[str, Any]] = [
         {"figure": "window", "value": f"{outcome.since or 'start'} .. {outcome.until}"},
         {"figure": "rows", "value": outcome.rows},
-        {
-            "figure": "drift",
-            "value": ("DETECTED: " if d.detected else "") + d.reason
-            if d.judged
-            else f"not judged: {d.reason}",
-        },
-        {
-            "figure": f"live {p.metric}",
-            "value": ("DEGRADED: " if p.degraded else "") + p.reason
-            if p.judged
-            else f"not judged: {p.reason}",
-        },
+        {"figure": "drift", "value": drift},
+        {"figure": f"live {outcome.performance.metric}", "value": perf},
     ]
     rows += [
         {

@@ -50,6 +50,10 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
         "name": "adult-income",
         "version": 2,
     }
+    # judging the next window by hand works beside the schedule
+    monitor = mlops(user_env, "monitor")
+    assert monitor.returncode == 0, monitor.stdout + monitor.stderr
+    assert "adult-income v2: " in monitor.stdout and "  drift        " in monitor.stdout
     chain = mlops(user_env, "audit", "adult-income", "--version", "2")
     assert "retraining: mlops.model.drift-detected (event " in chain.stdout, chain.stdout
     assert "production rows  " in chain.stdout and "labelled (parquet md5 " in chain.stdout

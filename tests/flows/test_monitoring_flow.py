@@ -18,7 +18,7 @@ from flows.monitoring import monitoring, watermark_name
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.events import DRIFT_DETECTED, emit_model_event
+from mlops.events import DRIFT_DETECTED, POLICY_UPDATED, emit_model_event
 from mlops.settings import Settings
 from mlops.stack import LocalStack, free_port, service_env
 from mlops.traffic import send_traffic, shift_adult
@@ -164,3 +164,69 @@ def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settin
     assert runs[0].parameters["reason"] == DRIFT_DETECTED
     assert runs[0].parameters["event_id"]
     assert runs[0].parameters["evidence"]["reason"].startswith("burst")
+
+
+def test_a_policy_change_the_champion_meets_retrains_nothing(production: dict[str, Any]) -> None:
+    from flows.retraining import retraining
+    from mlops.audit import AuditTrail
+    from mlops.config import load_pipeline_config
+    from mlops.policy import apply_policy
+
+    settings, name = production["settings"], production["name"]
+    cfg = load_pipeline_config(Path(production["pipeline"]))
+    what, event_id = apply_policy(
+        str(settings.mlflow_tracking_uri), name, cfg.policy, set(cfg.contract.columns), "tests"
+    )
+    assert what.startswith("policy v1") and event_id
+    again, none = apply_policy(
+        str(settings.mlflow_tracking_uri), name, cfg.policy, set(cfg.contract.columns), "tests"
+    )
+    assert "applied already" in again and none is None
+    outcome = retraining(pipeline=production["pipeline"], reason=POLICY_UPDATED, event_id=event_id)
+    assert outcome.trained is None and outcome.champion_after == production["v1"]
+    assert f"champion v{production['v1']} meets policy v1" in outcome.note
+    actions = [e.action for e in AuditTrail(settings.mlflow_tracking_uri).entries(name, None)]
+    assert actions[-3:] == ["policy-applied", "retraining-triggered", "retraining-skipped"]
+
+
+def test_a_tighter_policy_the_champion_fails_retrains_and_a_failure_keeps_the_champion(
+    production: dict[str, Any],
+) -> None:
+    """Regulatory change: a fairness limit no model of this data meets. The champion fails it,
+    retraining runs, the new version fails the same gate, and the champion keeps serving."""
+    from flows.retraining import retraining
+    from mlops.audit import AuditTrail
+    from mlops.config import load_pipeline_config
+    from mlops.errors import ConfigError
+    from mlops.policy import apply_policy
+    from tasks.gates import GateFailed
+    from tests.helpers import edit_yaml
+
+    settings, name = production["settings"], production["name"]
+    cfg = load_pipeline_config(Path(production["pipeline"]))
+    policy_file = cfg.policy
+    before = policy_file.read_text()
+    try:
+        edit_yaml(policy_file, fairness={"max_demographic_parity_difference": 0.01})
+        with pytest.raises(ConfigError, match="bump `version`"):
+            apply_policy(
+                str(settings.mlflow_tracking_uri),
+                name,
+                policy_file,
+                set(cfg.contract.columns),
+                "tests",
+            )
+        edit_yaml(policy_file, version=2)
+        what, event_id = apply_policy(
+            str(settings.mlflow_tracking_uri), name, policy_file, set(cfg.contract.columns), "tests"
+        )
+        assert what == "policy v1 -> v2"
+        with pytest.raises(GateFailed, match="fairness"):
+            retraining(pipeline=production["pipeline"], reason=POLICY_UPDATED, event_id=event_id)
+    finally:
+        policy_file.write_text(before)
+    entries = AuditTrail(settings.mlflow_tracking_uri).entries(name, None)
+    assert [e.action for e in entries][-1] == "retraining-failed"
+    assert f"champion v{production['v1']} keeps serving" in entries[-1].reason
+    target = LocalTarget(settings, name)
+    assert target.state().stable.version == production["v1"]
