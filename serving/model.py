@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,16 @@ __all__ = ["ModelIntegrityError", "ServedModel", "load_model_folder", "load_serv
 # Small batches predict on one OpenMP thread: splitting a row or two across threads costs more in
 # thread wake-ups than it saves, and on a busy machine spinning threads make it several times
 # slower (measured: 7.7 ms on one thread, 19 to 72 ms on two, for one row of the example).
-_THREADS = ThreadpoolController()
 SINGLE_THREAD_ROWS = 64
+
+
+@cache
+def _threads() -> ThreadpoolController:
+    """The thread pools loaded by the time the first prediction runs. Made at import, the
+    controller would not see the OpenMP runtime scikit-learn loads with the model, and limiting
+    "openmp" would silently limit nothing (it did: two servers on two cores spun each other's
+    OpenMP workers, and a canary's p99 read 900 ms)."""
+    return ThreadpoolController()
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class ServedModel:
         """(labels, P(positive)) for rows already checked against ``columns``."""
         X = frame[[c.name for c in self.columns]]
         if len(X) <= SINGLE_THREAD_ROWS:
-            with _THREADS.limit(limits=1, user_api="openmp"):
+            with _threads().limit(limits=1, user_api="openmp"):
                 proba = self.estimator.predict_proba(X)[:, 1]
         else:
             proba = self.estimator.predict_proba(X)[:, 1]

@@ -1,0 +1,46 @@
+"""The model server predicts small batches on one OpenMP thread (large ones on all).
+
+Checked in a fresh interpreter that imports the server's model module first and scikit-learn
+after, as `mlops serve` does: a thread-pool controller made too early never sees OpenMP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import PROJECT
+
+pytestmark = pytest.mark.unit
+
+PROBE = """
+import numpy as np, pandas as pd
+from serving.model import SINGLE_THREAD_ROWS, Column, ServedModel  # first, as the server does
+import sklearn.ensemble  # then scikit-learn and its OpenMP runtime, with the model
+from threadpoolctl import threadpool_info
+
+class Probe:
+    threads = []
+    def predict_proba(self, X):
+        self.threads.append(max([p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openmp"] or [0]))
+        return np.tile([0.4, 0.6], (len(X), 1))
+
+probe = Probe()
+model = ServedModel("m", 1, probe, [Column("a", "long", True)])
+model.predict(pd.DataFrame({"a": [1]}))
+model.predict(pd.DataFrame({"a": range(SINGLE_THREAD_ROWS + 1)}))
+print(*probe.threads)
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
+def test_small_batches_predict_on_one_openmp_thread_and_large_ones_on_all() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=PROJECT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    small, large = (int(n) for n in done.stdout.split())
+    assert small == 1, "a one-row batch ran on several OpenMP threads"
+    assert large > 1
