@@ -55,6 +55,7 @@ def promotion(
     trigger: str = "manual",
     actor: str | None = None,
     go_live: bool = False,
+    expected_positive_rate: float | None = None,
 ) -> PromotionOutcome:
     """Run the gates on a model version and promote it to champion if they all pass.
 
@@ -66,6 +67,7 @@ def promotion(
         go_live: hand a passing version to the release flow, which moves the champion alias
             together with production traffic (the policy's strategy and target), instead of
             moving the alias alone.
+        expected_positive_rate: handed to the release (see there).
 
     Returns:
         What happened. A failed gate, a refused approval or a champion that changed meanwhile
@@ -86,7 +88,7 @@ def promotion(
     if previous == candidate.version:
         log.info("%s v%s is the champion already; nothing to judge", name, candidate.version)
         if go_live:  # make sure it serves (a stopped target is started again)
-            released = _release(candidate.version, pipeline, trigger, actor)
+            released = _release(candidate.version, pipeline, trigger, actor, expected_positive_rate)
             return PromotionOutcome(name, candidate.version, False, previous, released.reason, [])
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
 
@@ -164,7 +166,7 @@ def promotion(
         context = dataclasses.replace(context, actor=actor)
 
     if go_live:
-        released = _release(candidate.version, pipeline, trigger, actor)
+        released = _release(candidate.version, pipeline, trigger, actor, expected_positive_rate)
         log.info("%s v%s %s", name, candidate.version, released.reason)
         _card(uri, name, candidate, results)
         return PromotionOutcome(
@@ -206,9 +208,15 @@ def _card(uri: str, name: str, candidate: RegisteredVersion, results: list[GateR
     )
 
 
-def _release(version: int, pipeline: str | None, trigger: str, actor: str) -> Any:
+def _release(
+    version: int, pipeline: str | None, trigger: str, actor: str, rate: float | None
+) -> Any:
     from flows.release import release
 
     return release(
-        version=str(version), pipeline=pipeline, trigger=f"promotion ({trigger})", actor=actor
+        version=str(version),
+        pipeline=pipeline,
+        trigger=f"promotion ({trigger})",
+        actor=actor,
+        expected_positive_rate=rate,
     )

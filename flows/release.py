@@ -31,6 +31,7 @@ from tasks.registry import download_model, resolve_model_version
 from tasks.release import (
     ReleaseFailed,
     ReleaseOutcome,
+    Verdict,
     deploy_candidate,
     roll_back_traffic,
     route_all_to,
@@ -49,6 +50,7 @@ def release(
     strategy: str | None = None,
     trigger: str = "manual",
     actor: str | None = None,
+    expected_positive_rate: float | None = None,
 ) -> ReleaseOutcome:
     """Put a model version into production by blue-green, canary or shadow, or roll it back.
 
@@ -59,6 +61,8 @@ def release(
         target: where it runs (default: the policy's, `local`).
         strategy: `blue-green`, `canary` or `shadow` (default: the policy's).
         trigger, actor: recorded in the audit trail.
+        expected_positive_rate: the share of positives the candidate should predict (a retraining
+            passes the one in recent production labels); default: the champion's share.
 
     A release that cannot go on ends with production traffic on the champion, an audit entry
     saying why, and a failed flow run whose message is that reason.
@@ -150,29 +154,30 @@ def release(
                 return roll_back(f"before any traffic: {exc}")
 
             cand = deployed.slot
+
+            def watch() -> Verdict:
+                assert stable is not None  # watched only beside a stable slot
+                return watch_candidate(
+                    where, name, stable, cand, rules.bake_seconds, rules, expected_positive_rate
+                )
+
             if stable is not None:
                 try:
                     if chosen == "canary":
                         for step in rules.canary_steps[:-1]:
                             shift_traffic(where, name, Traffic({stable: 100 - step, cand: step}))
-                            verdict = watch_candidate(
-                                where, name, stable, cand, rules.bake_seconds, rules
-                            )
+                            verdict = watch()
                             if verdict.breached:
                                 return roll_back(f"at {step}%: {'; '.join(verdict.reasons)}")
                     elif chosen == "blue-green":
                         # one atomic switch; the old slot stays warm, so a breach switches straight back
                         shift_traffic(where, name, Traffic.only(cand))
-                        verdict = watch_candidate(
-                            where, name, stable, cand, rules.bake_seconds, rules
-                        )
+                        verdict = watch()
                         if verdict.breached:
                             return roll_back(f"after the switch: {'; '.join(verdict.reasons)}")
                     elif chosen == "shadow":
                         shift_traffic(where, name, Traffic({stable: 100}, mirror=cand))
-                        verdict = watch_candidate(
-                            where, name, stable, cand, rules.bake_seconds, rules
-                        )
+                        verdict = watch()
                         if verdict.breached:
                             return roll_back(f"in shadow: {'; '.join(verdict.reasons)}")
                 except ReleaseFailed:

@@ -108,6 +108,7 @@ def retraining(
             trigger=f"retraining: {trigger}",
             hand_over="release",
             production_data=production.path if production else None,
+            expected_positive_rate=production.recent_positive_rate if production else None,
         )
     except Exception as exc:  # a gate, the release, anything: recorded, then the run fails with it
         context.record(before or 0, "retraining-failed", f"champion v{before} keeps serving: {exc}")

@@ -35,6 +35,7 @@ def training(
     trigger: str = "manual",
     hand_over: Literal["none", "promotion", "release"] = "none",
     production_data: str | None = None,
+    expected_positive_rate: float | None = None,
 ) -> RegisteredVersion:
     """Train, evaluate, track and register a model from one exact version of the data.
 
@@ -47,6 +48,7 @@ def training(
             version into production by the policy's strategy and target.
         production_data: a Parquet file of labelled production rows (tasks.production_data) to
             train on beside the data version; its md5 joins the version's lineage.
+        expected_positive_rate: handed to the release (see there).
 
     Returns:
         The registered model version, or the earlier one an identical run already registered.
@@ -70,7 +72,7 @@ def training(
             data.short,
         )
         publish_training_report(existing, data, existing.metrics, policy, None, cfg.model.family)
-        return _hand_over(existing, hand_over, pipeline, trigger)
+        return _hand_over(existing, hand_over, pipeline, trigger, expected_positive_rate)
 
     run_id = str(flow_run.get_id() or "local")
     frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
@@ -117,11 +119,15 @@ def training(
         "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url
     )
     publish_training_report(registered, data, metrics, policy, run.run_url, cfg.model.family)
-    return _hand_over(registered, hand_over, pipeline, trigger)
+    return _hand_over(registered, hand_over, pipeline, trigger, expected_positive_rate)
 
 
 def _hand_over(
-    registered: RegisteredVersion, hand_over: str, pipeline: str | None, trigger: str
+    registered: RegisteredVersion,
+    hand_over: str,
+    pipeline: str | None,
+    trigger: str,
+    expected_positive_rate: float | None,
 ) -> RegisteredVersion:
     """Run the gates (and the release) on the version as subflows of this run."""
     if hand_over != "none":
@@ -132,5 +138,6 @@ def _hand_over(
             pipeline=pipeline,
             trigger=f"training ({trigger})",
             go_live=hand_over == "release",
+            expected_positive_rate=expected_positive_rate,
         )
     return registered

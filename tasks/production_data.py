@@ -23,6 +23,11 @@ class ProductionData:
     path: str
     md5: str
     rows: int
+    recent_positive_rate: float  # among the most recent labelled rows: the world as it is now
+
+
+#: How many of the latest labelled rows say what share of positives production has now.
+RECENT_ROWS = 1000
 
 
 def negative_label(cfg: PipelineConfig) -> str:
@@ -49,17 +54,20 @@ def labelled_rows(
     rows = rows[rows["label"].notna() & rows[features].notna().all(axis=1)]
     # a request may carry several rows; one label per (request, row) is what was served
     rows = rows.drop_duplicates(["request_id", "row"]) if "row" in rows else rows
+    rows = rows.sort_values("time") if "time" in rows else rows  # oldest first
     target = rows["label"].astype(int).map({1: cfg.target.positive, 0: negative_label(cfg)})
     return rows[features].assign(**{cfg.target.column: target}).reset_index(
         drop=True
     ), window.problems
 
 
-def write_production_data(frame: pd.DataFrame, path: Path) -> ProductionData:
+def write_production_data(frame: pd.DataFrame, path: Path, positive: str) -> ProductionData:
+    """``frame`` (oldest row first) as Parquet, with its md5 and its recent share of positives."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    return ProductionData(str(path), md5, len(frame))
+    recent = frame.tail(RECENT_ROWS).iloc[:, -1] == positive
+    return ProductionData(str(path), md5, len(frame), float(recent.mean()))
 
 
 def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
@@ -74,4 +82,4 @@ def collect_production_data(
 ) -> ProductionData | None:
     """Labelled production rows since ``since`` as a Parquet file; None when there are none."""
     frame, _ = labelled_rows(log_root, since, until, cfg)
-    return write_production_data(frame, path) if len(frame) else None
+    return write_production_data(frame, path, cfg.target.positive) if len(frame) else None

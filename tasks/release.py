@@ -84,8 +84,18 @@ def positive_rate(sample: SlotSample) -> float | None:
     return sample.labels.get("1", 0.0) / total if total > 0 else None
 
 
-def judge(candidate: SlotSample, champion: SlotSample, policy: ReleasePolicy) -> Verdict:
-    """Compare the candidate's traffic since a step began with the champion's over the same time."""
+def judge(
+    candidate: SlotSample,
+    champion: SlotSample,
+    policy: ReleasePolicy,
+    expected_positive_rate: float | None = None,
+) -> Verdict:
+    """Compare the candidate's traffic since a step began with the champion's over the same time.
+
+    The candidate's share of positive predictions is compared with ``expected_positive_rate``
+    when one is given (a retraining after the world changed passes the rate of positives in the
+    labels production sent back: there the champion's own rate is what is wrong), else with the
+    champion's."""
     reasons: list[str] = []
     figures: dict[str, float] = {"candidate_requests": candidate.requests}
     cand_err = candidate.errors / candidate.requests if candidate.requests else 0.0
@@ -122,11 +132,14 @@ def judge(candidate: SlotSample, champion: SlotSample, policy: ReleasePolicy) ->
                     f"1% would be (allowed x{policy.max_p99_latency_ratio:g})"
                 )
         cp, hp = positive_rate(candidate), positive_rate(champion)
+        against = "the champion's"
+        if expected_positive_rate is not None:
+            hp, against = expected_positive_rate, "production labels'"
         if cp is not None and hp is not None:
-            figures |= {"candidate_positive_rate": cp, "champion_positive_rate": hp}
+            figures |= {"candidate_positive_rate": cp, "reference_positive_rate": hp}
             if abs(cp - hp) > policy.max_positive_rate_shift:
                 reasons.append(
-                    f"positive predictions {cp:.1%} against the champion's {hp:.1%} "
+                    f"positive predictions {cp:.1%} against the {against} {hp:.1%} "
                     f"(allowed ±{policy.max_positive_rate_shift:.0%})"
                 )
     return Verdict(bool(reasons), reasons, figures)
@@ -196,6 +209,7 @@ def watch_candidate(
     candidate: str,
     seconds: float,
     policy: ReleasePolicy,
+    expected_positive_rate: float | None = None,
 ) -> Verdict:
     """Read both slots' metrics every interval for ``seconds``; return at the first breach."""
     start = target.sample()
@@ -209,6 +223,7 @@ def watch_candidate(
             now.get(candidate, SlotSample()).since(start.get(candidate, SlotSample())),
             now.get(stable, SlotSample()).since(start.get(stable, SlotSample())),
             policy,
+            expected_positive_rate,
         )
         if verdict.breached or time.monotonic() >= deadline:
             break

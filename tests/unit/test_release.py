@@ -134,3 +134,16 @@ def test_a_few_slow_requests_of_a_busy_machine_are_not_a_latency_breach() -> Non
     )
     verdict = judge(slow, champion, ReleasePolicy(min_requests=100))
     assert verdict.breached and "requests slower than" in verdict.reasons[0]
+
+
+def test_after_the_world_changed_predictions_are_judged_against_production_labels() -> None:
+    """A retraining after a label shift predicts fewer positives than the champion, as the
+    labels production sent back do: judged against those, not against the champion."""
+    candidate, champion = _sample(200, 0, positive=0.05), _sample(2000, 0, positive=0.25)
+    assert judge(candidate, champion, ReleasePolicy()).breached
+    verdict = judge(candidate, champion, ReleasePolicy(), expected_positive_rate=0.08)
+    assert not verdict.breached and verdict.figures["reference_positive_rate"] == 0.08
+    wrong = judge(
+        _sample(200, 0, positive=0.6), champion, ReleasePolicy(), expected_positive_rate=0.08
+    )
+    assert "against the production labels' 8.0%" in wrong.reasons[0]
