@@ -71,15 +71,14 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
     ):
         assert f"{gate}" in demo.stdout
 
-    # every link of the lineage chain of the promoted version
-    chain = mlops(user_env, "audit", "adult-income")
+    # every link of the lineage chain of the first champion
+    chain = mlops(user_env, "audit", "adult-income", "--version", "1")
     assert chain.returncode == 0, chain.stderr
     commit = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=PROJECT, capture_output=True, text=True
     ).stdout.strip()
     for link in (
         "adult-income v1",
-        "champion",
         f"dvc md5          {md5}",
         f"git commit       {commit}",
         "pipeline sha256",
@@ -89,7 +88,8 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
         "roc_auc",
         "policy             v1",
         "fairness                 pass",
-        "promoted       by deployment",
+        "gate-decision  by ",
+        "released       by ",
     ):
         assert link in chain.stdout, (link, chain.stdout)
 
