@@ -116,7 +116,10 @@ def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]
     return fs, files
 
 
-def _read(root: str, kind: str, since: datetime | None, problems: list[str]) -> pd.DataFrame:
+def _read(
+    root: str, kind: str, since: datetime | None, problems: list[str]
+) -> tuple[pd.DataFrame, int]:
+    """The records of ``kind`` in partitions reaching past ``since``, and how many files held them."""
     fs, files = _files(root, kind, since)
     frames = []
     for f in files:
@@ -125,7 +128,7 @@ def _read(root: str, kind: str, since: datetime | None, problems: list[str]) -> 
                 frames.append(pq.read_table(fh).to_pandas())
         except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
             problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), len(files)
 
 
 def read_window(
@@ -137,8 +140,7 @@ def read_window(
 ) -> Window:
     """The rows predicted in [since, until), the most recent ``max_rows`` of them, with labels."""
     problems: list[str] = []
-    predictions = _read(log_root, PREDICTIONS, since, problems)
-    files = len(_files(log_root, PREDICTIONS, since)[1])
+    predictions, files = _read(log_root, PREDICTIONS, since, problems)
     if predictions.empty or "time" not in predictions:
         return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems, files)
     times = pd.to_datetime(predictions["time"], utc=True)
@@ -154,7 +156,7 @@ def read_window(
         problems.append(f"column(s) {extra} are not in the reference: ignored")
     rows = rows.drop(columns=extra)
 
-    feedback = _read(log_root, FEEDBACK, since, problems)
+    feedback, _ = _read(log_root, FEEDBACK, since, problems)
     if not feedback.empty and {"request_id", "label"} <= set(feedback.columns):
         labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
         unmatched = int((~labels["request_id"].isin(predictions["request_id"])).sum())
