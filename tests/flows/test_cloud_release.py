@@ -51,7 +51,12 @@ def project(
     pipeline = make_project(root, adult_frame(3000), model_name=name)
     lenient_policy(
         pipeline,
-        release={"bake_seconds": 1, "analysis_interval_seconds": 0.25, "ready_timeout_seconds": 20},
+        release={
+            "canary_steps": [5, 25, 50, 100],
+            "bake_seconds": 1,
+            "analysis_interval_seconds": 0.25,
+            "ready_timeout_seconds": 20,
+        },
     )
     mp = pytest.MonkeyPatch()
     mp.setenv("MLOPS_PROJECT_DIR", str(root))
