@@ -41,7 +41,6 @@ class Window:
     until: datetime
     rows: pd.DataFrame
     problems: list[str] = field(default_factory=list)
-    files: int = 0
 
     @property
     def labelled(self) -> int:
@@ -116,10 +115,8 @@ def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]
     return fs, files
 
 
-def _read(
-    root: str, kind: str, since: datetime | None, problems: list[str]
-) -> tuple[pd.DataFrame, int]:
-    """The records of ``kind`` in partitions reaching past ``since``, and how many files held them."""
+def _read(root: str, kind: str, since: datetime | None, problems: list[str]) -> pd.DataFrame:
+    """The records of ``kind`` in partitions reaching past ``since``."""
     fs, files = _files(root, kind, since)
     frames = []
     for f in files:
@@ -128,7 +125,7 @@ def _read(
                 frames.append(pq.read_table(fh).to_pandas())
         except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
             problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
-    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), len(files)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def read_window(
@@ -140,9 +137,9 @@ def read_window(
 ) -> Window:
     """The rows predicted in [since, until), the most recent ``max_rows`` of them, with labels."""
     problems: list[str] = []
-    predictions, files = _read(log_root, PREDICTIONS, since, problems)
+    predictions = _read(log_root, PREDICTIONS, since, problems)
     if predictions.empty or "time" not in predictions:
-        return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems, files)
+        return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems)
     times = pd.to_datetime(predictions["time"], utc=True)
     keep = times < until
     if since is not None:
@@ -156,7 +153,7 @@ def read_window(
         problems.append(f"column(s) {extra} are not in the reference: ignored")
     rows = rows.drop(columns=extra)
 
-    feedback, _ = _read(log_root, FEEDBACK, since, problems)
+    feedback = _read(log_root, FEEDBACK, since, problems)
     if not feedback.empty and {"request_id", "label"} <= set(feedback.columns):
         labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
         unmatched = int((~labels["request_id"].isin(predictions["request_id"])).sum())
@@ -167,7 +164,7 @@ def read_window(
         rows = rows.merge(labels, on="request_id", how="left")
     else:
         rows = rows.assign(label=pd.NA)
-    return Window(since, until, rows.reset_index(drop=True), problems, files)
+    return Window(since, until, rows.reset_index(drop=True), problems)
 
 
 # judging -----------------------------------------------------------------------------------------
