@@ -86,7 +86,7 @@ class DeclarativeTarget(ABC):
         if spec.stable is None or spec.traffic is None:
             spec.traffic = Traffic.only(slot)  # the first version takes all traffic once ready
         self._apply(spec, f"deploy v{version} in {slot} ({spec.traffic.describe()})")
-        return Deployed(slot, version, self._url(self.spec(), slot))
+        return Deployed(slot, version, self._url(spec, slot))
 
     def set_traffic(self, traffic: Traffic) -> None:
         spec = self.spec()
