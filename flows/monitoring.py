@@ -23,6 +23,7 @@ from tasks.monitoring import (
     measure_live_performance,
     publish_monitoring_report,
     read_prediction_window,
+    render_drift_report,
     write_prometheus,
 )
 from tasks.registry import lookup_model_version
@@ -67,8 +68,7 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
         perf = PerformanceVerdict(False, False, "no champion", rules.performance_metric)
     else:
         reference = load_run_frame(uri, champion.run_id, "training")
-        html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
-        drift = detect_drift(window, reference, features, rules, html)
+        drift = detect_drift(window, reference, features, rules)
         perf = measure_live_performance(window, champion.version, champion.metrics, rules)
 
     outcome = MonitoringOutcome(
@@ -91,6 +91,11 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
         payload = evidence(outcome, "performance") | {"flow_run": run_url}
         events[PERFORMANCE_DEGRADED] = emit_model_event(PERFORMANCE_DEGRADED, name, payload) or ""
     outcome = replace(outcome, events=events)
+    if drift.judged and champion is not None:  # the report for people, once the events are out
+        html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
+        report = render_drift_report(window, reference, features, rules, drift, html)
+        drift = replace(drift, report=report)
+        outcome = replace(outcome, drift=drift)
 
     report_url = log_monitoring_run(
         uri, f"{cfg.experiment}-monitoring", asdict(outcome), drift.report

@@ -1,5 +1,18 @@
-"""Data drift and data quality with Evidently: one place that runs the report and reads it by name,
-for the training-data gate and for production monitoring alike."""
+"""Data drift and data quality with Evidently, in one place for the training-data gate and for
+production monitoring alike.
+
+Two entry points over the same tests:
+
+- ``drift_tests`` decides. Per column it asks Evidently which test its ``DataDriftPreset`` would
+  run (Evidently's column-type inference, then its default test for the type and sample sizes:
+  normed Wasserstein distance or Jensen-Shannon distance on large samples, K-S, chi-square or
+  Z-test on small ones, with Evidently's thresholds) and runs that test function. It skips the
+  report machinery, whose per-column distribution plots cost about nine tenths of a preset's
+  time (``benchmarks/drift.py``), so decisions come first and fast.
+- ``evidently_report`` renders the full Evidently report (data summary and drift) for people to
+  read. Run on the same frames, it reaches the same decisions; the monitoring flow renders it
+  after it has emitted its events.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from evidently import Report
-from evidently.presets import DataDriftPreset, DataSummaryPreset
+
+#: Column types Evidently judges for drift; others (dates, lists, unknown) are left out.
+_JUDGED = ("num", "cat", "text")
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,7 @@ class DriftReading:
     share: float | None  # share of columns drifted; None without a reference
     columns: list[ColumnDrift] = field(default_factory=list)
     missing_share: dict[str, float] = field(default_factory=dict)  # per column, of the current data
+    skipped: dict[str, str] = field(default_factory=dict)  # column -> why it was not judged
 
     @property
     def drifted(self) -> list[str]:
@@ -38,6 +54,43 @@ def is_drifted(method: str, score: float, threshold: float) -> bool:
     if "p_value" in method:
         return score < threshold
     return score >= threshold
+
+
+def drift_tests(current: pd.DataFrame, reference: pd.DataFrame | None) -> DriftReading:
+    """Missing values of ``current`` per column and, given a reference, Evidently's default drift
+    test per column common to both, with the share of columns drifted."""
+    missing = {c: float(current[c].isna().mean()) for c in current.columns}
+    if reference is None:
+        return DriftReading(None, [], missing)
+    from evidently.core.datasets import infer_column_type
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+
+    columns: list[ColumnDrift] = []
+    skipped: dict[str, str] = {}
+    for name in [c for c in current.columns if c in reference.columns]:
+        kind = infer_column_type(current[name])  # Evidently types the column by the current data
+        if kind.value not in _JUDGED:
+            skipped[name] = f"{kind.value} column: no drift test"
+            continue
+        cur, ref = (_finite(current[name]), _finite(reference[name]))
+        if cur.empty or ref.empty:
+            skipped[name] = f"no values in the {'current' if cur.empty else 'reference'} data"
+            continue
+        if kind.value == "num" and not (
+            pd.api.types.is_numeric_dtype(cur) and pd.api.types.is_numeric_dtype(ref)
+        ):
+            skipped[name] = "numeric in one frame, not in the other"
+            continue
+        test = get_stattest(ref, cur, kind, None)
+        result = test(ref, cur, kind, None)
+        score, threshold = float(result.drift_score), float(result.actual_threshold)
+        columns.append(ColumnDrift(name, test.display_name, score, threshold, bool(result.drifted)))
+    share = sum(c.drifted for c in columns) / len(columns) if columns else 0.0
+    return DriftReading(share, columns, missing, skipped)
+
+
+def _finite(values: pd.Series) -> pd.Series:
+    return values.replace([-np.inf, np.inf], np.nan).dropna()
 
 
 def read_snapshot(metrics: list[dict[str, Any]]) -> DriftReading:
@@ -66,11 +119,14 @@ def read_snapshot(metrics: list[dict[str, Any]]) -> DriftReading:
     return DriftReading(share, columns, missing)
 
 
-def evidently_drift(
-    current: pd.DataFrame, reference: pd.DataFrame | None, html: Path | None = None
+def evidently_report(
+    current: pd.DataFrame, reference: pd.DataFrame | None, html: Path
 ) -> DriftReading:
-    """Run Evidently's data summary (and drift, given a reference) on ``current``; with ``html``,
-    save the report there for people to read."""
+    """Evidently's data summary (and drift, given a reference) of ``current`` saved as an HTML
+    report at ``html``, with the figures it shows."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset, DataSummaryPreset
+
     if reference is not None:
         reference = reference[[c for c in current.columns if c in reference.columns]]
         snapshot = Report([DataSummaryPreset(), DataDriftPreset()]).run(
@@ -78,7 +134,6 @@ def evidently_drift(
         )
     else:
         snapshot = Report([DataSummaryPreset()]).run(current, None)
-    if html is not None:
-        html.parent.mkdir(parents=True, exist_ok=True)
-        snapshot.save_html(str(html))
+    html.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(html))
     return read_snapshot(snapshot.dict()["metrics"])

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlops.policy import KNOWN_METRICS, ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
-from tasks.drift import evidently_drift
+from tasks.drift import drift_tests
 from tasks.evaluation import METRICS
 
 
@@ -231,7 +231,7 @@ def training_data(
     sample = current.sample(min(len(current), policy.sample_rows), random_state=0)
     if reference is not None:
         reference = reference.sample(min(len(reference), policy.sample_rows), random_state=0)
-    reading = evidently_drift(sample, reference)
+    reading = drift_tests(sample, reference)
     failures: list[str] = []
     details: dict[str, Any] = {}
     missing, drift_share, drifted = reading.missing_share, reading.share, reading.drifted

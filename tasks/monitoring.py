@@ -19,13 +19,13 @@ from typing import Any
 import fsspec
 import pandas as pd
 import pyarrow.parquet as pq
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlops.policy import KNOWN_METRICS, MonitoringPolicy
 from serving.prediction_log import FEEDBACK, PREDICTIONS
-from tasks.drift import evidently_drift
+from tasks.drift import drift_tests, evidently_report
 from tasks.evaluation import METRICS
 
 #: Columns the model server writes beside the features.
@@ -56,7 +56,8 @@ class DriftVerdict:
     drifted: list[str] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)  # per column, as Evidently's method says
     methods: dict[str, str] = field(default_factory=dict)
-    report: str | None = None  # the Evidently HTML report
+    report: str | None = None  # the Evidently HTML report, rendered after the verdict
+    skipped: dict[str, str] = field(default_factory=dict)  # column -> why it was not judged
 
 
 @dataclass(frozen=True)
@@ -168,14 +169,21 @@ def read_window(
 
 
 # judging -----------------------------------------------------------------------------------------
+def drift_frames(
+    window: Window, reference: pd.DataFrame, features: list[str], policy: MonitoringPolicy
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window's feature columns shared with the reference, and the reference sampled to the
+    policy's size (seeded: the decision and the report see the same rows)."""
+    columns = [c for c in features if c in window.rows and c in reference]
+    ref = reference[columns].sample(min(len(reference), policy.reference_rows), random_state=0)
+    return window.rows[columns], ref
+
+
 def judge_drift(
-    window: Window,
-    reference: pd.DataFrame,
-    features: list[str],
-    policy: MonitoringPolicy,
-    html: Path | None,
+    window: Window, reference: pd.DataFrame, features: list[str], policy: MonitoringPolicy
 ) -> DriftVerdict:
-    """Drift of the window's features against the reference (Evidently, per column and share)."""
+    """Drift of the window's features against the reference: Evidently's test per column, and
+    the share of columns drifted against the policy's limit."""
     if len(window.rows) < policy.min_rows:
         return DriftVerdict(
             False,
@@ -183,16 +191,19 @@ def judge_drift(
             f"{len(window.rows)} rows: too small to judge (needs {policy.min_rows}); "
             "the window keeps accumulating",
         )
-    columns = [c for c in features if c in window.rows and c in reference]
-    if not columns:
-        return DriftVerdict(False, False, "no feature column in common with the reference")
-    ref = reference[columns].sample(min(len(reference), policy.reference_rows), random_state=0)
-    reading = evidently_drift(window.rows[columns], ref, html)
+    current, ref = drift_frames(window, reference, features, policy)
+    reading = drift_tests(current, ref)
+    if not reading.columns:
+        skipped = "; ".join(f"{c}: {why}" for c, why in reading.skipped.items())
+        return DriftVerdict(
+            False, False, "no feature column in common with the reference to judge"
+            + (f" ({skipped})" if skipped else ""),
+        )  # fmt: skip
     share = reading.share or 0.0
     detected = share > policy.max_drift_share
     drifted = reading.drifted
     reason = (
-        f"{len(drifted)} of {len(columns)} columns drifted ({share:.0%}; "
+        f"{len(drifted)} of {len(reading.columns)} columns drifted ({share:.0%}; "
         f"limit {policy.max_drift_share:.0%})" + (f": {', '.join(drifted)}" if drifted else "")
     )
     return DriftVerdict(
@@ -203,8 +214,24 @@ def judge_drift(
         drifted,
         {c.column: round(c.score, 4) for c in reading.columns},
         {c.column: c.method for c in reading.columns},
-        str(html) if html else None,
+        skipped=reading.skipped,
     )
+
+
+def drift_report(
+    window: Window,
+    reference: pd.DataFrame,
+    features: list[str],
+    policy: MonitoringPolicy,
+    verdict: DriftVerdict,
+    html: Path,
+) -> tuple[str, list[str]]:
+    """Evidently's full report of the judged window at ``html``, and the columns on which its
+    decisions differ from the verdict's (none expected: the same tests on the same rows)."""
+    current, ref = drift_frames(window, reference, features, policy)
+    reading = evidently_report(current, ref, html)
+    differ = sorted(set(reading.drifted) ^ set(verdict.drifted))
+    return str(html), differ
 
 
 def judge_performance(
@@ -263,7 +290,6 @@ def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
             "drift_share": d.share,
             "drifted_columns": d.drifted,
             "scores": {c: d.scores[c] for c in d.drifted},
-            "report": d.report,
         }
     p = outcome.performance
     return common | {
@@ -340,14 +366,32 @@ def read_prediction_window(
 
 @task(name="detect-drift", cache_policy=NO_CACHE, persist_result=False)
 def detect_drift(
+    window: Window, reference: pd.DataFrame, features: list[str], policy: MonitoringPolicy
+) -> DriftVerdict:
+    """Drift of the window against the champion's training data, by Evidently's tests."""
+    return judge_drift(window, reference, features, policy)
+
+
+@task(name="render-drift-report", cache_policy=NO_CACHE, persist_result=False)
+def render_drift_report(
     window: Window,
     reference: pd.DataFrame,
     features: list[str],
     policy: MonitoringPolicy,
-    html: Path | None,
-) -> DriftVerdict:
-    """Evidently drift of the window against the champion's training data."""
-    return judge_drift(window, reference, features, policy, html)
+    verdict: DriftVerdict,
+    html: Path,
+) -> str | None:
+    """Evidently's HTML report of the judged window, for people to read; None if it failed (the
+    verdict and its events stand without it)."""
+    log = get_run_logger()
+    try:
+        path, differ = drift_report(window, reference, features, policy, verdict, html)
+    except Exception as exc:
+        log.warning("the Evidently report of this window could not be rendered: %s", exc)
+        return None
+    if differ:
+        log.warning("the Evidently report decides otherwise than the verdict on %s", differ)
+    return path
 
 
 @task(name="measure-live-performance", cache_policy=NO_CACHE, persist_result=False)

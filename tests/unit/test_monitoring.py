@@ -13,7 +13,8 @@ import pytest
 from mlops.policy import MonitoringPolicy
 from mlops.traffic import shift_adult
 from serving.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
-from tasks.monitoring import judge_drift, judge_performance, read_window
+from tasks.drift import drift_tests, read_snapshot
+from tasks.monitoring import drift_report, judge_drift, judge_performance, read_window
 from tests.helpers import adult_frame
 
 pytestmark = pytest.mark.unit
@@ -75,7 +76,7 @@ def test_an_empty_or_missing_log_is_an_empty_window_not_an_error(tmp_path: Path)
     now = datetime.now(UTC)
     window = read_window(str(tmp_path / "nothing-here"), None, now, FEATURES, 10_000)
     assert window.rows.empty and window.problems == []
-    verdict = judge_drift(window, adult_frame(2000), FEATURES, POLICY, None)
+    verdict = judge_drift(window, adult_frame(2000), FEATURES, POLICY)
     assert not verdict.judged and not verdict.detected
     assert "0 rows: too small to judge (needs 1000)" in verdict.reason
 
@@ -117,17 +118,50 @@ def test_unshifted_windows_raise_no_drift_and_the_shifted_one_does(tmp_path: Pat
         window = read_window(
             str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
         )
-        verdict = judge_drift(window, reference, FEATURES, POLICY, None)
+        verdict = judge_drift(window, reference, FEATURES, POLICY)
         assert verdict.judged and not verdict.detected, verdict.reason
     root = tmp_path / "shifted"
     write_log(root, shift_adult(live))
     window = read_window(
         str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    verdict = judge_drift(window, reference, FEATURES, POLICY, tmp_path / "report.html")
+    verdict = judge_drift(window, reference, FEATURES, POLICY)
     assert verdict.detected and set(verdict.drifted) == {"age", "hours_per_week"}, verdict.reason
     assert "2 of 14 columns drifted (14%; limit 10%): age, hours_per_week" in verdict.reason
-    assert (tmp_path / "report.html").stat().st_size > 10_000  # Evidently's HTML report
+    path, differ = drift_report(window, reference, FEATURES, POLICY, verdict, tmp_path / "r.html")
+    assert Path(path).stat().st_size > 10_000 and differ == []  # the report decides alike
+
+
+def test_drift_tests_decide_as_evidentlys_preset_on_every_column() -> None:
+    """The per-column tests run directly against ``Report([DataDriftPreset()])``: same test, same
+    score, same decision, on small frames (K-S, chi-square, Z-test) and large ones (Wasserstein,
+    Jensen-Shannon)."""
+    from evidently import Report
+    from evidently.presets import DataDriftPreset
+
+    data = clean(adult_frame(12_000))
+    shifted = shift_adult(data.iloc[6000:])
+    for rows in (600, 5000):  # Evidently picks its tests by the reference size: <= 1000 or more
+        ref, cur = data.iloc[:rows][FEATURES], shifted.iloc[:rows][FEATURES]
+        ours = drift_tests(cur, ref)
+        plain = read_snapshot(Report([DataDriftPreset()]).run(cur, ref).dict()["metrics"])
+        assert {c.column: (c.method, c.drifted) for c in ours.columns} == {
+            c.column: (c.method, c.drifted) for c in plain.columns
+        }
+        for a, b in zip(ours.columns, sorted(plain.columns, key=lambda c: FEATURES.index(c.column)), strict=True):  # fmt: skip
+            assert a.score == pytest.approx(b.score, rel=1e-6, abs=1e-9), a.column
+        assert ours.share == pytest.approx(plain.share)
+        assert ours.drifted  # the shift is seen at both sizes
+
+
+def test_a_column_without_values_is_skipped_with_its_reason_not_judged() -> None:
+    data = clean(adult_frame(3000))
+    ref, cur = data.iloc[:1500][FEATURES], data.iloc[1500:][FEATURES].copy()
+    cur["capital_gain"] = np.nan
+    reading = drift_tests(cur, ref)
+    assert reading.skipped == {"capital_gain": "no values in the current data"}
+    assert "capital_gain" not in {c.column for c in reading.columns}
+    assert reading.missing_share["capital_gain"] == 1.0 and len(reading.columns) == 13
 
 
 def test_live_performance_is_judged_on_the_serving_version_once_enough_labels_arrived(
