@@ -48,6 +48,15 @@ async def _wait_running(client: object, deployment_id: uuid.UUID, after: float) 
     raise TimeoutError("no flow run reached Running within 120 s")
 
 
+async def _phases(client: object, run: object, sent: float) -> tuple[float, float, float]:
+    """Seconds from ``sent`` to the run's creation (the automation), from creation to Pending
+    (the worker's poll) and from Pending to Running (process start and loading the flow)."""
+    states = await client.read_flow_run_states(run.id)  # type: ignore[attr-defined]
+    at = {s.type.value: s.timestamp.timestamp() for s in states}
+    created = run.created.timestamp()  # type: ignore[attr-defined]
+    return created - sent, at["PENDING"] - created, at["RUNNING"] - at["PENDING"]
+
+
 async def _cancel(client: object, run: object) -> None:
     from prefect.states import Cancelling
 
@@ -60,7 +69,7 @@ async def _cancel(client: object, run: object) -> None:
         await asyncio.sleep(0.2)
 
 
-async def trials(n: int) -> tuple[list[float], list[float]]:
+async def trials(n: int) -> tuple[list[float], list[float], list[tuple[float, float, float]]]:
     from prefect import get_client
     from prefect.events import emit_event
     from prefect.events.actions import RunDeployment
@@ -95,6 +104,7 @@ async def trials(n: int) -> tuple[list[float], list[float]]:
         )
         await asyncio.sleep(2)  # the server loads new automations
         via_event: list[float] = []
+        phases: list[tuple[float, float, float]] = []
         for k in range(n):
             event = emit_event(
                 event=DRIFT_DETECTED,
@@ -105,6 +115,7 @@ async def trials(n: int) -> tuple[list[float], list[float]]:
             sent = event.occurred.timestamp()
             run = await _wait_running(client, deployment.id, sent)
             via_event.append(run.start_time.timestamp() - sent)  # type: ignore[attr-defined]
+            phases.append(await _phases(client, run, sent))
             await _cancel(client, run)
         direct: list[float] = []
         for _ in range(n):
@@ -114,7 +125,7 @@ async def trials(n: int) -> tuple[list[float], list[float]]:
             assert run.id == created.id  # type: ignore[attr-defined]
             direct.append(run.start_time.timestamp() - sent)  # type: ignore[attr-defined]
             await _cancel(client, run)
-    return via_event, direct
+    return via_event, direct, phases
 
 
 def main() -> None:
@@ -129,11 +140,14 @@ def main() -> None:
     stack = LocalStack(SETTINGS, out=lambda _m: None)
     try:
         stack.up(with_worker=True, deploy=True)
-        via_event, direct = asyncio.run(trials(args.trials))
+        via_event, direct, phases = asyncio.run(trials(args.trials))
     finally:
         stack.down()
         shutil.rmtree(STATE, ignore_errors=True)
     print("event -> running: " + ", ".join(f"{v:.2f}" for v in via_event) + " s")
+    for name, k in (("automation", 0), ("worker poll", 1), ("process start", 2)):
+        values = [p[k] for p in phases]
+        print(f"  {name}: p50 {percentile(values, 0.5):.2f} s, max {max(values):.2f} s")
     print("direct -> running: " + ", ".join(f"{v:.2f}" for v in direct) + " s")
     e95, e50 = percentile(via_event, 0.95), percentile(via_event, 0.5)
     d95, d50 = percentile(direct, 0.95), percentile(direct, 0.5)

@@ -73,7 +73,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.results_dir),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # the worker asks for due runs every second: an automation's run waits at most that long
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "MLFLOW_DISABLE_TELEMETRY": "true",
