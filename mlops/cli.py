@@ -81,6 +81,33 @@ def up(
 
 
 @app.command()
+def deploy(
+    env: Annotated[
+        str, typer.Option(help="Environment: a file under deployments/environments/.")
+    ] = "local",
+    create_pool: Annotated[
+        bool, typer.Option(help="Create the environment's work pool if it does not exist.")
+    ] = False,
+) -> None:
+    """Register every deployment of prefect.yaml on the work pool of an environment (CI's deploy)."""
+    from mlops.environments import deploy_environment
+    from mlops.stack import LocalStack
+
+    try:
+        if env == "local":  # the local stack's own pool, on its Prefect server
+            settings = _settings()
+            _need_stack(settings)
+            stack = LocalStack(settings, out=typer.echo)
+            stack.ensure_work_pool()
+            stack.deploy(dict(os.environ))
+            return
+        for line in deploy_environment(Settings().project_dir, env, create_pool):
+            typer.echo(line)
+    except MlopsError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
 def down() -> None:
     """Stop exactly the processes `mlops up` and local releases started."""
     from mlops.stack import LocalStack
@@ -131,6 +158,31 @@ def data_pull() -> None:
     except MlopsError as exc:
         raise _fail(exc) from None
     typer.echo(f"{cfg.data.path}: {how}")
+
+
+@data_app.command("check")
+def data_check(
+    rev: Annotated[
+        str | None, typer.Option(help="Git revision of the data version (default: the workspace).")
+    ] = None,
+) -> None:
+    """Check the DVC-tracked dataset against the pipeline's data contract (CI's data test)."""
+    from mlops.config import load_pipeline_config
+    from tasks.data import load_dataset, pull_dataset, resolve_data_version
+    from tasks.validation import check_contract
+
+    settings = _settings()
+    try:
+        cfg = load_pipeline_config(settings.pipeline)
+        if rev is None:
+            pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
+        version = resolve_data_version.fn(settings.project_dir, cfg.data.path, rev)
+        frame = load_dataset.fn(settings.project_dir, version, cfg.data.na_values)
+        source = f"{version.path}@{version.short}"
+        check_contract(frame, cfg.contract, source, settings.reports_dir / "data-check")
+    except MlopsError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"{source}: {len(frame)} rows meet the data contract")
 
 
 @app.command()

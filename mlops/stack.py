@@ -268,25 +268,21 @@ class LocalStack:
         )
 
     def ensure_work_pool(self) -> None:
-        """Create the work pool from deployments/work-pools/<name>.yaml if it does not exist (safe to run twice)."""
-        import yaml
+        """Create the stack's process work pool, as deployments/environments/local.yaml describes
+        it, if it does not exist (safe to run twice)."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
         from prefect.exceptions import ObjectAlreadyExists
         from prefect.settings import PREFECT_API_URL, temporary_settings
         from prefect.workers.process import ProcessWorker
 
-        spec_file = (
-            self.settings.project_dir
-            / "deployments"
-            / "work-pools"
-            / f"{self.settings.work_pool}.yaml"
-        )
-        spec = yaml.safe_load(spec_file.read_text()) if spec_file.exists() else {}
-        if spec.get("type", "process") != "process":
+        from mlops.environments import load_environment
+
+        spec = load_environment(self.settings.project_dir, "local")
+        if spec.pool_type != "process":
             raise StackError(
-                f"{spec_file}: the local stack runs a process worker; type {spec['type']!r} "
-                "needs its own worker"
+                f"environment local: the local stack runs a process worker; type "
+                f"{spec.pool_type!r} needs its own worker"
             )
         with (
             temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}),
@@ -298,8 +294,8 @@ class LocalStack:
                         name=self.settings.work_pool,
                         type="process",
                         base_job_template=ProcessWorker.get_default_base_job_template(),
-                        description=spec.get("description"),
-                        concurrency_limit=spec.get("concurrency_limit"),
+                        description=spec.description or None,
+                        concurrency_limit=spec.concurrency_limit,
                     )
                 )
                 self.out(f"work pool '{self.settings.work_pool}': created")
@@ -307,29 +303,13 @@ class LocalStack:
                 pass
 
     def deploy(self, env: dict[str, str]) -> None:
-        """Register every deployment of prefect.yaml on this stack's work pool.
+        """Register every deployment of prefect.yaml on this stack's work pool."""
+        from mlops.environments import DeploymentEnvironmentError, deploy_all
 
-        Prefect's CLI is the only API that reads prefect.yaml.
-        """
-        result = subprocess.run(
-            [
-                console_script("prefect"),
-                "--no-prompt",
-                "deploy",
-                "--all",
-                "--pool",
-                self.settings.work_pool,
-            ],
-            cwd=self.settings.project_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise StackError(
-                "prefect deploy --all failed:\n" + (result.stdout + result.stderr)[-3000:]
-            )
+        try:
+            deploy_all(self.settings.project_dir, self.settings.work_pool, env)
+        except DeploymentEnvironmentError as exc:
+            raise StackError(str(exc)) from None
         self.out("deployments: registered from prefect.yaml")
 
     def _wait_worker(self, run: Running) -> None:
