@@ -120,7 +120,7 @@ def test_a_pool_that_does_not_exist_is_reported_with_the_command_that_creates_it
 def test_a_default_for_a_variable_the_template_lacks_is_refused(tmp_path: Path) -> None:
     env = load_environment(PROJECT, "docker")
     wrong = env.__class__(**(env.__dict__ | {"defaults": {"imagee": "x"}}))
-    with pytest.raises(DeploymentEnvironmentError, match="default for 'imagee'.*no variable"):
+    with pytest.raises(DeploymentEnvironmentError, match=r"default for 'imagee'.*no variable"):
         base_job_template(PROJECT, wrong, {})
-    with pytest.raises(DeploymentEnvironmentError, match="no environment 'qa'.*environments: "):
+    with pytest.raises(DeploymentEnvironmentError, match=r"no environment 'qa'.*environments: "):
         load_environment(PROJECT, "qa")
