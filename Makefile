@@ -23,9 +23,10 @@ setup: $(STAMP) ## Create .venv and install the project with its pinned dependen
 engine: ## Podman (Docker API) and a local image registry, for building and running model images
 	@infra/docker/setup-engine.sh || echo "no container engine set up: the image tests will skip (use Docker with DOCKER_HOST, or run this as root on Debian)"
 
-tools: ## kubectl (manifest dry-runs) and promtool (alert rules), from Debian's packages when missing
+tools: ## kubectl (manifest dry-runs) and promtool (alert rules) from Debian's packages when missing; checkov (Terraform) in .tools/
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
 	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || echo "no promtool: the monitoring config tests will skip"
+	@test -x .tools/checkov/bin/checkov || ($(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -c infra/terraform/checkov-constraints.txt checkov) || echo "no checkov: the Terraform scan tests will skip"
 
 demo: $(STAMP) ## The main job: start the local stack and run the training deployment on it
 	$(BIN)/mlops demo

@@ -1,0 +1,13 @@
+environment           = "prod"
+region                = "eu-west-1"
+vpc_id                = "vpc-0prod00000000000"
+private_subnet_ids    = ["subnet-0proda000000000", "subnet-0prodb000000000", "subnet-0prodc000000000"]
+allowed_cidr_blocks   = ["10.20.0.0/16"]
+mlflow_image          = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops-prod/mlflow:3.5.0"
+db_instance_class     = "db.m7g.large"
+db_multi_az           = true
+log_retention_days    = 400
+work_pool_concurrency = 8
+prefect_api_url       = "https://api.prefect.cloud/api"
+prefect_account_id    = "00000000-0000-0000-0000-000000000000"
+prefect_workspace_id  = "00000000-0000-0000-0000-000000000002"

@@ -1,0 +1,13 @@
+environment           = "staging"
+region                = "eu-west-1"
+vpc_id                = "vpc-0staging000000000"
+private_subnet_ids    = ["subnet-0staginga0000000", "subnet-0stagingb0000000"]
+allowed_cidr_blocks   = ["10.10.0.0/16"]
+mlflow_image          = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/mlops-staging/mlflow:3.5.0"
+db_instance_class     = "db.t4g.small"
+db_multi_az           = false
+log_retention_days    = 365
+work_pool_concurrency = 4
+prefect_api_url       = "https://api.prefect.cloud/api"
+prefect_account_id    = "00000000-0000-0000-0000-000000000000"
+prefect_workspace_id  = "00000000-0000-0000-0000-000000000001"
