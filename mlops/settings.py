@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     dvc_remote_endpoint_url: str | None = Field(
         None, description="S3 endpoint for the DVC remote (an S3-compatible store)."
     )
+    mlflow_artifacts_url: str | None = Field(
+        None,
+        description="MLflow server's artifact store (s3://bucket/prefix); a folder of the state "
+        "directory when unset.",
+    )
     router_port: int = Field(
         8000, ge=1, le=65535, description="Local release target: where callers reach the model."
     )

@@ -89,6 +89,13 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MLOPS_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "MLOPS_WORK_POOL": settings.work_pool,
     }
+    if settings.aws_endpoint_url:  # an S3-compatible store or an emulation: every client goes there
+        env |= {
+            "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+            "MLFLOW_S3_ENDPOINT_URL": settings.aws_endpoint_url,
+        }
+    if settings.aws_region:
+        env["AWS_DEFAULT_REGION"] = settings.aws_region
     return env
 
 
@@ -122,7 +129,7 @@ def services(settings: Settings) -> list[Service]:
                 "--backend-store-uri",
                 f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                 "--artifacts-destination",
-                str(mlflow_dir / "artifacts"),
+                settings.mlflow_artifacts_url or str(mlflow_dir / "artifacts"),
                 "--serve-artifacts",
                 "--workers",
                 "1",
