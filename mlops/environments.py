@@ -40,10 +40,14 @@ class Environment:
     description: str = ""
     concurrency_limit: int | None = None
     run_dir: str | None = None  # where the project is where flows run (an image's folder)
+    results: dict[str, str] = field(
+        default_factory=dict
+    )  # S3 block for results: block, bucket, folder
 
     def missing(self, environ: dict[str, str]) -> list[str]:
         """The settings this environment needs that ``environ`` lacks, in the file's order."""
-        named = list(self.needs) + [v for v in _referenced(self.defaults) if v not in self.needs]
+        referenced = _referenced(self.defaults) + _referenced(self.results)
+        named = list(self.needs) + [v for v in dict.fromkeys(referenced) if v not in self.needs]
         return [v for v in named if not environ.get(v)]
 
     def resolved_defaults(self, environ: dict[str, str]) -> dict[str, Any]:
@@ -104,6 +108,7 @@ def load_environment(project_dir: Path, name: str) -> Environment:
         description=str(raw.get("description", "")).strip(),
         concurrency_limit=pool.get("concurrency_limit"),
         run_dir=str(raw["run_dir"]) if raw.get("run_dir") else None,
+        results={k: str(v) for k, v in (raw.get("results") or {}).items()},
     )
 
 
@@ -163,6 +168,27 @@ def ensure_pool(project_dir: Path, env: Environment, environ: dict[str, str], cr
         return f"work pool {env.pool!r} ({env.pool_type}): exists"
 
 
+def ensure_result_storage(env: Environment, environ: dict[str, str]) -> str | None:
+    """The S3 bucket block flow runs persist results and artifacts to (prefect-aws), saved under
+    the name the pool's PREFECT_DEFAULT_RESULT_STORAGE_BLOCK gives; an existing block is kept.
+    Credentials are not stored in it: flow runs use their task role."""
+    if not env.results:
+        return None
+    from prefect_aws import S3Bucket
+
+    spec = _substitute(env.results, environ)
+    name = spec["block"]
+    try:
+        S3Bucket.load(name)
+        return f"result storage s3-bucket/{name}: exists"
+    except ValueError:
+        pass
+    S3Bucket(bucket_name=spec["bucket"], bucket_folder=spec.get("folder", "")).save(name)
+    return (
+        f"result storage s3-bucket/{name}: created (s3://{spec['bucket']}/{spec.get('folder', '')})"
+    )
+
+
 def deploy_all(project_dir: Path, pool: str, environ: dict[str, str]) -> str:
     """``prefect deploy --all`` of the project's prefect.yaml onto ``pool``: Prefect's CLI is the
     only API that reads prefect.yaml. Returns Prefect's output."""
@@ -197,6 +223,9 @@ def deploy_environment(
             "nothing was deployed"
         )
     done = [ensure_pool(project_dir, env, environ, create_pool)]
+    storage = ensure_result_storage(env, environ)
+    if storage:
+        done.append(storage)
     if env.run_dir:  # prefect.yaml's pull step changes into the project where the flows run
         environ["MLOPS_PROJECT_DIR"] = env.run_dir
     deploy_all(project_dir, env.pool, environ)

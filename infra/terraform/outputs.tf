@@ -20,7 +20,7 @@ output "MLOPS_PREDICTION_LOG_URL" {
 output "MLOPS_MLFLOW_TRACKING_URI" {
   value = "http://mlflow.${aws_service_discovery_private_dns_namespace.mlops.name}:5000"
 }
-output "results_bucket" {
+output "MLOPS_RESULTS_BUCKET" {
   value = module.bucket["results"].bucket
 }
 output "work_pool" {

@@ -71,6 +71,10 @@ def test_deploying_to_an_environment_registers_every_deployment_on_its_pool(
     environ = values("staging")
     done = deploy_environment(PROJECT, "staging", create_pool=True, environ=environ)
     assert done[-1] == "deployments of prefect.yaml: registered on work pool 'mlops-staging'"
+    assert done[1] == (
+        "result storage s3-bucket/mlops-staging-results: created "
+        "(s3://value-of-MLOPS_RESULTS_BUCKET/results)"
+    )
     spec = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
     entry = {d["entrypoint"].split(":")[1] for d in spec["deployments"]}
     names = {f"{flow}/{d['name']}" for d in spec["deployments"] for flow in [d["entrypoint"].split(":")[1]]}  # fmt: skip
@@ -124,3 +128,48 @@ def test_a_default_for_a_variable_the_template_lacks_is_refused(tmp_path: Path) 
         base_job_template(PROJECT, wrong, {})
     with pytest.raises(DeploymentEnvironmentError, match=r"no environment 'qa'.*environments: "):
         load_environment(PROJECT, "qa")
+
+
+def test_flow_results_persist_to_the_s3_block_the_environment_names(
+    local_stack: Settings, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against moto's server (an EMULATION of S3): the result of a flow run lands in the bucket of
+    the environment's result storage block, and reads back."""
+    import uuid
+
+    import boto3
+    from prefect import flow
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    from mlops.environments import ensure_result_storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"results-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    env = load_environment(PROJECT, "prod")
+    environ = values("prod") | {"MLOPS_RESULTS_BUCKET": bucket}
+    assert ensure_result_storage(env, environ) == (
+        f"result storage s3-bucket/mlops-prod-results: created (s3://{bucket}/results)"
+    )
+    assert (
+        ensure_result_storage(env, environ) == "result storage s3-bucket/mlops-prod-results: exists"
+    )
+    block = S3Bucket.load("mlops-prod-results")
+    assert (block.bucket_name, block.bucket_folder) == (bucket, "results")
+    # here the emulation's endpoint is given explicitly; in the cloud the task role is enough
+    block.credentials = AwsCredentials(
+        aws_client_parameters=AwsClientParameters(endpoint_url=aws), region_name="us-east-1"
+    )
+
+    @flow(result_storage=block, persist_result=True)
+    def answer() -> dict[str, int]:
+        return {"answer": 42}
+
+    state = answer(return_state=True)
+    stored = (
+        boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="results/").get("Contents", [])
+    )
+    assert len(stored) == 1, stored
+    assert state.result() == {"answer": 42}
