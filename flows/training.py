@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -36,6 +36,7 @@ def training(
     hand_over: Literal["none", "promotion", "release"] = "none",
     production_data: str | None = None,
     expected_positive_rate: float | None = None,
+    model_params: dict[str, Any] | None = None,
 ) -> RegisteredVersion:
     """Train, evaluate, track and register a model from one exact version of the data.
 
@@ -49,6 +50,8 @@ def training(
         production_data: a Parquet file of labelled production rows (tasks.production_data) to
             train on beside the data version; its md5 joins the version's lineage.
         expected_positive_rate: handed to the release (see there).
+        model_params: hyper-parameters over the config's (a search's best candidate); they
+            join the version's fingerprint and its config snapshot.
 
     Returns:
         The registered model version, or the earlier one an identical run already registered.
@@ -57,6 +60,12 @@ def training(
     log = get_run_logger()
     settings = Settings()
     cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
+    if model_params:
+        cfg = cfg.model_copy(
+            update={
+                "model": cfg.model.model_copy(update={"params": cfg.model.params | model_params})
+            }
+        )
     policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
     tracking_uri = str(settings.mlflow_tracking_uri)
 

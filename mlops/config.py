@@ -91,6 +91,15 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SearchConfig(_Strict):
+    """A hyper-parameter search: every combination of the grid, scored by cross-validation on
+    the training split (the holdout stays for the gates)."""
+
+    grid: dict[str, list[Any]] = Field(min_length=1, description="parameter -> values to try")
+    folds: int = Field(3, ge=2, le=10)
+    metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "neg_log_loss"] = "roc_auc"
+
+
 class PipelineConfig(_Strict):
     """Everything the training pipeline needs to know about one dataset and model."""
 
@@ -102,6 +111,7 @@ class PipelineConfig(_Strict):
     features: FeatureConfig
     split: SplitConfig = SplitConfig()
     model: ModelConfig
+    search: SearchConfig | None = None
     policy: Path
 
     # Filled in by load_pipeline_config, not by the YAML file.
@@ -188,6 +198,7 @@ def config_snapshot(cfg: PipelineConfig) -> dict[str, str]:
     raw["data"]["contract"] = "contract.yaml"
     raw["data"].pop("seed", None)
     raw["policy"] = "policy.yaml"
+    raw["model"] = cfg.model.model_dump(mode="json")  # as trained: a search may have set params
     return {
         "pipeline.yaml": yaml.safe_dump(raw, sort_keys=False),
         "contract.yaml": Path(cfg.data.contract).read_text(encoding="utf-8"),

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="MLflow server's artifact store (s3://bucket/prefix); a folder of the state "
         "directory when unset.",
     )
+    dask_address: str | None = Field(
+        None,
+        description="Scheduler of an existing Dask cluster (tcp://host:8786) for the search's "
+        "fan-out; a local cluster when unset.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Workers of the local Dask cluster.")
     router_port: int = Field(
         8000, ge=1, le=65535, description="Local release target: where callers reach the model."
     )

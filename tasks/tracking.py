@@ -196,3 +196,34 @@ def log_monitoring_run(
             if report:
                 mlflow.log_artifact(report)
     return f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+
+
+@task(
+    name="log-search-runs",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=only_connection_errors,
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def log_search_runs(
+    tracking_uri: str, experiment: str, scores: list[Any], best: Any, metric: str, runner: str
+) -> str:
+    """A parent MLflow run for a hyper-parameter search with one nested run per candidate (its
+    parameters, cross-validated score and spread). Returns the parent run's id."""
+    with tracking_server(tracking_uri):
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"search-{len(scores)}-candidates") as parent:
+            mlflow.set_tags({"mlops.search.runner": runner, "mlops.search.metric": metric})
+            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+            mlflow.log_metric(f"best_cv_{metric}", best.mean)
+            for s in scores:
+                with mlflow.start_run(run_name=_candidate_name(s.params), nested=True):
+                    mlflow.log_params(s.params)
+                    mlflow.log_metrics({f"cv_{metric}": s.mean, f"cv_{metric}_std": s.std,
+                                        "fit_seconds": s.seconds})  # fmt: skip
+    return str(parent.info.run_id)
+
+
+def _candidate_name(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))[:250]
