@@ -58,6 +58,8 @@ bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number 
 	$(BIN)/python benchmarks/router.py
 	$(BIN)/python benchmarks/trigger_latency.py
 	$(BIN)/python benchmarks/closed_loop.py
+	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/dask_search.py
 
 clean: ## Remove the local stack's state (stop it first with make down)
 	rm -rf .mlops
