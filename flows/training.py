@@ -22,6 +22,7 @@ from tasks.registry import (
     set_model_alias,
 )
 from tasks.reporting import publish_training_report, write_model_card
+from tasks.sagemaker import train_on_sagemaker
 from tasks.split import split_dataset
 from tasks.tracking import log_training_run
 from tasks.training import train_model
@@ -37,6 +38,7 @@ def training(
     production_data: str | None = None,
     expected_positive_rate: float | None = None,
     model_params: dict[str, Any] | None = None,
+    compute: Literal["local", "sagemaker"] = "local",
 ) -> RegisteredVersion:
     """Train, evaluate, track and register a model from one exact version of the data.
 
@@ -52,6 +54,8 @@ def training(
         expected_positive_rate: handed to the release (see there).
         model_params: hyper-parameters over the config's (a search's best candidate); they
             join the version's fingerprint and its config snapshot.
+        compute: where the fit runs: in this flow run, or as an AWS SageMaker training job from
+            the project's image (tasks/sagemaker.py; its logs join the MLflow run).
 
     Returns:
         The registered model version, or the earlier one an identical run already registered.
@@ -91,12 +95,19 @@ def training(
         source += f" + {len(extra)} production rows @{str(extra_md5)[:8]}"
     valid = validate_dataset(frame, cfg.contract, source, settings.reports_dir / run_id)
     split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
-    model = train_model(split, cfg.features, cfg.model)
+    texts: dict[str, str] = {}
+    if compute == "sagemaker":
+        model, job = train_on_sagemaker(split, cfg.features, cfg.model, settings)
+        texts[f"sagemaker/{job.name}.log"] = "\n".join(job.logs)
+    else:
+        model = train_model(split, cfg.features, cfg.model)
     metrics = evaluate_model(model, split)
 
     tags = lineage_tags(
         settings.project_dir, data, fingerprint, policy, policy_digest, run_id, trigger
     )
+    if compute == "sagemaker":
+        tags |= {"mlops.training.compute": "sagemaker", "mlops.sagemaker.job": job.name}
     if extra is not None:
         tags |= {
             "mlops.data.production_md5": str(extra_md5),
@@ -114,6 +125,7 @@ def training(
         data_source=str(settings.project_dir / data.path),
         data_md5=data.md5,
         config_files=config_snapshot(cfg),
+        texts=texts,
     )
     registered = register_model_version(
         tracking_uri,

@@ -115,6 +115,16 @@ class Settings(BaseSettings):
         None, description="lambda target: execution role of the model's function."
     )
     lambda_alias: str = Field("live", description="lambda target: the alias callers invoke.")
+    sagemaker_role_arn: str | None = Field(
+        None, description="Managed training: the role SageMaker training jobs run with."
+    )
+    sagemaker_image: str | None = Field(
+        None, description="Managed training: the project's flow image in ECR."
+    )
+    sagemaker_bucket: str | None = Field(
+        None, description="Managed training: bucket for the jobs' input and model output."
+    )
+    sagemaker_instance_type: str = Field("ml.m5.xlarge", description="Managed training: instance.")
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:

@@ -102,8 +102,11 @@ def log_training_run(
     data_source: str,
     data_md5: str,
     config_files: dict[str, str],
+    texts: dict[str, str] | None = None,
 ) -> TrainingRun:
-    """Log one finished training to MLflow; a failure part-way marks the run FAILED, never FINISHED."""
+    """Log one finished training to MLflow; a failure part-way marks the run FAILED, never FINISHED.
+
+    ``texts`` are logged as text artifacts by their path (a managed training job's log)."""
     with tracking_server(tracking_uri), warnings.catch_warnings():
         # MLflow registers the local-file dataset source twice and calls a path ambiguous; and it
         # hints that integer columns cannot hold missing values, which the contract rules out.
@@ -113,6 +116,8 @@ def log_training_run(
         with mlflow.start_run(run_name=run_name, tags=tags) as run:
             mlflow.log_params(flatten("", params))
             mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            for artifact, text in (texts or {}).items():
+                mlflow.log_text(text, artifact)
             name = data_source.rsplit("/", 1)[-1]
             # MLflow keys a dataset by (name, digest): the digest is the DVC md5 of the file, and
             # the name tells the two parts of the split apart.
