@@ -40,9 +40,8 @@ class Environment:
     description: str = ""
     concurrency_limit: int | None = None
     run_dir: str | None = None  # where the project is where flows run (an image's folder)
-    results: dict[str, str] = field(
-        default_factory=dict
-    )  # S3 block for results: block, bucket, folder
+    # the S3 bucket block flow runs persist results to: block name, bucket, folder
+    results: dict[str, str] = field(default_factory=dict)
 
     def missing(self, environ: dict[str, str]) -> list[str]:
         """The settings this environment needs that ``environ`` lacks, in the file's order."""
