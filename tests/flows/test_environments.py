@@ -26,6 +26,16 @@ PROJECT = Path(__file__).resolve().parents[2]
 CLOUD = ["docker", "kubernetes", "prod", "staging"]
 
 
+def flow_name(entrypoint: str) -> str:
+    """The name of the flow at a prefect.yaml entrypoint (``flows/training.py:training``)."""
+    import importlib
+
+    module, func = entrypoint.split(":")
+    return str(
+        getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), func).name
+    )
+
+
 def values(name: str) -> dict[str, str]:
     """Every setting the environment names, with a recognisable value."""
     env = load_environment(PROJECT, name)
@@ -76,9 +86,8 @@ def test_deploying_to_an_environment_registers_every_deployment_on_its_pool(
         "(s3://value-of-MLOPS_RESULTS_BUCKET/results)"
     )
     spec = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
-    entry = {d["entrypoint"].split(":")[1] for d in spec["deployments"]}
-    names = {f"{flow}/{d['name']}" for d in spec["deployments"] for flow in [d["entrypoint"].split(":")[1]]}  # fmt: skip
-    assert len(names) == len(spec["deployments"]) and entry
+    names = {f"{flow_name(d['entrypoint'])}/{d['name']}" for d in spec["deployments"]}
+    assert len(names) == len(spec["deployments"])
     with get_client(sync_client=True) as client:
         for name in names:
             deployment = client.read_deployment_by_name(name)
