@@ -20,7 +20,7 @@ from _common import SETTINGS, local_stack
 
 
 def main() -> None:
-    from flows.search import score_candidates, task_runner
+    from flows.search import environ_restored, score_candidates, task_runner
     from mlops.config import load_pipeline_config
     from tasks.data import load_dataset, resolve_data_version
     from tasks.search import candidates
@@ -50,7 +50,8 @@ def main() -> None:
             ):
                 flow = score_candidates.with_options(task_runner=task_runner(runner, settings))  # type: ignore[arg-type]
                 started = time.perf_counter()
-                result = flow(split, cfg.features, configs, cfg.search, threads)
+                with environ_restored():  # the sequential fits keep every core
+                    result = flow(split, cfg.features, configs, cfg.search, threads)
                 timings[name] = time.perf_counter() - started
                 scores[name] = [round(s.mean, 10) for s in result]
     n = len(configs)

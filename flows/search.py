@@ -4,6 +4,9 @@ training split; the best candidate is trained by the training flow and goes thro
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -40,6 +43,20 @@ def task_runner(runner: Runner, settings: Settings) -> object:
             "dashboard_address": None,
         }
     )
+
+
+@contextmanager
+def environ_restored() -> Iterator[None]:
+    """Restore this process's environment afterwards: distributed's nanny sets OMP_NUM_THREADS,
+    MKL_NUM_THREADS and OPENBLAS_NUM_THREADS to 1 in the process that starts a local cluster
+    (its documented leak), which would make every later fit, and every model server this process
+    starts, single-threaded."""
+    before = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 @flow(name="score-candidates")
@@ -91,7 +108,8 @@ def hyperparameter_search(
 
     threads = 1 if runner == "dask" else None  # parallel candidates: one core each
     fan_out = score_candidates.with_options(task_runner=task_runner(runner, settings))  # type: ignore[arg-type]
-    scores = fan_out(split, cfg.features, configs, cfg.search, threads)
+    with environ_restored():
+        scores = fan_out(split, cfg.features, configs, cfg.search, threads)
     best = max(scores, key=lambda s: s.mean)
     log.info(
         "best of %d candidates: %s (%s %.4f)",

@@ -37,7 +37,11 @@ def project(local_stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_candidates_fan_out_on_dask_and_the_best_is_trained_and_registered(
     local_stack: Settings, project: Path
 ) -> None:
+    import os
+
+    threads_before = os.environ.get("OMP_NUM_THREADS")
     result = hyperparameter_search(pipeline=str(project), runner="dask", hand_over="none")
+    assert os.environ.get("OMP_NUM_THREADS") == threads_before  # Dask's nanny leak undone
     scores = result["scores"]
     assert isinstance(scores, list) and len(scores) == 4
     assert {(s["params"]["learning_rate"], s["params"]["max_leaf_nodes"]) for s in scores} == {
