@@ -95,10 +95,12 @@ def training(
         source += f" + {len(extra)} production rows @{str(extra_md5)[:8]}"
     valid = validate_dataset(frame, cfg.contract, source, settings.reports_dir / run_id)
     split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
-    texts: dict[str, str] = {}
+    texts: dict[str, str] = {}  # text artifacts of the run
+    compute_tags: dict[str, str] = {}
     if compute == "sagemaker":
         model, job = train_on_sagemaker(split, cfg.features, cfg.model, settings)
         texts[f"sagemaker/{job.name}.log"] = "\n".join(job.logs)
+        compute_tags = {"mlops.training.compute": "sagemaker", "mlops.sagemaker.job": job.name}
     else:
         model = train_model(split, cfg.features, cfg.model)
     metrics = evaluate_model(model, split)
@@ -106,8 +108,7 @@ def training(
     tags = lineage_tags(
         settings.project_dir, data, fingerprint, policy, policy_digest, run_id, trigger
     )
-    if compute == "sagemaker":
-        tags |= {"mlops.training.compute": "sagemaker", "mlops.sagemaker.job": job.name}
+    tags |= compute_tags
     if extra is not None:
         tags |= {
             "mlops.data.production_md5": str(extra_md5),

@@ -41,8 +41,9 @@ class ManagedTrainingError(MlopsError):
 @dataclass(frozen=True)
 class TrainingJob:
     name: str
-    input_uri: str  # s3://bucket/prefix/<job>/input/train/
-    output_uri: str  # s3://bucket/prefix/ (SageMaker adds <job>/output/model.tar.gz)
+    input_uri: str  # s3://bucket/training-jobs/<job>/input/train/
+    # s3://bucket/training-jobs/<job>/output; SageMaker adds <job>/output/model.tar.gz
+    output_uri: str
     status: str = "InProgress"
     model_uri: str | None = None
     seconds: float | None = None

@@ -13,12 +13,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import Pipeline
 
 from mlops.config import FeatureConfig, ModelConfig, SearchConfig
-from tasks.features import build_feature_pipeline
 from tasks.split import Split
-from tasks.training import build_estimator
+from tasks.training import build_estimator, build_pipeline
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ def score(
     candidates do not fight over the cores."""
     from threadpoolctl import threadpool_limits
 
-    model = Pipeline([("features", build_feature_pipeline(features)), ("model", build_estimator(config))])  # fmt: skip
+    model = build_pipeline(features, config)
     folds = StratifiedKFold(search.folds, shuffle=True, random_state=0)
     started = time.perf_counter()
     with threadpool_limits(threads) if threads else nullcontext():

@@ -42,10 +42,14 @@ def build_estimator(config: ModelConfig) -> ClassifierMixin:
     return cls(**params)
 
 
+def build_pipeline(features: FeatureConfig, config: ModelConfig) -> Pipeline:
+    """The unfitted model: the feature pipeline, then the configured estimator."""
+    return Pipeline(
+        [("features", build_feature_pipeline(features)), ("model", build_estimator(config))]
+    )
+
+
 @task(name="train-model", cache_policy=PIPELINE_CACHE, persist_result=True)
 def train_model(split: Split, features: FeatureConfig, config: ModelConfig) -> Pipeline:
     """Fit the feature pipeline and the estimator on the training set."""
-    model = Pipeline(
-        [("features", build_feature_pipeline(features)), ("model", build_estimator(config))]
-    )
-    return model.fit(split.X_train, split.y_train)
+    return build_pipeline(features, config).fit(split.X_train, split.y_train)
