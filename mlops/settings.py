@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -126,6 +126,46 @@ class Settings(BaseSettings):
     )
     sagemaker_instance_type: str = Field("ml.m5.xlarge", description="Managed training: instance.")
 
+    # authentication of the stack's servers (docs/security.md): secrets stay out of command lines
+    prefect_auth_string: SecretStr | None = Field(
+        None,
+        description="Prefect server's API auth string (user:password): the server requires it "
+        "and every client of the stack sends it.",
+    )
+    prefect_auth_string_file: Path | None = Field(
+        None, description="A file holding prefect_auth_string (a mounted secret)."
+    )
+    mlflow_username: str = Field(
+        "admin", min_length=1, description="MLflow basic-auth admin user (with mlflow_password)."
+    )
+    mlflow_password: SecretStr | None = Field(
+        None,
+        description="MLflow basic-auth password (at least 12 characters): the MLflow server runs "
+        "its basic-auth app and every client of the stack logs in with it.",
+    )
+    mlflow_password_file: Path | None = Field(
+        None, description="A file holding mlflow_password (a mounted secret)."
+    )
+    serving_token: SecretStr | None = Field(
+        None,
+        description="Bearer token the model servers require; the local target's servers keep it "
+        "and the release's smoke test and metric reads send it.",
+    )
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in ("prefect_auth_string", "mlflow_password"):
+            path: Path | None = getattr(self, f"{name}_file")
+            if path is not None:
+                setattr(self, name, _secret_from_file(name, path, getattr(self, name)))
+        if self.mlflow_password is not None and len(self.mlflow_password.get_secret_value()) < 12:
+            # MLflow's auth app refuses shorter ones at start; say so before anything starts
+            raise ValueError("MLOPS_MLFLOW_PASSWORD: must be at least 12 characters")
+        auth = self.prefect_auth_string
+        if auth is not None and not auth.get_secret_value():
+            raise ValueError("MLOPS_PREFECT_AUTH_STRING: must not be empty")
+        return self
+
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
         self.project_dir = self.project_dir.resolve()
@@ -158,3 +198,17 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Validation reports and failing rows, one folder per run."""
         return self.state_dir / "reports"
+
+
+def _secret_from_file(name: str, path: Path, given: SecretStr | None) -> SecretStr:
+    """The secret in ``path`` (a mounted secret; one trailing newline is not part of it)."""
+    variable = f"MLOPS_{name.upper()}"
+    if given is not None:
+        raise ValueError(f"{variable} and {variable}_FILE are both set: keep one")
+    try:
+        value = path.read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{variable}_FILE={path}: cannot be read ({exc})") from None
+    if not value:
+        raise ValueError(f"{variable}_FILE={path}: the file is empty")
+    return SecretStr(value)

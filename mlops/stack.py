@@ -2,22 +2,30 @@
 
 `up` starts each as a child process in its own session, records its pid and start time under
 ``<state_dir>/stack.json`` and waits until it answers; `down` stops exactly the recorded processes
-(the start time guards against a recycled pid); `status` says what runs where.
+(the start time guards against a recycled pid); `status` says what runs where and with which auth.
+
+With ``MLOPS_PREFECT_AUTH_STRING`` set, the Prefect server requires it; with ``MLOPS_MLFLOW_PASSWORD``,
+the MLflow server runs its basic-auth app. Secrets reach the servers and every client the stack
+starts through the environment only, never a command line (``ps`` shows argv to every user).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -96,7 +104,111 @@ def service_env(settings: Settings) -> dict[str, str]:
         }
     if settings.aws_region:
         env["AWS_DEFAULT_REGION"] = settings.aws_region
+    return env | client_credentials(settings)
+
+
+def client_credentials(settings: Settings) -> dict[str, str]:
+    """The credentials every client of the stack sends: the worker, the flow runs it spawns, the
+    CLI, model servers and the release guard, as Prefect, MLflow and the model server read them."""
+    env = {}
+    if settings.prefect_auth_string is not None:
+        env["PREFECT_API_AUTH_STRING"] = settings.prefect_auth_string.get_secret_value()
+    if settings.mlflow_password is not None:
+        env["MLFLOW_TRACKING_USERNAME"] = settings.mlflow_username
+        env["MLFLOW_TRACKING_PASSWORD"] = settings.mlflow_password.get_secret_value()
+    if settings.serving_token is not None:
+        env["MLOPS_SERVING_TOKEN"] = settings.serving_token.get_secret_value()
     return env
+
+
+def server_env(settings: Settings, name: str) -> dict[str, str]:
+    """What only the server ``name`` gets beyond `service_env`: the secret it checks clients
+    against. For MLflow's auth app this writes its config under the state folder (mode 0600)."""
+    if name == "prefect" and settings.prefect_auth_string is not None:
+        return {"PREFECT_SERVER_API_AUTH_STRING": settings.prefect_auth_string.get_secret_value()}
+    if name == "mlflow" and settings.mlflow_password is not None:
+        return mlflow_auth_env(settings)
+    return {}
+
+
+def mlflow_auth_env(settings: Settings) -> dict[str, str]:
+    """Config of MLflow's basic-auth app: its user database and ini under ``<state>/mlflow``.
+
+    The admin is created with the configured password when the user database is new; MLflow
+    ignores the password once the admin exists (see `check_credentials`)."""
+    assert settings.mlflow_password is not None
+    folder = settings.state_dir / "mlflow"
+    database = folder / "auth.db"
+    if not database.exists():  # an empty file is an empty SQLite database: created private
+        write_private(database, "")
+    key_file = folder / "flask-secret-key"
+    if not key_file.exists():  # static across restarts, or the UI's CSRF tokens break
+        write_private(key_file, secrets.token_hex(32))
+    config = folder / "basic_auth.ini"
+    write_private(
+        config,
+        "[mlflow]\n"
+        # the admin alone is authorised; a user someone signs up gets no permission by default
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{database}\n"
+        f"admin_username = {settings.mlflow_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # one PBKDF2 check per login a minute, not per request; one worker, so no stale copies
+        "auth_cache_ttl_seconds = 60\n",
+    )
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": settings.mlflow_username,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": settings.mlflow_password.get_secret_value(),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": key_file.read_text(),
+    }
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` atomically, readable by its owner only (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def auth_headers(settings: Settings, name: str) -> dict[str, str]:
+    """The Authorization header a client of server ``name`` sends (none without auth)."""
+    if name == "prefect" and settings.prefect_auth_string is not None:
+        return {"Authorization": basic(settings.prefect_auth_string.get_secret_value())}
+    if name == "mlflow" and settings.mlflow_password is not None:
+        password = settings.mlflow_password.get_secret_value()
+        return {"Authorization": basic(f"{settings.mlflow_username}:{password}")}
+    if name == "serving" and settings.serving_token is not None:
+        return {"Authorization": f"Bearer {settings.serving_token.get_secret_value()}"}
+    return {}
+
+
+def serving_token(settings: Settings) -> str | None:
+    """The bearer token model servers require (``MLOPS_SERVING_TOKEN``), or None."""
+    return settings.serving_token.get_secret_value() if settings.serving_token else None
+
+
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+
+
+def auth_mode(settings: Settings, name: str) -> str:
+    """Which authentication the service ``name`` uses, for `mlops status`."""
+    if name == "prefect":
+        return "auth string" if settings.prefect_auth_string is not None else "no auth"
+    if name == "mlflow":
+        if settings.mlflow_password is None:
+            return "no auth"
+        return f"basic-auth app, user {settings.mlflow_username}"
+    if name == WORKER:
+        return "sends the auth string" if settings.prefect_auth_string is not None else "no auth"
+    return ""
 
 
 def services(settings: Settings) -> list[Service]:
@@ -133,6 +245,7 @@ def services(settings: Settings) -> list[Service]:
                 "--serve-artifacts",
                 "--workers",
                 "1",
+                *(["--app-name", "basic-auth"] if settings.mlflow_password is not None else []),
             ],
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_tracking_uri}/health",
@@ -215,6 +328,7 @@ class LocalStack:
                 run = state.get(svc.name)
                 assert run is not None
                 self._wait_healthy(svc, run)
+                check_credentials(self.settings, svc.name)
             self.ensure_work_pool()
             if deploy:
                 self.deploy(env)
@@ -251,6 +365,7 @@ class LocalStack:
                 f"program; stop it, or choose another port with MLOPS_{svc.name.upper()}_PORT"
             )
         log = self.logs / f"{svc.name}.log"
+        env = env | server_env(self.settings, svc.name)
         proc = spawn(svc.argv, log, cwd=self.settings.project_dir, env=env)
         started = started_at(proc.pid)
         self.out(f"{svc.name}: started (pid {proc.pid}, log {log})")
@@ -280,7 +395,6 @@ class LocalStack:
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.actions import WorkPoolCreate
         from prefect.exceptions import ObjectAlreadyExists
-        from prefect.settings import PREFECT_API_URL, temporary_settings
         from prefect.workers.process import ProcessWorker
 
         from mlops.environments import load_environment
@@ -292,7 +406,7 @@ class LocalStack:
                 f"{spec.pool_type!r} needs its own worker"
             )
         with (
-            temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}),
+            prefect_settings(self.settings),
             get_client(sync_client=True) as client,
         ):
             try:
@@ -321,11 +435,10 @@ class LocalStack:
 
     def _wait_worker(self, run: Running) -> None:
         from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         deadline = time.monotonic() + self.settings.startup_timeout
         with (
-            temporary_settings({PREFECT_API_URL: self.settings.prefect_api_url}),
+            prefect_settings(self.settings),
             get_client(sync_client=True) as client,
         ):
             while time.monotonic() < deadline:
@@ -375,8 +488,19 @@ class LocalStack:
                     (run.name, f"not answering (pid {run.pid}; see {run.log})", run.ui_url or "")
                 )
             else:
-                rows.append((run.name, f"running (pid {run.pid})", run.ui_url or ""))
+                auth = auth_mode(self.settings, run.name)
+                rows.append((run.name, f"running (pid {run.pid}; {auth})", run.ui_url or ""))
         return rows
+
+
+def prefect_settings(settings: Settings) -> contextlib.AbstractContextManager[object]:
+    """Prefect's settings for a client of this stack's server, whatever this process read."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    values: dict[Any, Any] = {PREFECT_API_URL: settings.prefect_api_url}
+    if settings.prefect_auth_string is not None:
+        values[PREFECT_API_AUTH_STRING] = settings.prefect_auth_string.get_secret_value()
+    return temporary_settings(values)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -414,6 +538,34 @@ def port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def check_credentials(settings: Settings, name: str) -> None:
+    """Fail with the reason when server ``name`` refuses the configured credentials (MLflow keeps
+    the admin password it was first started with; Prefect one started with another string)."""
+    headers = auth_headers(settings, name)
+    if not headers:
+        return
+    url = (
+        f"{settings.prefect_api_url}/admin/version"
+        if name == "prefect"
+        else f"{settings.mlflow_tracking_uri}/api/2.0/mlflow/users/current"
+    )
+    try:
+        answer = httpx.get(url, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise StackError(f"{name}: {url} cannot be reached ({exc})") from None
+    if answer.status_code in (401, 403):
+        setting = "MLOPS_PREFECT_AUTH_STRING" if name == "prefect" else "MLOPS_MLFLOW_PASSWORD"
+        hint = (
+            f" (the admin of {settings.state_dir / 'mlflow' / 'auth.db'} keeps the password it "
+            "was created with: change it with MLflow's update-password API)"
+            if name == "mlflow"
+            else " (an already running server was started with another one)"
+        )
+        raise StackError(f"{name} refuses the credentials of {setting}{hint}")
+    if answer.status_code != 200:
+        raise StackError(f"{name}: {url} answered {answer.status_code}: {answer.text[:200]}")
 
 
 def healthy(url: str) -> bool:

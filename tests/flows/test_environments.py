@@ -4,6 +4,7 @@ the pool the environment names."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -182,3 +183,92 @@ def test_flow_results_persist_to_the_s3_block_the_environment_names(
     )
     assert len(stored) == 1, stored
     assert state.result() == {"answer": 42}
+
+
+# auth (docs/security.md): the cluster and container environments carry credentials by reference
+SECRET = "mlops:not-in-any-manifest"
+
+
+def flow_run_config(pool_type: str, template: dict[str, object]) -> dict[str, object]:
+    """What the worker of ``pool_type`` would start for a flow run of a pool with ``template``,
+    the worker itself holding SECRET as its auth string, as it does in these environments."""
+    import asyncio
+    import uuid
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    kind = {"docker": DockerWorkerJobConfiguration, "kubernetes": KubernetesWorkerJobConfiguration}
+
+    async def prepare() -> dict[str, object]:
+        async with get_client() as client:
+            config = await kind[pool_type].from_template_and_values(template, {}, client=client)
+        with temporary_settings({PREFECT_API_AUTH_STRING: SECRET}):
+            config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="auth-check"))
+        return config.model_dump(mode="json")
+
+    return asyncio.run(prepare())
+
+
+def test_a_kubernetes_job_reads_the_credentials_from_secrets_never_as_literals(
+    local_stack: Settings,
+) -> None:
+    env = load_environment(PROJECT, "kubernetes")
+    template = base_job_template(PROJECT, env, values("kubernetes"))
+    job = flow_run_config("kubernetes", template)
+    container = job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
+    by_name = {e["name"]: e for e in container["env"]}
+    assert by_name["PREFECT_API_AUTH_STRING"] == {
+        "name": "PREFECT_API_AUTH_STRING",
+        "valueFrom": {"secretKeyRef": {"name": "mlops-prefect-auth", "key": "auth-string"}},
+    }
+    assert "valueFrom" in by_name["MLFLOW_TRACKING_PASSWORD"]
+    assert [e["name"] for e in container["env"]].count("PREFECT_API_AUTH_STRING") == 1
+    assert SECRET not in json.dumps(job)  # the worker's own string went into no Job
+
+
+def test_a_docker_flow_container_gets_the_credentials_the_pool_only_refers_to(
+    local_stack: Settings,
+) -> None:
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    Secret(value="mlflow-password-of-the-test").save("mlops-mlflow-password", overwrite=True)
+    env = load_environment(PROJECT, "docker")
+    environ = values("docker")
+    ensure_pool(PROJECT, env, environ, create=True)
+    with get_client(sync_client=True) as client:
+        stored = client.read_work_pool(env.pool).base_job_template
+    assert "mlflow-password-of-the-test" not in json.dumps(stored)  # a reference only
+    container = flow_run_config("docker", stored)
+    assert container["env"]["MLFLOW_TRACKING_PASSWORD"] == "mlflow-password-of-the-test"  # type: ignore[index]
+    assert container["env"]["PREFECT_API_AUTH_STRING"] == SECRET  # type: ignore[index]
+
+
+def test_the_self_hosted_servers_take_every_secret_from_a_secret() -> None:
+    """infra/k8s/prefect-server.yaml and infra/docker/compose.yaml: no credential is a literal."""
+    secretish = ("AUTH_STRING", "PASSWORD", "SECRET_KEY", "BACKEND_STORE_URI")
+    manifests = list(yaml.safe_load_all((PROJECT / "infra/k8s/prefect-server.yaml").read_text()))
+    containers = [
+        c
+        for m in manifests
+        if m["kind"] == "Deployment"
+        for c in m["spec"]["template"]["spec"]["containers"]
+    ]
+    assert {c["name"] for c in containers} == {"prefect-server", "prefect-worker", "mlflow"}
+    for container in containers:
+        for var in container.get("env", []):
+            if any(word in var["name"] for word in secretish):
+                assert "value" not in var and "secretKeyRef" in var["valueFrom"], var
+    server = next(c for c in containers if c["name"] == "prefect-server")
+    assert "PREFECT_SERVER_API_AUTH_STRING" in {v["name"] for v in server["env"]}
+    compose = yaml.safe_load((PROJECT / "infra/docker/compose.yaml").read_text())["services"]
+    assert compose["prefect-server"]["env_file"] == ["secrets/prefect-server.env"]
+    assert compose["worker"]["env_file"] == ["secrets/clients.env"]
+    assert "basic-auth" in compose["mlflow"]["command"]
+    for name, service in compose.items():
+        literal = [v for v in service.get("environment", {}) if any(w in v for w in secretish)]
+        assert not literal, (name, literal)
