@@ -15,6 +15,7 @@ from mlops.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, emit_model_event
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.monitoring import (
+    SETTLE,
     DriftVerdict,
     MonitoringOutcome,
     PerformanceVerdict,
@@ -45,7 +46,8 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
 
     Returns:
         What was judged and which events were emitted. A window too small to judge emits nothing
-        and is not consumed: the next run judges it with the rows that arrived since.
+        and is not consumed: the next run judges it with the rows that arrived since. A window
+        holds the rows committed to the log since the watermark until ``SETTLE`` before now.
     """
     log = get_run_logger()
     settings = Settings()
@@ -54,7 +56,9 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
     rules = policy.monitoring
     uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
     features = cfg.features.columns
-    until = datetime.now(UTC)
+    # files committed in the last moments may not be readable yet: the window ends before them,
+    # and the next one starts exactly there (the watermark), so no row is skipped or judged twice
+    until = datetime.now(UTC) - SETTLE
     mark = watermark_name(name)
     start = datetime.fromisoformat(since) if since else _watermark(mark)
     champion = lookup_model_version(uri, name, "champion")

@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlops.policy import KNOWN_METRICS, MonitoringPolicy
-from serving.prediction_log import FEEDBACK, PREDICTIONS
+from serving.prediction_log import FEEDBACK, PREDICTIONS, commit_time
 from tasks.drift import drift_tests, evidently_report
 from tasks.evaluation import METRICS
 
@@ -100,8 +100,17 @@ class MonitoringOutcome:
 
 
 # reading the log ---------------------------------------------------------------------------------
+#: How long after its commit stamp a log file is surely readable: the stamp is taken right before
+#: the one move that commits the file (a rename locally, a server-side copy on S3), so this covers
+#: that move and the clock skew between servers. The monitoring flow ends its windows this long
+#: before now, so no file can still appear in a window once it was read.
+SETTLE = timedelta(seconds=2)
+
+
 def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]]:
+    """The log files of ``kind`` in hour partitions reaching past ``since``."""
     fs, path = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{kind}")
+    fs.invalidate_cache(path)  # s3fs keeps listings: a long-lived process would miss new files
     files = sorted(fs.glob(f"{path}/**/*.parquet"))
     if since is not None:  # skip hour partitions that ended before the window began
 
@@ -116,16 +125,35 @@ def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]
     return fs, files
 
 
-def _read(root: str, kind: str, since: datetime | None, problems: list[str]) -> pd.DataFrame:
-    """The records of ``kind`` in partitions reaching past ``since``."""
-    fs, files = _files(root, kind, since)
+def _committed(
+    files: list[str], since: datetime | None, until: datetime, problems: list[str]
+) -> list[str]:
+    """The files committed in [since, until), by the commit stamp in their names."""
+    window = []
+    for f in files:
+        stamp = commit_time(f)
+        if stamp is None:
+            problems.append(f"{PREDICTIONS} file {f} has no commit stamp in its name: skipped")
+        elif stamp < until and (since is None or stamp >= since):
+            window.append(f)
+    return window
+
+
+def _read(
+    fs: Any, files: list[str], kind: str, problems: list[str], cache: dict[str, pd.DataFrame]
+) -> pd.DataFrame:
+    """The records of ``files`` (each read once per window, through ``cache``)."""
     frames = []
     for f in files:
-        try:
-            with fs.open(f, "rb") as fh:
-                frames.append(pq.read_table(fh).to_pandas())
-        except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
-            problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
+        if f not in cache:
+            try:
+                with fs.open(f, "rb") as fh:
+                    cache[f] = pq.read_table(fh).to_pandas()
+            except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
+                problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
+                cache[f] = pd.DataFrame()
+        frames.append(cache[f])
+    frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -136,16 +164,23 @@ def read_window(
     features: list[str],
     max_rows: int,
 ) -> Window:
-    """The rows predicted in [since, until), the most recent ``max_rows`` of them, with labels."""
+    """The rows committed to the log in [since, until), the most recent ``max_rows`` of them (by
+    prediction time), with their labels.
+
+    Windows are cut by the commit stamps in the files' names, not by the rows' prediction times:
+    a row that waited in the server's buffer, in retries or in a spill file belongs to the window
+    in which it became readable, so consecutive windows hold every row exactly once (given that
+    ``until`` is at least ``SETTLE`` before now). Labels are read from the earliest prediction time
+    in the window on: a label arrives after its prediction, however late that was written.
+    """
     problems: list[str] = []
-    predictions = _read(log_root, PREDICTIONS, since, problems)
-    if predictions.empty or "time" not in predictions:
+    cache: dict[str, pd.DataFrame] = {}
+    fs, files = _files(log_root, PREDICTIONS, since)
+    rows = _read(fs, _committed(files, since, until, problems), PREDICTIONS, problems, cache)
+    if rows.empty or "time" not in rows:
         return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems)
-    times = pd.to_datetime(predictions["time"], utc=True)
-    keep = times < until
-    if since is not None:
-        keep &= times >= since
-    rows = predictions[keep].assign(time=times[keep]).sort_values("time").tail(max_rows)
+    times = pd.to_datetime(rows["time"], utc=True)
+    rows = rows.assign(time=times).sort_values("time", kind="stable").tail(max_rows)
     missing = [c for c in features if c not in rows]
     if missing:
         problems.append(f"the prediction log lacks feature column(s) {missing}: not judged")
@@ -154,10 +189,14 @@ def read_window(
         problems.append(f"column(s) {extra} are not in the reference: ignored")
     rows = rows.drop(columns=extra)
 
-    feedback = _read(log_root, FEEDBACK, since, problems)
+    earliest = rows["time"].min()
+    horizon = since if since is None or pd.isna(earliest) else min(since, earliest - SETTLE)
+    fs_feedback, feedback_files = _files(log_root, FEEDBACK, horizon)
+    feedback = _read(fs_feedback, feedback_files, FEEDBACK, problems, cache)
     if not feedback.empty and {"request_id", "label"} <= set(feedback.columns):
         labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
-        unmatched = int((~labels["request_id"].isin(predictions["request_id"])).sum())
+        known = _read(fs, _files(log_root, PREDICTIONS, horizon)[1], PREDICTIONS, problems, cache)
+        unmatched = int((~labels["request_id"].isin(known.get("request_id", []))).sum())
         if unmatched:
             problems.append(
                 f"{unmatched} label(s) name request ids with no logged prediction: ignored"

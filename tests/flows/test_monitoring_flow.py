@@ -23,6 +23,7 @@ from mlops.settings import Settings
 from mlops.stack import LocalStack, free_port, service_env
 from mlops.traffic import send_traffic, shift_adult
 from targets.local import LocalTarget
+from tasks.monitoring import SETTLE
 from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -70,7 +71,8 @@ def production(
 def _send(production: dict[str, Any], rows: pd.DataFrame) -> None:
     report = send_traffic(production["url"], rows, "income", ">50K", clients=4)
     assert report.answered == len(rows) and report.labelled == len(rows), report.failures
-    time.sleep(6)  # the server's log flushes every 5 s
+    # the server's log writes a row within 5 s; a window ends SETTLE before the flow starts
+    time.sleep(6 + SETTLE.total_seconds())
 
 
 def _events(settings: Settings, name: str, model: str) -> list[dict[str, Any]]:

@@ -8,14 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from mlops.config import load_pipeline_config
 from mlops.policy import MonitoringPolicy
 from mlops.traffic import shift_adult
-from serving.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+from serving.prediction_log import (
+    FEEDBACK,
+    FEEDBACK_SCHEMA,
+    PREDICTIONS,
+    LogStore,
+    PredictionLog,
+    file_name,
+)
 from tasks.drift import drift_tests, read_snapshot
-from tasks.monitoring import drift_report, judge_drift, judge_performance, read_window
-from tests.helpers import adult_frame
+from tasks.monitoring import SETTLE, drift_report, judge_drift, judge_performance, read_window
+from tasks.production_data import labelled_rows
+from tests.helpers import EXAMPLE, adult_frame
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +92,70 @@ def test_an_empty_or_missing_log_is_an_empty_window_not_an_error(tmp_path: Path)
     assert "0 rows: too small to judge (needs 1000)" in verdict.reason
 
 
+def _requests(start: int, n: int, predicted: datetime) -> list[dict[str, object]]:
+    rows = clean(adult_frame(n))[FEATURES].to_dict("records")
+    return [
+        {"request_id": f"{start + i:032x}", "row": 0, "time": predicted, "model": "m",
+         "version": 1, "prediction": 0, "probability": 0.2, **row}
+        for i, row in enumerate(rows)
+    ]  # fmt: skip
+
+
+def _ids(window: object) -> set[str]:
+    return set(window.rows["request_id"])  # type: ignore[attr-defined]
+
+
+def test_rows_straddling_a_windows_end_are_judged_in_exactly_one_window(tmp_path: Path) -> None:
+    """Rows predicted before a window ends but written after it was read belong to the next one;
+    rows written before it ends are in it and never again."""
+    log = PredictionLog(tmp_path, batch_rows=10_000, max_age_seconds=3600, spill_dir=tmp_path / "s")
+    early = _requests(0, 50, datetime.now(UTC))
+    log.append(PREDICTIONS, early)
+    assert log.flush(timeout=30)  # written before the first window ends
+    late = _requests(1000, 50, datetime.now(UTC))
+    log.append(PREDICTIONS, late)  # predicted before the first window ends, still buffered
+    first_end = datetime.now(UTC)
+    first = read_window(str(tmp_path), None, first_end, FEATURES, 10_000)
+    log.close()  # written after the first window was read
+    second_end = datetime.now(UTC) + SETTLE
+    second = read_window(str(tmp_path), first_end, second_end, FEATURES, 10_000)
+    third = read_window(str(tmp_path), second_end, second_end + SETTLE, FEATURES, 10_000)
+
+    assert all(r["time"] < first_end for r in late)
+    assert _ids(first) == {r["request_id"] for r in early}
+    assert _ids(second) == {r["request_id"] for r in late}
+    assert third.rows.empty and not first.problems and not second.problems
+
+
+def test_a_late_written_row_keeps_the_label_that_arrived_before_it_was_written(
+    tmp_path: Path,
+) -> None:
+    """A batch spilled for hours is written into today's window; its labels, written on time into
+    an hour partition that ended before the window began, still join it."""
+    now = datetime.now(UTC)
+    predicted = now - timedelta(hours=3)
+    rows = _requests(0, 20, predicted)
+    store = LogStore(str(tmp_path))
+    labels = [{"request_id": r["request_id"], "label": 1, "time": predicted} for r in rows]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(labels, schema=FEEDBACK_SCHEMA), buffer)
+    store.commit(store.stage(FEEDBACK, "labels", buffer.getvalue()),
+                 store.destination(FEEDBACK, file_name(predicted, "labels")))  # fmt: skip
+    log = PredictionLog(tmp_path, batch_rows=10_000, max_age_seconds=3600, spill_dir=tmp_path / "s")
+    log.append(PREDICTIONS, rows)
+    log.close()  # committed now, three hours after the prediction and its label
+
+    window = read_window(
+        str(tmp_path), now - timedelta(minutes=1), datetime.now(UTC) + SETTLE, FEATURES, 10_000
+    )
+    assert len(window.rows) == len(rows) and window.labelled == len(rows), window.problems
+    assert window.problems == []
+    cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")  # retraining collects them all too
+    frame, problems = labelled_rows(str(tmp_path), now - timedelta(minutes=1), now + SETTLE, cfg)
+    assert len(frame) == len(rows) and set(frame[cfg.target.column]) == {cfg.target.positive}
+    assert problems == []
+
+
 def test_corrupt_files_missing_and_extra_columns_and_unknown_labels_are_reported(
     tmp_path: Path,
 ) -> None:
@@ -92,17 +167,18 @@ def test_corrupt_files_missing_and_extra_columns_and_unknown_labels_are_reported
                               "probability": 0.1, **r} for i, r in enumerate(frame[[*features, "shoe_size"]].to_dict("records"))])  # fmt: skip
     log.append(FEEDBACK, [{"request_id": "f" * 32, "label": 1, "time": now}])
     log.close()
-    bad = (
-        tmp_path / PREDICTIONS / f"date={now:%Y-%m-%d}" / f"hour={now:%H}" / "part-corrupt.parquet"
-    )
+    partition = tmp_path / PREDICTIONS / f"date={now:%Y-%m-%d}" / f"hour={now:%H}"
+    bad = partition / file_name(now, "corrupt")
     bad.write_bytes(b"PAR1 this is not parquet")
+    (partition / "copied-by-hand.parquet").write_bytes(b"no commit stamp: no window holds it")
 
     window = read_window(
         str(tmp_path), now - timedelta(minutes=1), now + timedelta(seconds=1), FEATURES, 10_000
     )
     assert len(window.rows) == len(frame)
     problems = "\n".join(window.problems)
-    assert "part-corrupt.parquet is unreadable and was skipped" in problems
+    assert f"{bad.name} is unreadable and was skipped" in problems
+    assert "copied-by-hand.parquet has no commit stamp in its name: skipped" in problems
     assert "lacks feature column(s) ['native_country']" in problems
     assert "column(s) ['shoe_size'] are not in the reference: ignored" in problems
     assert "1 label(s) name request ids with no logged prediction" in problems
