@@ -1,21 +1,28 @@
 """Labelled production data for retraining: the rows the model served whose true labels arrived
 (``POST /feedback``), in the dataset's own columns and label values, as one Parquet file whose
-md5 goes into the new version's lineage beside the DVC data version."""
+md5 goes into the new version's lineage beside the DVC data version.
+
+Each row is checked against the data contract as it is collected: rows that break it are left
+out and reported (one odd row must not refuse the whole training set for `production_days`)."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mlops.config import PipelineConfig
 from mlops.errors import ConfigError
 from tasks.monitoring import read_window
+from tasks.validation import split_by_contract
 
 
 @dataclass(frozen=True)
@@ -42,23 +49,62 @@ def negative_label(cfg: PipelineConfig) -> str:
     return others[0]
 
 
+#: The column of ``labelled_rows`` that says which request a row came from (not a dataset column).
+REQUEST = "request_id"
+
+
 def labelled_rows(
     log_root: str, since: datetime | None, until: datetime, cfg: PipelineConfig
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Served rows with arrived labels, as dataset rows (features + target in its own values)."""
+    """Served rows with arrived labels, as dataset rows (features + target in its own values),
+    oldest first, with the request each came from in a last ``request_id`` column."""
     features = cfg.features.columns
     window = read_window(log_root, since, until, features, max_rows=10_000_000)
     rows = window.rows
     if rows.empty or "label" not in rows:
-        return pd.DataFrame(columns=[*features, cfg.target.column]), window.problems
-    rows = rows[rows["label"].notna() & rows[features].notna().all(axis=1)]
+        return pd.DataFrame(columns=[*features, cfg.target.column, REQUEST]), window.problems
+    # missing feature values are the contract's to judge (nullable columns allow them)
+    rows = rows[rows["label"].notna()]
     # a request may carry several rows; one label per (request, row) is what was served
-    rows = rows.drop_duplicates(["request_id", "row"]) if "row" in rows else rows
-    rows = rows.sort_values("time") if "time" in rows else rows  # oldest first
+    rows = rows.drop_duplicates([REQUEST, "row"]) if "row" in rows else rows
+    rows = rows.sort_values("time", kind="stable") if "time" in rows else rows  # oldest first
     target = rows["label"].astype(int).map({1: cfg.target.positive, 0: negative_label(cfg)})
-    return rows[features].assign(**{cfg.target.column: target}).reset_index(
-        drop=True
-    ), window.problems
+    frame = rows.reindex(columns=features).assign(
+        **{cfg.target.column: target, REQUEST: rows[REQUEST].astype(str)}
+    )
+    return frame.reset_index(drop=True), window.problems
+
+
+@dataclass(frozen=True)
+class RejectedRows:
+    """Labelled production rows left out of retraining because they break the data contract."""
+
+    count: int = 0
+    checks: dict[str, int] = field(default_factory=dict)  # "column:check" -> failures
+    examples: list[dict[str, Any]] = field(default_factory=list)  # a few rows, as collected
+
+    def summary(self) -> str:
+        checks = ", ".join(f"{k} ({n})" for k, n in self.checks.items())
+        return f"{self.count} row(s) break the data contract: {checks}" if self.count else ""
+
+
+@dataclass(frozen=True)
+class CollectedRows:
+    """What one collection kept (None when no row) and what it left out."""
+
+    data: ProductionData | None
+    rejected: RejectedRows
+    kept: int
+
+
+#: Refused rows quoted in the audit entry and the artifact; the count and checks cover them all.
+EXAMPLES = 5
+
+
+def _rejected(failed: pd.DataFrame, checks: dict[str, int]) -> RejectedRows:
+    # through JSON so numpy scalars and NaN become plain values an audit entry can hold
+    examples = json.loads(failed.head(EXAMPLES).to_json(orient="records", date_format="iso"))
+    return RejectedRows(len(failed), checks, examples)
 
 
 def write_production_data(frame: pd.DataFrame, path: Path, positive: str) -> ProductionData:
@@ -79,7 +125,27 @@ def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
 @task(name="collect-production-data", cache_policy=NO_CACHE, persist_result=False)
 def collect_production_data(
     log_root: str, since: datetime | None, until: datetime, cfg: PipelineConfig, path: Path
-) -> ProductionData | None:
-    """Labelled production rows since ``since`` as a Parquet file; None when there are none."""
+) -> CollectedRows:
+    """Labelled production rows since ``since`` that meet the data contract, as a Parquet file;
+    the others are counted, described and published as an artifact of the run."""
     frame, _ = labelled_rows(log_root, since, until, cfg)
-    return write_production_data(frame, path, cfg.target.positive) if len(frame) else None
+    requests = frame.pop(REQUEST)
+    verdict = split_by_contract(frame, cfg.contract, "labelled production rows")
+    failed = verdict.failed_rows.assign(**{REQUEST: requests.reindex(verdict.failed_rows.index)})
+    rejected = _rejected(failed, verdict.checks)
+    kept = verdict.kept.reset_index(drop=True)
+    create_markdown_artifact(
+        key="production-data-collected",
+        markdown=(
+            f"# Labelled production rows\n\n{len(kept)} of {len(frame)} rows meet the data "
+            "contract and join the training data.\n\n"
+            + (
+                f"{verdict.report}\n```json\n{json.dumps(rejected.examples, indent=1)}\n```\n"
+                if len(failed)
+                else ""
+            )
+        ),
+        description=rejected.summary() or f"{len(kept)} labelled production rows, all in contract",
+    )
+    data = write_production_data(kept, path, cfg.target.positive) if len(kept) else None
+    return CollectedRows(data, rejected, len(kept))

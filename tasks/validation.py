@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -69,9 +70,8 @@ def _known_categories(allowed: tuple[str, ...], tolerance: float) -> pa.Check:
     return pa.Check(check, name=f"known_categories(tolerance={tolerance:g})")
 
 
-def build_schema(contract: DataContract) -> pa.DataFrameSchema:
-    """The pandera schema for a data contract: column presence, nulls, types, ranges, categories, row floor."""
-    columns = {
+def _columns(contract: DataContract) -> dict[str, pa.Column]:
+    return {
         name: pa.Column(
             checks=_column_checks(name, spec),
             nullable=spec.nullable,
@@ -80,12 +80,74 @@ def build_schema(contract: DataContract) -> pa.DataFrameSchema:
         )
         for name, spec in contract.columns.items()
     }
+
+
+def build_schema(contract: DataContract) -> pa.DataFrameSchema:
+    """The pandera schema for a data contract: column presence, nulls, types, ranges, categories, row floor."""
+    columns = _columns(contract)
     min_rows = contract.min_rows
     return pa.DataFrameSchema(
         columns,
         strict=contract.strict,
         checks=[pa.Check(lambda df: len(df) >= min_rows, name=f"at_least_{min_rows}_rows")],
     )
+
+
+def row_schema(contract: DataContract) -> pa.DataFrameSchema:
+    """The contract's checks that judge each row by itself, for rows that join a dataset later.
+
+    The row floor is left out (it judges the frame, not a row), and unknown categories get no
+    tolerance: a share of unknowns depends on the neighbours, and a row's verdict must not. Rows
+    that pass this schema can only lower the share of unknowns of the dataset they join.
+    """
+    strict = contract.model_copy(
+        update={
+            "columns": {
+                name: spec.model_copy(update={"unknown_tolerance": 0.0})
+                if spec.type == "category"
+                else spec
+                for name, spec in contract.columns.items()
+            }
+        }
+    )
+    return pa.DataFrameSchema(_columns(strict), strict=contract.strict)
+
+
+@dataclass(frozen=True)
+class RowVerdict:
+    """Which rows of a frame meet the contract's row-level checks, and what the others broke."""
+
+    kept: pd.DataFrame
+    failures: pd.DataFrame  # pandera's failure cases, one line per failed check and row
+    failed_rows: pd.DataFrame  # the refused rows, with `row` and `failed_checks` in front
+    report: str = ""  # markdown, as `contract_report` writes it; empty when every row passed
+
+    @property
+    def checks(self) -> dict[str, int]:
+        """Failures per ``column:check``."""
+        named = self.failures["column"].fillna("(table)").astype(str) + ":" + self.failures["check"]
+        return {str(k): int(v) for k, v in named.value_counts().sort_index().items()}
+
+
+def split_by_contract(frame: pd.DataFrame, contract: DataContract, source: str) -> RowVerdict:
+    """Rows of ``frame`` that meet ``row_schema(contract)``, and a report of those that do not.
+
+    A failure that names no row (a missing or unexpected column) refuses every row.
+    """
+    try:
+        row_schema(contract).validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        failures = _name_columns(exc.failure_cases)
+        if failures["index"].isna().any():
+            failures = failures.assign(index=failures["index"].astype(object))
+            table = failures[failures["index"].isna()]
+            failures = pd.concat(
+                [failures.dropna(subset=["index"])] + [table.assign(index=i) for i in frame.index],
+                ignore_index=True,
+            )
+        report, failed = contract_report(frame, failures, source)
+        return RowVerdict(frame.drop(index=failed.index), failures, failed, report)
+    return RowVerdict(frame, pd.DataFrame(columns=["column", "check", "index"]), frame.iloc[:0])
 
 
 def conform(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:

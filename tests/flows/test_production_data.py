@@ -1,0 +1,108 @@
+"""Retraining with labelled production rows of which one breaks the data contract: the rows are
+checked as they are collected, the good ones join the training data, the bad one is reported in
+the audit trail and an artifact of the run (it used to refuse the whole training set)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from mlops.settings import Settings
+from mlops.stack import free_port
+from targets.local import LocalTarget
+from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
+
+pytestmark = pytest.mark.flows
+
+
+@pytest.fixture(scope="module")
+def project(
+    local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("production-data")
+    name = f"prod-rows-{uuid.uuid4().hex[:6]}"
+    pipeline = make_project(root, adult_frame(3000), model_name=name)
+    lenient_policy(pipeline, release={"ready_timeout_seconds": 60})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLOPS_PROJECT_DIR", str(root))
+    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
+    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
+    settings = Settings()
+    try:
+        yield {"name": name, "pipeline": str(pipeline), "settings": settings}
+    finally:
+        LocalTarget(settings, name).stop()
+        mp.undo()
+
+
+def _write_log(log_root: str, rows: pd.DataFrame, target: str) -> list[str]:
+    """``rows`` as the model server logs them (predictions, then their labels); returns request ids."""
+    committed = datetime.now(UTC) - timedelta(minutes=30)
+    ids = [uuid.uuid4().hex for _ in range(len(rows))]
+    times = [committed - timedelta(seconds=1) for _ in ids]
+    # the server's layout: hour partitions of the commit stamp, which the file name carries
+    part = f"date={committed:%Y-%m-%d}/hour={committed:%H}"
+    predictions = rows.drop(columns=[target]).assign(
+        request_id=ids, row=0, time=times, model="m", version=1, prediction=0, probability=0.5
+    )
+    labels = pd.DataFrame(
+        {"request_id": ids, "label": (rows[target] == ">50K").astype("int64"), "time": times}
+    )
+    for kind, frame in (("predictions", predictions), ("feedback", labels)):
+        folder = Path(log_root) / kind / part
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{committed:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:12]}.parquet"
+        frame.to_parquet(folder / name, index=False)
+    return ids
+
+
+def test_an_out_of_contract_production_row_is_left_out_and_reported(
+    project: dict[str, Any],
+) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.retraining import retraining
+    from mlops.audit import AuditTrail
+
+    settings, name = project["settings"], project["name"]
+    rows = (
+        pd.read_csv(EXAMPLE / "adult.csv.gz", na_values=["?"], skiprows=range(1, 3001), nrows=400)
+        .dropna()
+        .reset_index(drop=True)
+    )
+    rows.loc[7, "age"] = -5  # one row a caller's bug or a bad join produced
+    ids = _write_log(settings.prediction_log(name), rows, "income")
+
+    state = retraining(pipeline=project["pipeline"], reason="manual", return_state=True)
+    outcome = state.result()  # on the old code: DataContractError, age:in_range, for one row
+    assert outcome.trained is not None
+
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    tags = client.get_model_version(name, str(outcome.trained)).tags
+    assert tags["mlops.data.production_rows"] == str(len(rows) - 1)
+
+    entries = AuditTrail(str(settings.mlflow_tracking_uri)).entries(name)
+    [collected] = [e for e in entries if e.action == "production-data-collected"]
+    assert collected.evidence["kept_rows"] == len(rows) - 1
+    assert collected.evidence["rejected_rows"] == 1
+    assert collected.evidence["failed_checks"] == {"age:in_range[17.0, 100.0]": 1}
+    [example] = collected.evidence["rejected_examples"]
+    assert example["request_id"] == ids[7] and example["age"] == -5
+    assert "1 row(s) break the data contract" in collected.reason
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    [artifact] = [a for a in artifacts if a.key == "production-data-collected"]
+    assert ids[7] in str(artifact.data) and "age" in str(artifact.data)
