@@ -16,6 +16,7 @@ from tasks.data import load_dataset, resolve_data_version
 from tasks.evaluation import evaluate_model
 from tasks.production_data import read_production_data
 from tasks.registry import (
+    RUN_ID_TAG,
     RegisteredVersion,
     find_model_version,
     register_model_version,
@@ -132,7 +133,7 @@ def training(
         tracking_uri,
         cfg.model_name,
         run.model_uri,
-        tags | {"mlops.mlflow.run_id": run.run_id},
+        tags | {RUN_ID_TAG: run.run_id},
         description=f"{cfg.model.family} on {data.path}@{data.short}, git {tags['mlops.git.commit'][:8]}",
     )
     set_model_alias(tracking_uri, cfg.model_name, "challenger", registered.version)

@@ -14,7 +14,7 @@ from mlflow.models import Model
 from threadpoolctl import ThreadpoolController
 
 from mlops.errors import MlopsError
-from mlops.integrity import CHECKSUM_TAG, ModelIntegrityError, verify_artifacts
+from mlops.integrity import ModelIntegrityError, verify_artifacts
 
 __all__ = ["ModelIntegrityError", "ServedModel", "load_model_folder", "load_served_model"]
 
@@ -61,19 +61,25 @@ class ServedModel:
 
 
 def load_served_model(tracking_uri: str, name: str, ref: str, workdir: Path) -> ServedModel:
-    """Download version or alias ``ref`` of ``name``, verify its checksum and load it."""
-    from tasks.registry import download_model, lookup_model_version
+    """Download version or alias ``ref`` of ``name``, verify it (checksum and format) and load it,
+    through the same verified fetch as every other loader (tasks.registry)."""
+    from tasks.registry import fetch_verified_model, lookup_model_version
 
     found = lookup_model_version(tracking_uri, name, ref)
     if found is None:
         raise MlopsError(f"{name}: no version or alias {ref!r} in the registry at {tracking_uri}")
-    folder = download_model(tracking_uri, name, found.version, workdir / f"{name}-v{found.version}")
-    return load_model_folder(folder, name, found.version, found.tags.get(CHECKSUM_TAG))
+    folder = fetch_verified_model(tracking_uri, found, workdir / f"{name}-v{found.version}")
+    return _served(folder, name, found.version)
 
 
 def load_model_folder(folder: Path, name: str, version: int, sha256: str | None) -> ServedModel:
     """Load an MLflow model folder (as baked into an image) after checking it is the registered one."""
     verify_artifacts(folder, sha256, f"{name} v{version}")
+    return _served(folder, name, version)
+
+
+def _served(folder: Path, name: str, version: int) -> ServedModel:
+    """The model of a folder already verified (checksum and format): never call it on another."""
     schema = Model.load(str(folder)).get_input_schema()
     if schema is None:
         raise MlopsError(f"{name} v{version}: the model has no input signature")

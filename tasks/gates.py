@@ -263,14 +263,14 @@ def training_data(
 
 # integration ------------------------------------------------------------------------------------
 def model_contract(model_uri: str, tracking_uri: str, good: pd.DataFrame) -> GateResult:
-    """The model, loaded back through MLflow's pyfunc flavour, answers a batch matching its
-    signature and refuses one that does not."""
+    """The model, loaded back through MLflow's pyfunc flavour from its verified folder, answers a
+    batch matching its signature and refuses one that does not."""
     import mlflow.pyfunc
 
-    from tasks.tracking import tracking_server
+    from tasks.registry import parse_registered_uri, verified_model_folder
 
-    with tracking_server(tracking_uri):
-        model = mlflow.pyfunc.load_model(model_uri)
+    name, version = parse_registered_uri(model_uri)
+    model = mlflow.pyfunc.load_model(str(verified_model_folder(tracking_uri, name, version)))
     schema = model.metadata.get_input_schema()
     if schema is None:
         return GateResult("model-contract", False, "the model has no input signature")

@@ -19,18 +19,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
+from mlops.integrity import SERIALIZATION_FORMAT, SKOPS_TRUSTED_TYPES
 from mlops.retries import only_connection_errors
 from tasks.split import Split
-
-# skops refuses to load types it does not know. These are the node stores of the tree models in
-# tasks.training.ESTIMATORS (unsafe only in a file someone else crafted; we load our own, from
-# our registry) and numpy dtypes.
-SKOPS_TRUSTED_TYPES = [
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-    "numpy.dtype",
-]
-
 
 DATA_ARTIFACTS = "data"
 CONFIG_ARTIFACTS = "config"
@@ -154,6 +145,9 @@ def log_training_run(
                 signature=signature,
                 input_example=example,
                 pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+                # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and
+                # every loader refuses any format but this one (mlops.integrity)
+                serialization_format=SERIALIZATION_FORMAT,
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
                 params=None,
             )
