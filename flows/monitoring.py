@@ -12,6 +12,7 @@ from prefect.variables import Variable
 
 from mlops.config import load_pipeline_config
 from mlops.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, emit_model_event
+from mlops.locks import held, lock_name
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.monitoring import (
@@ -56,62 +57,69 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
     rules = policy.monitoring
     uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
     features = cfg.features.columns
-    # files committed in the last moments may not be readable yet: the window ends before them,
-    # and the next one starts exactly there (the watermark), so no row is skipped or judged twice
-    until = datetime.now(UTC) - SETTLE
-    mark = watermark_name(name)
-    start = datetime.fromisoformat(since) if since else _watermark(mark)
-    champion = lookup_model_version(uri, name, "champion")
-    window = read_prediction_window(
-        settings.prediction_log(name), start, until, features, rules.max_rows
-    )
-    run_id = str(flow_run.get_id() or "local")
+    # One run per model at a time: two runs reading the same watermark would judge one window
+    # twice (a scheduled run beside `mlops monitor`).
+    with held(lock_name("monitoring", name), timeout_seconds=600):
+        # files committed in the last moments may not be readable yet: the window ends before them,
+        # and the next one starts exactly there (the watermark), so no row is skipped or judged twice
+        until = datetime.now(UTC) - SETTLE
+        mark = watermark_name(name)
+        start = datetime.fromisoformat(since) if since else _watermark(mark)
+        champion = lookup_model_version(uri, name, "champion")
+        window = read_prediction_window(
+            settings.prediction_log(name), start, until, features, rules.max_rows
+        )
+        run_id = str(flow_run.get_id() or "local")
 
-    if champion is None:
-        drift = DriftVerdict(False, False, "no champion: nothing serves, nothing to compare with")
-        perf = PerformanceVerdict(False, False, "no champion", rules.performance_metric)
-    else:
-        reference = load_run_frame(uri, champion.run_id, "training")
-        drift = detect_drift(window, reference, features, rules)
-        perf = measure_live_performance(window, champion.version, champion.metrics, rules)
+        if champion is None:
+            drift = DriftVerdict(
+                False, False, "no champion: nothing serves, nothing to compare with"
+            )
+            perf = PerformanceVerdict(False, False, "no champion", rules.performance_metric)
+        else:
+            reference = load_run_frame(uri, champion.run_id, "training")
+            drift = detect_drift(window, reference, features, rules)
+            perf = measure_live_performance(window, champion.version, champion.metrics, rules)
 
-    outcome = MonitoringOutcome(
-        name,
-        champion.version if champion else None,
-        start.isoformat() if start else None,
-        until.isoformat(),
-        len(window.rows),
-        drift,
-        perf,
-        window.problems,
-        {},
-    )
-    events: dict[str, str] = {}
-    run_url = f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"
-    if drift.judged and drift.detected:
-        payload = evidence(outcome, "drift") | {"flow_run": run_url}
-        events[DRIFT_DETECTED] = emit_model_event(DRIFT_DETECTED, name, payload) or ""
-    if perf.judged and perf.degraded:
-        payload = evidence(outcome, "performance") | {"flow_run": run_url}
-        events[PERFORMANCE_DEGRADED] = emit_model_event(PERFORMANCE_DEGRADED, name, payload) or ""
-    outcome = replace(outcome, events=events)
-    if drift.judged and champion is not None:  # the report for people, once the events are out
-        html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
-        report = render_drift_report(window, reference, features, rules, drift, html)
-        drift = replace(drift, report=report)
-        outcome = replace(outcome, drift=drift)
+        outcome = MonitoringOutcome(
+            name,
+            champion.version if champion else None,
+            start.isoformat() if start else None,
+            until.isoformat(),
+            len(window.rows),
+            drift,
+            perf,
+            window.problems,
+            {},
+        )
+        events: dict[str, str] = {}
+        run_url = f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"
+        if drift.judged and drift.detected:
+            payload = evidence(outcome, "drift") | {"flow_run": run_url}
+            events[DRIFT_DETECTED] = emit_model_event(DRIFT_DETECTED, name, payload) or ""
+        if perf.judged and perf.degraded:
+            payload = evidence(outcome, "performance") | {"flow_run": run_url}
+            events[PERFORMANCE_DEGRADED] = (
+                emit_model_event(PERFORMANCE_DEGRADED, name, payload) or ""
+            )
+        outcome = replace(outcome, events=events)
+        if drift.judged and champion is not None:  # the report for people, once the events are out
+            html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
+            report = render_drift_report(window, reference, features, rules, drift, html)
+            drift = replace(drift, report=report)
+            outcome = replace(outcome, drift=drift)
 
-    report_url = log_monitoring_run(
-        uri, f"{cfg.experiment}-monitoring", asdict(outcome), drift.report
-    )
-    publish_monitoring_report(outcome, report_url)
-    write_prometheus(
-        outcome,
-        settings.state_dir / "metrics" / f"monitoring-{name}.prom",
-        settings.pushgateway_url,
-    )
-    if drift.judged and not since:
-        Variable.set(mark, until.isoformat(), overwrite=True)
+        report_url = log_monitoring_run(
+            uri, f"{cfg.experiment}-monitoring", asdict(outcome), drift.report
+        )
+        publish_monitoring_report(outcome, report_url)
+        write_prometheus(
+            outcome,
+            settings.state_dir / "metrics" / f"monitoring-{name}.prom",
+            settings.pushgateway_url,
+        )
+        if drift.judged and not since:
+            Variable.set(mark, until.isoformat(), overwrite=True)
     for problem in window.problems:
         log.warning(problem)
     log.info("%s: drift %s; performance %s", name, drift.reason, perf.reason)

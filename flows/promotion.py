@@ -16,7 +16,7 @@ from mlops.audit import Action, AuditTrail
 from mlops.config import load_pipeline_config
 from mlops.policy import load_policy
 from mlops.settings import Settings
-from tasks.approval import ApprovalRejected, request_approval
+from tasks.approval import ApprovalRejected, record_approval, request_approval
 from tasks.gate_report import publish_gate_report
 from tasks.gates import (
     GateFailed,
@@ -29,12 +29,18 @@ from tasks.gates import (
     compare_with_champion,
 )
 from tasks.promotion import (
+    GATES_FAILED,
+    GATES_PASSED,
+    GATES_TAG,
     AuditContext,
+    NotEligible,
     PromotionConflict,
+    PromotionFailed,
     PromotionOutcome,
     current_user,
     ensure_promotion_lock,
     move_champion_alias,
+    release_eligibility,
     tag_promoted_version,
 )
 from tasks.registry import (
@@ -144,7 +150,7 @@ def promotion(
     )
     client = registry_client(uri)
     client.set_model_version_tag(
-        name, str(candidate.version), "mlops.gates", "passed" if passed else "failed"
+        name, str(candidate.version), GATES_TAG, GATES_PASSED if passed else GATES_FAILED
     )
     if not passed:
         failure = GateFailed(results)
@@ -157,6 +163,8 @@ def promotion(
             f"Gates: {'; '.join(r.reason for r in results)}",
             policy.approval_timeout_seconds,
         )
+        # On the version itself, where every path to production reads it (release_eligibility).
+        record_approval(uri, name, candidate.version, decision)
         audit("approval", decision.reason, approve=decision.approve, approver=decision.approver)
         if not decision.approve:
             reason = f"not approved by {decision.approver}: {decision.reason}"
@@ -164,6 +172,12 @@ def promotion(
             raise ApprovalRejected(f"{name} v{candidate.version}: {reason}")
         actor = decision.approver
         context = dataclasses.replace(context, actor=actor)
+
+    # The release applies the same rule by itself; the alias moved here must meet it too.
+    refused = release_eligibility(resolve_model_version(uri, name, str(candidate.version)), policy)
+    if refused:
+        audit("rejected", refused)
+        raise NotEligible(refused)
 
     if go_live:
         released = _release(candidate.version, pipeline, trigger, actor, expected_positive_rate)
@@ -188,6 +202,12 @@ def promotion(
     except PromotionConflict as exc:
         audit("rejected", str(exc))
         raise
+    except Exception as exc:  # MLflow down or refusing: alias and tags are back; say so
+        reason = f"promotion failed: {type(exc).__name__}: {exc}; champion stays " + (
+            f"v{previous}" if previous else "unset"
+        )
+        unwritten = context.record_or_report(candidate.version, "rejected", reason)
+        raise PromotionFailed(reason + (f"; {unwritten}" if unwritten else "")) from exc
 
     _card(uri, name, candidate, results)
     log.info(

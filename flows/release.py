@@ -3,11 +3,11 @@ it takes traffic, and is rolled back by itself when it misbehaves."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
@@ -23,8 +23,9 @@ from tasks.promotion import (
     AuditContext,
     current_champion,
     current_user,
-    ensure_promotion_lock,
     move_champion_alias,
+    promotion_lock,
+    release_eligibility,
     tag_promoted_version,
 )
 from tasks.registry import download_model, resolve_model_version
@@ -35,6 +36,7 @@ from tasks.release import (
     deploy_candidate,
     roll_back_traffic,
     route_all_to,
+    settle_champion,
     shift_traffic,
     smoke_test_candidate,
     watch_candidate,
@@ -55,8 +57,9 @@ def release(
     """Put a model version into production by blue-green, canary or shadow, or roll it back.
 
     Args:
-        version: version number or alias (default: the latest `challenger`); it must have passed
-            the gates (`mlops.gates = passed`).
+        version: version number or alias (default: the latest `challenger`); it must be eligible
+            (`tasks.promotion.release_eligibility`: gates passed, registration complete, approved
+            where the policy requires it).
         pipeline: pipeline config, relative to the project (default: the settings' example).
         target: where it runs (default: the policy's, `local`).
         strategy: `blue-green`, `canary` or `shadow` (default: the policy's).
@@ -99,42 +102,67 @@ def release(
             raise ReleaseFailed(f"unknown strategy {chosen!r} (blue-green, canary, shadow)")
         candidate = resolve_model_version(uri, name, version)
         cand_version = candidate.version
-        if candidate.tags.get("mlops.gates") != "passed":
-            raise ReleaseFailed(
-                f"{name} v{candidate.version} has not passed the gates "
-                f"(mlops.gates = {candidate.tags.get('mlops.gates', 'unset')}); run the promotion flow"
-            )
+        refused = release_eligibility(candidate, policy)
+        if refused:
+            raise ReleaseFailed(refused)
         where = make_target(target or rules.target, settings, name)
     except MlopsError as exc:
-        audit("release-failed", str(exc))
+        unwritten = context.record_or_report(cand_version or 0, "release-failed", str(exc))
+        if unwritten:
+            raise ReleaseFailed(f"{exc}; {unwritten}") from exc
         raise
 
-    # One release or promotion of a model at a time; a killed holder frees it within 60 s (the
-    # shortest lease Prefect grants), and the next release then recovers the traffic.
-    with concurrency(
-        ensure_promotion_lock(name), occupy=1, strict=True, timeout_seconds=900, lease_duration=60
-    ):
-        recovered = where.recover()
-        if recovered:
-            log.warning(recovered)
-            audit("release-rolled-back", recovered)
-        now = where.state()
-        stable = now.stable.slot if now.stable else None
-        if now.stable and now.stable.version == candidate.version:
-            log.info("%s v%s serves already", name, candidate.version)
-            return ReleaseOutcome(
-                name, candidate.version, True, previous, "already serving", chosen
-            )
-        audit("release-started", f"{chosen} of v{candidate.version} on {where.name}")
-
-        # A separate process puts traffic back on the stable slot if this one dies mid-release.
-        where.guard()
+    # One release or promotion of a model at a time. From the moment this one holds the lock a
+    # separate process, the guard, watches it: should it die, the guard puts all traffic back on
+    # the stable slot and frees the lock; the next release then settles the champion alias.
+    with promotion_lock(name, timeout_seconds=900) as lease:
+        where.guard(lease)
         try:
+            if (now_champion := current_champion(uri, name)) != previous:  # moved while we waited
+                previous = now_champion
+                context = dataclasses.replace(context, previous_champion=previous)
+            recovered = where.recover()
+            if recovered:
+                log.warning(recovered)
+                audit("release-rolled-back", recovered)
+            now = where.state()
+            stable = now.stable.slot if now.stable else None
+            serving = now.stable.version if now.stable else None
+            mismatch: str | None = None
+            if serving is not None and serving != previous:
+                # A release killed after the switch and before the alias moved: finish it, or say so
+                # (the release below then puts traffic where the alias will point).
+                settled = settle_champion(context, policy, serving, candidate.version, where.name)
+                log.warning(settled.reason)
+                if not settled.repaired:
+                    mismatch = settled.reason
+                else:
+                    context = dataclasses.replace(context, previous_champion=serving)
+                    previous = serving
+                    if serving == candidate.version:
+                        return ReleaseOutcome(
+                            name, candidate.version, True, settled.previous, settled.reason, chosen
+                        )
+            if serving is not None and serving == candidate.version == previous:
+                log.info("%s v%s serves already", name, candidate.version)
+                return ReleaseOutcome(
+                    name, candidate.version, True, previous, "already serving", chosen
+                )
+            audit(
+                "release-started",
+                f"{chosen} of v{candidate.version} on {where.name}",
+                **({"mismatch": mismatch} if mismatch else {}),
+            )
 
             def roll_back(reason: str) -> ReleaseOutcome:
                 roll_back_traffic(where, name, stable, reason)
-                audit("release-rolled-back", reason)
-                raise ReleaseFailed(f"{name} v{candidate.version} rolled back: {reason}")
+                unwritten = context.record_or_report(
+                    candidate.version, "release-rolled-back", reason
+                )
+                raise ReleaseFailed(
+                    f"{name} v{candidate.version} rolled back: {reason}"
+                    + (f"; {unwritten}" if unwritten else "")
+                )
 
             try:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -193,8 +221,8 @@ def release(
                         move_champion_alias(uri, name, candidate.version, expected=previous)
                         tag_promoted_version(uri, name, candidate.version, actor, previous)
                     audit("released", f"{chosen}: all traffic on v{candidate.version} ({cand})")
-            except MlopsError as exc:
-                return roll_back(f"promotion failed: {exc}")
+            except Exception as exc:  # MLflow down or refusing, too: traffic goes back
+                return roll_back(f"promotion failed: {type(exc).__name__}: {exc}")
         finally:
             where.unguard()
 

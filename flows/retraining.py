@@ -17,7 +17,7 @@ from mlops.events import POLICY_UPDATED
 from mlops.policy import load_policy
 from mlops.settings import Settings
 from tasks.gates import ProbabilisticModel, check_fairness, check_metric_thresholds
-from tasks.production_data import collect_production_data
+from tasks.production_data import CollectedRows, collect_production_data
 from tasks.promotion import AuditContext, current_champion
 from tasks.registry import load_model_version, lookup_model_version
 from tasks.retraining import RetrainingOutcome
@@ -95,13 +95,15 @@ def retraining(
         )
 
     now = datetime.now(UTC)
-    production = collect_production_data(
+    collected = collect_production_data(
         settings.prediction_log(name),
         now - timedelta(days=production_days),
         now,
         cfg,
         settings.state_dir / "retraining" / run_id / "production.parquet",
     )
+    _record_collection(context, before or 0, collected)
+    production = collected.data
     try:
         trained = training(
             pipeline=pipeline,
@@ -120,3 +122,22 @@ def retraining(
     )
     log.info(note)
     return RetrainingOutcome(name, reason, event_id, before, trained.version, after, note)
+
+
+def _record_collection(context: AuditContext, version: int, collected: CollectedRows) -> None:
+    """The audit entry of what production data joins the training, and what was left out why."""
+    rejected = collected.rejected
+    reason = f"{collected.kept} labelled production rows meet the data contract" + (
+        f"; left out: {rejected.summary()}" if rejected.count else ""
+    )
+    if rejected.count:
+        get_run_logger().warning(reason)
+    context.record(
+        version,
+        "production-data-collected",
+        reason,
+        kept_rows=collected.kept,
+        rejected_rows=rejected.count,
+        failed_checks=rejected.checks,
+        rejected_examples=rejected.examples,
+    )

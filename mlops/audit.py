@@ -21,7 +21,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +32,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
+
+from mlops.locks import held, lock_name
 
 AUDIT_EXPERIMENT = "mlops-audit"
 ENTRIES = "entries"
@@ -103,23 +105,12 @@ class Head(NamedTuple):
 
 def audit_lock_name(model: str) -> str:
     """The Prefect global concurrency limit that serializes appends to ``model``'s trail."""
-    return "mlops-audit-" + re.sub(r"[^A-Za-z0-9_.-]", "_", model)
+    return lock_name("audit", model)
 
 
-@contextlib.contextmanager
-def prefect_lock(model: str) -> Iterator[None]:
+def prefect_lock(model: str) -> AbstractContextManager[None]:
     """Hold the one slot of the model's audit limit (created on first use) while appending."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists
-
-    name = audit_lock_name(model)
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    # strict: a limit deleted meanwhile must fail the append, not let it run unserialized
-    with concurrency(name, occupy=1, timeout_seconds=120, lease_duration=60, strict=True):
-        yield
+    return held(audit_lock_name(model))
 
 
 @dataclass(frozen=True)

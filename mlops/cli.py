@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -39,6 +40,37 @@ def _settings() -> Settings:
 def _fail(exc: BaseException) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(1)
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a copy of each record without its exception: the message line alone."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
+        return self.inner.format(bare)
+
+
+def _one_line_failures() -> None:
+    """Print a failed flow's reason alone (``_fail``): Prefect's console handler would print its
+    traceback first. Call after Prefect is imported; the Prefect UI keeps the traceback (its API
+    log handler is left as it is)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()  # else the flow's first run configures it, after this
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(handler, PrefectConsoleHandler) and formatter is not None:
+            handler.setFormatter(
+                formatter
+                if isinstance(formatter, _WithoutTraceback)
+                else _WithoutTraceback(formatter)
+            )
 
 
 def _need_stack(settings: Settings) -> None:
@@ -205,17 +237,20 @@ def train(
     settings = _settings()
     if hand_over not in ("none", "promotion", "release"):
         raise _fail(MlopsError(f"--hand-over {hand_over!r}: use none, promotion or release"))
+    from tasks.gates import GateFailed  # not before _settings(): it imports Prefect
+
     try:
         _need_stack(settings)
         from flows.training import training
 
+        _one_line_failures()
         result = training(
             pipeline=str(pipeline) if pipeline else None,
             data_rev=data_rev,
             trigger="cli",
             hand_over=cast(Any, hand_over),  # checked above
         )
-    except MlopsError as exc:
+    except (MlopsError, GateFailed) as exc:  # a failing gate of the hand-over is a reason, too
         raise _fail(exc) from None
     _print_version(result)
 
@@ -233,6 +268,7 @@ def promote(
         _need_stack(settings)
         from flows.promotion import promotion
 
+        _one_line_failures()
         outcome = promotion(
             version=version, pipeline=str(pipeline) if pipeline else None, trigger="cli"
         )
@@ -308,6 +344,13 @@ def _print_outcome(outcome: Any) -> None:
 def audit(
     model: Annotated[str, typer.Argument(help="Registered model name.")],
     version: Annotated[int | None, typer.Option(help="Version (default: the champion).")] = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Walk the model's audit hash chain instead; name the first broken link, exit 1 if broken.",
+        ),
+    ] = False,
 ) -> None:
     """Print a version's lineage chain: data, code, parameters, metrics, gates, approvals, aliases."""
     settings = _settings()
@@ -315,8 +358,14 @@ def audit(
         _need_stack(settings)
         from mlflow.exceptions import MlflowException
 
-        from mlops.audit import describe_version
+        from mlops.audit import AuditTrail, describe_version
 
+        if verify:
+            report = AuditTrail(str(settings.mlflow_tracking_uri)).verify(model)
+            typer.echo(report.text())
+            if not report.ok:
+                raise typer.Exit(1)
+            return
         typer.echo(describe_version(str(settings.mlflow_tracking_uri), model, version))
     except (MlopsError, MlflowException, LookupError) as exc:
         raise _fail(exc) from None
@@ -373,6 +422,7 @@ def release_(
         _need_stack(settings)
         from flows.release import release
 
+        _one_line_failures()
         outcome = release(
             version=version,
             strategy=strategy,

@@ -7,6 +7,7 @@ payloads are small JSON with the evidence.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 DRIFT_DETECTED = "mlops.model.drift-detected"
 PERFORMANCE_DEGRADED = "mlops.model.performance-degraded"
@@ -22,9 +23,12 @@ def model_resource(model: str) -> dict[str, str]:
     return {"prefect.resource.id": f"mlops.model.{model}", "prefect.resource.name": model}
 
 
-def emit_model_event(event: str, model: str, payload: dict[str, Any]) -> str | None:
-    """Emit ``event`` about ``model``; returns the event id (None if events are disabled)."""
+def emit_model_event(
+    event: str, model: str, payload: dict[str, Any], event_id: UUID | None = None
+) -> str | None:
+    """Emit ``event`` about ``model`` (with ``event_id``, when the caller recorded it already);
+    returns the event id (None if events are disabled)."""
     from prefect.events import emit_event
 
-    emitted = emit_event(event=event, resource=model_resource(model), payload=payload)
+    emitted = emit_event(event=event, resource=model_resource(model), payload=payload, id=event_id)
     return str(emitted.id) if emitted is not None else None

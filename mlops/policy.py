@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -221,11 +222,9 @@ def apply_policy(
         if last_version is not None
         else f"policy v{policy.version} applied"
     )
-    event_id = emit_model_event(
-        POLICY_UPDATED,
-        model,
-        {"reason": what, "policy_version": policy.version, "digest": digest, "previous": last},
-    )
+    # The entry first, naming the event it announces: an automation answering the event finds
+    # the entry, and a failed write emits nothing.
+    event_id = uuid.uuid4()
     AuditTrail(tracking_uri).append(
         AuditEntry(
             model=model,
@@ -235,8 +234,14 @@ def apply_policy(
             reason=what,
             policy_version=policy.version,
             policy_digest=digest,
-            evidence={"previous": last, "event_id": event_id, "file": str(path)},
+            evidence={"previous": last, "event_id": str(event_id), "file": str(path)},
         )
     )
+    emitted = emit_model_event(
+        POLICY_UPDATED,
+        model,
+        {"reason": what, "policy_version": policy.version, "digest": digest, "previous": last},
+        event_id,
+    )
     Variable.set(key, {"version": policy.version, "digest": digest}, overwrite=True)
-    return what, event_id
+    return what, emitted

@@ -31,6 +31,7 @@ import httpx
 import psutil
 
 from mlops.errors import StackError
+from mlops.files import write_atomic
 from mlops.settings import Settings
 
 WORKER = "worker"
@@ -295,9 +296,9 @@ class LocalStack:
 
     def _save(self, state: StackState) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"services": [asdict(s) for s in state.services]}, indent=2))
-        tmp.replace(self.state_file)
+        write_atomic(
+            self.state_file, json.dumps({"services": [asdict(s) for s in state.services]}, indent=2)
+        )
 
     @staticmethod
     def alive(run: Running) -> bool:

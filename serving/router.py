@@ -14,7 +14,6 @@ closing listeners or client connections, so a weight change drops no request.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,10 +24,13 @@ import httpx
 import yaml
 
 from mlops.errors import MlopsError
+from mlops.files import write_atomic
 from mlops.stack import console_script, spawn
+from serving.prediction_log import SYNTHETIC_HEADER
 
 SLOTS = ("blue", "green")
 RELEASE_SERVICE = "release"
+STRIP_SYNTHETIC = "strip-synthetic"
 
 
 class RouterError(MlopsError):
@@ -104,7 +106,14 @@ def render_dynamic(backends: dict[str, str], traffic: Traffic) -> dict[str, Any]
                     "service": RELEASE_SERVICE,
                     "entryPoints": ["web"],
                     "priority": 1,
+                    "middlewares": [STRIP_SYNTHETIC],
                 },
+            },
+            # A caller's request marked synthetic would be hidden from monitoring: the mark is
+            # the release's own (its smoke test and warm-up call a slot directly, not this
+            # router), so it is removed here (Traefik deletes a header set to "").
+            "middlewares": {
+                STRIP_SYNTHETIC: {"headers": {"customRequestHeaders": {SYNTHETIC_HEADER: ""}}}
             },
             "services": services,
         }
@@ -163,8 +172,9 @@ class Router:
         """Start Traefik serving ``traffic``; returns its pid once it routes as asked."""
         (self.workdir / "dynamic").mkdir(parents=True, exist_ok=True)
         static = self.workdir / "traefik.yml"
-        static.write_text(
-            yaml.safe_dump(render_static(self.host, self.port, self.admin_port, self.workdir))
+        write_atomic(
+            static,
+            yaml.safe_dump(render_static(self.host, self.port, self.admin_port, self.workdir)),
         )
         self._write(render_dynamic(backends, traffic))
         proc = spawn([self.binary, f"--configFile={static}"], self.workdir / "traefik.out")
@@ -182,14 +192,15 @@ class Router:
         """Switch to ``traffic`` and return once Traefik routes by it."""
         self._write(render_dynamic(backends, traffic))
         deadline = time.monotonic() + timeout
-        answered = False
+        now: Traffic | None = None
         while time.monotonic() < deadline:
             now = self.current()
-            answered = answered or now is not None
             if now is not None and _routes_as(now, traffic):
                 return
             time.sleep(0.02)
-        if not answered:  # gone, not slow: say so, as every other unreachable router is reported
+        # Not answering at the end is gone, not slow (also when it answered before it died
+        # mid-switch): say so, as every other unreachable router is reported.
+        if now is None:
             raise RouterError(
                 f"the router at {self.admin_url} cannot be reached: its API did not answer for "
                 f"{timeout:.0f} s while switching to {traffic.describe()}"
@@ -218,10 +229,8 @@ class Router:
 
     def _write(self, config: dict[str, Any]) -> None:
         """Replace the dynamic configuration in one rename (Traefik never reads half a file)."""
-        folder = self.workdir / "dynamic"
-        tmp = self.workdir / f".routes-{os.getpid()}.yml"
-        tmp.write_text(yaml.safe_dump(config))
-        os.replace(tmp, folder / "routes.yml")
+        # the temporary file outside the watched folder: Traefik would load it, half written
+        write_atomic(self.workdir / "dynamic" / "routes.yml", yaml.safe_dump(config), self.workdir)
 
 
 def _slot(name: str) -> str:

@@ -18,6 +18,7 @@ import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from mlops.settings import Settings
 from serving.router import SLOTS, Traffic
@@ -250,8 +251,8 @@ class LambdaTarget:
         if record["slots"].pop(slot, None) is not None:
             self._update_alias(record)
 
-    def guard(self) -> None:
-        start_guard(self.settings, self.model, self.name, self.dir / "guard-lambda.json")
+    def guard(self, lease: UUID | None = None) -> None:
+        start_guard(self.settings, self.model, self.name, self.dir / "guard-lambda.json", lease)
 
     def unguard(self) -> None:
         stop_guard(self.dir / "guard-lambda.json")

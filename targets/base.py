@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
+from uuid import UUID
 
 from mlops.errors import MlopsError
 from mlops.settings import Settings
@@ -68,8 +69,9 @@ class ReleaseTarget(Protocol):
         """Route by ``traffic``; returns once the router does."""
         ...
 
-    def guard(self) -> None:
-        """Make sure traffic returns to the stable slot if this process dies mid-release."""
+    def guard(self, lease: UUID | None = None) -> None:
+        """Make sure traffic returns to the stable slot if this process dies mid-release, and
+        the promotion lock's ``lease`` is freed then."""
         ...
 
     def unguard(self) -> None: ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any
+from uuid import UUID
 
 from mlops.settings import Settings
 from serving.router import SLOTS, Traffic
@@ -113,8 +114,10 @@ class DeclarativeTarget(ABC):
             spec.candidate = None if spec.candidate == slot else spec.candidate
             self._apply(spec, f"retire {slot}")
 
-    def guard(self) -> None:
-        start_guard(self.settings, self.model, self.name, self.dir / f"guard-{self.name}.json")
+    def guard(self, lease: UUID | None = None) -> None:
+        start_guard(
+            self.settings, self.model, self.name, self.dir / f"guard-{self.name}.json", lease
+        )
 
     def unguard(self) -> None:
         stop_guard(self.dir / f"guard-{self.name}.json")

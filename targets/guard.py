@@ -5,7 +5,7 @@ Every target starts one when a release begins (``start_guard``) and stops it whe
 (``stop_guard``). A release killed at any point (SIGKILL included) thus leaves traffic on one
 model; the next release also recovers (``ReleaseTarget.recover``) should the guard itself be gone.
 
-    python -m targets.guard STATE_DIR MODEL TARGET FLOW_PID FLOW_STARTED
+    python -m targets.guard STATE_DIR MODEL TARGET FLOW_PID FLOW_STARTED [LOCK_LEASE_ID]
 """
 
 from __future__ import annotations
@@ -15,13 +15,19 @@ import os
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
+from mlops.files import write_atomic
 from mlops.settings import Settings
 from mlops.stack import process_alive, service_env, spawn, started_at, stop_process_group
 
 
-def start_guard(settings: Settings, model: str, target: str, record: Path) -> None:
-    """Watch this process from a separate one; its pid goes to ``record``."""
+def start_guard(
+    settings: Settings, model: str, target: str, record: Path, lease: UUID | None = None
+) -> None:
+    """Watch this process from a separate one; its pid goes to ``record``. ``lease``, the
+    promotion lock this process holds, is freed when it dies (else the next release waits for
+    the lease to run out)."""
     stop_guard(record)
     record.parent.mkdir(parents=True, exist_ok=True)
     me = os.getpid()
@@ -35,12 +41,13 @@ def start_guard(settings: Settings, model: str, target: str, record: Path) -> No
             target,
             str(me),
             str(started_at(me)),
+            *([str(lease)] if lease else []),
         ],
         record.with_suffix(".log"),
         cwd=settings.project_dir,
         env=os.environ | service_env(settings),
     )
-    record.write_text(json.dumps({"pid": proc.pid, "started": started_at(proc.pid)}))
+    write_atomic(record, json.dumps({"pid": proc.pid, "started": started_at(proc.pid)}))
 
 
 def stop_guard(record: Path) -> None:
@@ -61,6 +68,11 @@ def main(argv: list[str]) -> int:
     target = make_target(kind, Settings(state_dir=state_dir), model)
     what = target.recover()
     print(what or "the release ended with traffic on one slot; nothing to do", flush=True)
+    if len(argv) > 5:  # traffic first: the lock only lets the next release in
+        from tasks.promotion import release_lock_lease
+
+        release_lock_lease(UUID(argv[5]))
+        print(f"freed the promotion lock lease {argv[5]} of the dead release", flush=True)
     return 0
 
 

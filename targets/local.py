@@ -12,12 +12,15 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlops.files import write_atomic
 from mlops.settings import Settings
 from mlops.stack import (
+    auth_headers,
     console_script,
     free_port,
     process_alive,
@@ -62,9 +65,7 @@ class LocalTarget:
         return _State(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def _save(self, state: _State) -> None:
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(state), indent=2))
-        os.replace(tmp, self.dir / "state.json")
+        write_atomic(self.dir / "state.json", json.dumps(asdict(state), indent=2))
         self._write_scrape_targets(state)
 
     def _write_scrape_targets(self, state: _State) -> None:
@@ -80,9 +81,7 @@ class LocalTarget:
             }
             for slot, info in sorted(state.slots.items())
         ]
-        tmp = folder / f".slots-{os.getpid()}.json"
-        tmp.write_text(json.dumps(others + ours, indent=2))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(others + ours, indent=2))
 
     def _url(self, slot: dict[str, Any]) -> str:
         return f"http://{self.settings.host}:{slot['port']}"
@@ -139,8 +138,8 @@ class LocalTarget:
             f"restored {stable.slot} (v{stable.version}) to 100%"
         )
 
-    def guard(self) -> None:
-        start_guard(self.settings, self.model, self.name, self.dir / "guard.json")
+    def guard(self, lease: UUID | None = None) -> None:
+        start_guard(self.settings, self.model, self.name, self.dir / "guard.json", lease)
 
     def unguard(self) -> None:
         stop_guard(self.dir / "guard.json")
@@ -158,8 +157,8 @@ class LocalTarget:
         state = self._load()
         port = free_port(self.settings.host)
         log = self.dir / f"{slot}.log"
+        # the servers keep MLOPS_SERVING_TOKEN when it is set: callers send it through the router
         env = os.environ | service_env(self.settings) | {"MLOPS_ENV": "local"}
-        env.pop("MLOPS_SERVING_TOKEN", None)
         proc = spawn(
             [
                 console_script("mlops"),
@@ -228,7 +227,11 @@ class LocalTarget:
         for slot, info in state.slots.items():
             labels: dict[str, float] = {}
             try:
-                served = httpx.get(f"{self._url(info)}/metrics", timeout=5).text
+                served = httpx.get(
+                    f"{self._url(info)}/metrics",
+                    headers=auth_headers(self.settings, "serving"),
+                    timeout=5,
+                ).text
                 labels = parse_prediction_counts(served)
             except httpx.HTTPError:
                 pass  # a dead slot shows in the router's errors

@@ -11,13 +11,23 @@ import httpx
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.transactions import Transaction, get_transaction
+from prefect.transactions import Transaction, get_transaction, transaction
 from scipy.stats import binomtest
 
+from mlops.audit import AuditEntry, AuditTrail
 from mlops.errors import MlopsError
-from mlops.policy import ReleasePolicy
+from mlops.policy import Policy, ReleasePolicy
+from mlops.settings import Settings
+from mlops.stack import serving_token
 from serving.router import Traffic
 from targets.base import Deployed, ReleaseTarget, SlotSample
+from tasks.promotion import (
+    AuditContext,
+    move_champion_alias,
+    release_eligibility,
+    tag_promoted_version,
+)
+from tasks.registry import lookup_model_version
 from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers, warm_up
 
 
@@ -183,8 +193,9 @@ def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch, warm
     health = httpx.get(f"{deployed.url}/health", timeout=5)
     if health.status_code != 200:
         raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")
-    check_answers(deployed.url, batch)
-    slowest = warm_up(deployed.url, batch, warmup) if warmup else 0.0
+    token = serving_token(Settings())  # the local target's servers keep MLOPS_SERVING_TOKEN
+    check_answers(deployed.url, batch, token)
+    slowest = warm_up(deployed.url, batch, warmup, token) if warmup else 0.0
     _artifact(
         model,
         f"v{deployed.version} smoke test passed",
@@ -268,3 +279,58 @@ def roll_back_traffic(target: ReleaseTarget, model: str, stable: str | None, rea
     if stable is not None:
         target.set_traffic(Traffic.only(stable))
     _artifact(model, "rolled back", [reason, "", f"traffic: {stable or 'none'} 100%"])
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What became of a champion alias that disagreed with the version serving all traffic."""
+
+    repaired: bool
+    reason: str
+    previous: int | None  # the champion before
+
+
+def _interrupted_release(entries: list[AuditEntry], version: int) -> AuditEntry | None:
+    """The `release-started` entry of ``version``'s last release, if that release never ended."""
+    ends = ("release-started", "released", "release-rolled-back")
+    mine = [e for e in entries if e.version == version and e.action in ends]
+    return mine[-1] if mine and mine[-1].action == "release-started" else None
+
+
+def settle_champion(
+    context: AuditContext, policy: Policy, serving: int, candidate: int, target: str
+) -> Settlement:
+    """Move the champion alias to ``serving``, the version all traffic goes to, if it is eligible
+    and its release got that far before it died (or it is the ``candidate`` being released
+    again); otherwise say why not. Alias, tags and audit entry move together or not at all.
+
+    Call it holding the model's promotion lock; ``context.previous_champion`` is the alias now.
+    """
+    uri, name, champion = context.tracking_uri, context.model, context.previous_champion
+    where = f"the {target} target serves v{serving} but the champion alias is " + (
+        f"v{champion}" if champion is not None else "unset"
+    )
+    started: AuditEntry | None = None
+    try:
+        version = lookup_model_version(uri, name, str(serving))
+        refused = release_eligibility(version, policy) if version else "it is not registered"
+        started = _interrupted_release(AuditTrail(uri).entries(name, serving), serving)
+        if refused is None and started is None and serving != candidate:
+            refused = "no release of it is recorded as started and unfinished"
+        if refused:
+            return Settlement(False, f"{where}: not repaired, as {refused}", champion)
+        finished = (
+            f"finished its interrupted release ({started.reason}, by {started.actor})"
+            if started
+            else "finished its release"
+        )
+        reason = f"{where}: {finished}; champion v{champion} -> v{serving}"
+        with transaction():
+            move_champion_alias(uri, name, serving, expected=champion)
+            tag_promoted_version(
+                uri, name, serving, started.actor if started else context.actor, champion
+            )
+            context.record(serving, "released", reason, repaired=True)
+    except Exception as exc:  # MLflow refusing or away: report, the release goes on judging
+        return Settlement(False, f"{where}: repair failed: {type(exc).__name__}: {exc}", champion)
+    return Settlement(True, reason, champion)

@@ -15,12 +15,14 @@ from prefect.client.schemas.filters import FlowRunFilter
 from prefect.flow_runs import resume_flow_run
 
 from flows.promotion import promotion
+from flows.release import release
 from flows.training import training
 from mlops.audit import AuditTrail
 from mlops.settings import Settings
-from tasks.approval import ApprovalRejected
+from tasks.approval import APPROVAL_BY_TAG, APPROVAL_DECISION_TAG, REFUSED, ApprovalRejected
 from tasks.gates import GateFailed
 from tasks.promotion import PromotionConflict
+from tasks.release import ReleaseFailed
 from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -182,6 +184,14 @@ def test_approval_rejection_leaves_the_champion_in_place(
     approval = next(e for e in entries if e.action == "approval")
     assert approval.evidence == {"approve": False, "approver": "ann"}
     assert entries[-1].action == "rejected"
+    # The refusal is on the version, where the release reads it: the `challenger` alias still
+    # names v2, whose gates passed, and a release of it is refused with the person's reason.
+    client = MlflowClient(local_stack.mlflow_tracking_uri, local_stack.mlflow_tracking_uri)
+    tags = client.get_model_version(name, str(v2)).tags
+    assert tags[APPROVAL_DECISION_TAG] == REFUSED and tags[APPROVAL_BY_TAG] == "ann"
+    with pytest.raises(ReleaseFailed, match=r"refused by ann at \S+: wait for Q3 data"):
+        release(pipeline=str(project), trigger="test")
+    assert _champion(local_stack, name) == v1
 
 
 def test_no_answer_in_time_is_a_rejection(local_stack: Settings, project: Path) -> None:

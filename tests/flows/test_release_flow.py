@@ -21,11 +21,20 @@ from mlflow import MlflowClient
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.audit import AuditTrail
+from mlops.audit import AuditEntry, AuditTrail
 from mlops.settings import Settings
 from mlops.stack import free_port
+from serving.prediction_log import SYNTHETIC_HEADER
 from serving.router import Traffic
 from targets.local import LocalTarget
+from tasks.approval import (
+    APPROVAL_AT_TAG,
+    APPROVAL_BY_TAG,
+    APPROVAL_DECISION_TAG,
+    APPROVAL_REASON_TAG,
+    APPROVED,
+    REFUSED,
+)
 from tasks.registry import ModelVersionNotFound
 from tasks.release import ReleaseFailed
 from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
@@ -33,6 +42,13 @@ from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
 pytestmark = pytest.mark.flows
 
 INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+
+
+def caller_rows(n: int = 200) -> list[dict[str, Any]]:
+    """Rows of the example as a caller posts them (no label, no missing values as "?")."""
+    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
+    frame[INTS] = frame[INTS].astype(int)
+    return frame.to_dict("records")
 
 
 @dataclass
@@ -66,9 +82,7 @@ class Load:
                 time.sleep(self.pause)
 
     def __enter__(self) -> Load:
-        frame = adult_frame(200).drop(columns=["income"]).replace("?", None)
-        frame[INTS] = frame[INTS].astype(int)
-        rows = frame.to_dict("records")
+        rows = caller_rows()
         for _ in range(self.clients):
             t = threading.Thread(target=self._run, args=(rows,), daemon=True)
             t.start()
@@ -313,3 +327,142 @@ def test_training_hands_a_passing_challenger_to_the_release(project: dict[str, A
     entries = AuditTrail(Settings().mlflow_tracking_uri).entries(name, v3)
     assert [e.action for e in entries][-3:] == ["gate-decision", "release-started", "released"]
     assert entries[-1].trigger == "promotion (training (test))"
+
+
+def _client() -> MlflowClient:
+    s = Settings()
+    return MlflowClient(s.mlflow_tracking_uri, s.mlflow_tracking_uri)
+
+
+def _decide(name: str, version: int, decision: str, by: str, reason: str) -> None:
+    """Record a person's decision on a version as the promotion flow does."""
+    tags = {
+        APPROVAL_DECISION_TAG: decision,
+        APPROVAL_BY_TAG: by,
+        APPROVAL_AT_TAG: "2026-01-01T00:00:00+00:00",
+        APPROVAL_REASON_TAG: reason,
+    }
+    for key, value in tags.items():
+        _client().set_model_version_tag(name, str(version), key, value)
+
+
+def test_the_release_refuses_what_the_policy_requires_a_person_to_approve_and_nobody_did(
+    project: dict[str, Any],
+) -> None:
+    pipeline, name, v1, v2 = str(project["pipeline"]), project["name"], project["v1"], project["v2"]
+    release(version=str(v1), pipeline=pipeline)
+    policy = Path(pipeline).parent / "policy.yaml"
+    edit_yaml(policy, require_approval=True)
+    try:
+        with pytest.raises(ReleaseFailed, match=f"v{v2} has no recorded approval"):
+            release(version=str(v2), pipeline=pipeline)
+        _decide(name, v2, REFUSED, "ann", "wait for Q3 data")
+        with pytest.raises(ReleaseFailed, match=r"refused by ann at \S+: wait for Q3 data"):
+            release(version=str(v2), pipeline=pipeline)
+        _decide(name, v1, APPROVED, "bob", "fine")
+        assert release(version=str(v1), pipeline=pipeline).reason == "already serving"
+    finally:
+        edit_yaml(policy, require_approval=False)
+    assert _champion(name) == v1
+    last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, v2)[-1]
+    assert last.action == "release-failed" and "refused by ann" in last.reason
+
+
+def test_a_release_killed_between_the_switch_and_the_alias_is_finished_by_the_next(
+    project: dict[str, Any],
+) -> None:
+    """Traffic and the stable slot moved to v2, then the process died before the alias moved:
+    the next release does not call that "already serving" but moves the alias."""
+    pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
+    v1, v2 = project["v1"], project["v2"]
+    release(version=str(v1), pipeline=pipeline)
+    candidate = target.deploy(v2)
+    target.wait_ready(candidate, 120)
+    AuditTrail(Settings().mlflow_tracking_uri).append(
+        AuditEntry(
+            model=name,
+            version=v2,
+            action="release-started",
+            actor="killed-release",
+            trigger="test",
+            reason=f"blue-green of v{v2} on local",
+        )
+    )
+    target.set_traffic(Traffic.only(candidate.slot))
+    target.mark_stable(candidate.slot)  # ... and here the release was killed
+    assert _champion(name) == v1
+
+    outcome = release(version=str(v2), pipeline=pipeline)
+
+    assert outcome.reason != "already serving"
+    assert "finished its interrupted release" in outcome.reason, outcome.reason
+    assert _champion(name) == v2
+    assert target.router.current() == Traffic.only(candidate.slot)
+    last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, v2)[-1]
+    assert last.action == "released" and last.evidence["repaired"] is True
+    assert last.previous_champion == v1
+    assert _client().get_model_version(name, str(v2)).tags["mlops.promoted.by"] == "killed-release"
+
+
+def test_an_mlflow_failure_while_promoting_rolls_back_with_an_audit_entry(
+    project: dict[str, Any],
+) -> None:
+    """MLflow refuses the alias (the version was deleted meanwhile): traffic goes back to the
+    champion and the audit trail says why; before, the release ended with no entry."""
+    pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
+    release(version=str(project["v1"]), pipeline=pipeline)
+    stable = target.state().stable.slot
+    client = _client()
+    v2 = client.get_model_version(name, str(project["v2"]))
+    doomed = int(
+        client.create_model_version(
+            name,
+            v2.source,
+            v2.run_id,
+            tags=v2.tags,
+            description=v2.description,
+            model_id=v2.model_id or v2.source.removeprefix("models:/"),
+        ).version
+    )
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            release(version=str(doomed), pipeline=pipeline, strategy="canary")
+        except ReleaseFailed as exc:
+            outcome["error"] = str(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _wait_for_split(target, thread.is_alive)
+    client.delete_model_version(name, str(doomed))
+    thread.join(timeout=120)
+    assert "promotion failed: RestException: RESOURCE_DOES_NOT_EXIST" in outcome["error"], outcome
+    assert target.router.current() == Traffic.only(stable)
+    assert _champion(name) == project["v1"]
+    last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, doomed)[-1]
+    assert last.action == "release-rolled-back" and "promotion failed" in last.reason
+
+
+def test_a_caller_cannot_hide_its_requests_from_monitoring(project: dict[str, Any]) -> None:
+    """The synthetic mark is the release's: through the router it is removed, so the request is
+    logged and counted; sent to a slot directly (the smoke test) it still hides the request."""
+    pipeline, target = str(project["pipeline"]), project["target"]
+    release(version=str(project["v1"]), pipeline=pipeline)
+    stable = target.state().stable
+
+    def counted() -> float:
+        return sum(target.sample()[stable.slot].labels.values())
+
+    rows = caller_rows(5)
+    before = counted()
+    marked = {SYNTHETIC_HEADER: "caller"}
+    with httpx.Client(timeout=30) as client:
+        for row in rows:
+            r = client.post(f"{target.router.url}/predict", json={"row": row}, headers=marked)
+            assert r.status_code == 200, r.text
+        through_router = counted()
+        r = client.post(f"{stable.url}/predict", json={"row": rows[0]}, headers=marked)
+        assert r.status_code == 200, r.text
+    assert through_router - before == len(rows)
+    assert counted() == through_router

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import math
+import threading
+from pathlib import Path
+from typing import cast
 
 import pytest
 
-from mlops.policy import ReleasePolicy
-from serving.router import RouterError, Traffic, render_dynamic
+from mlops.files import write_atomic
+from mlops.integrity import CHECKSUM_ALGORITHM, CHECKSUM_ALGORITHM_TAG, CHECKSUM_TAG
+from mlops.lineage import FINGERPRINT_TAG
+from mlops.policy import Policy, ReleasePolicy
+from mlops.settings import Settings
+from serving.prediction_log import SYNTHETIC_HEADER
+from serving.router import SLOTS, RouterError, Traffic, render_dynamic
 from targets.base import SlotSample
-from targets.local import parse_router_metrics
+from targets.local import LocalTarget, parse_router_metrics
+from tasks.approval import (
+    APPROVAL_AT_TAG,
+    APPROVAL_BY_TAG,
+    APPROVAL_DECISION_TAG,
+    APPROVAL_REASON_TAG,
+    APPROVED,
+    REFUSED,
+)
+from tasks.promotion import GATES_FAILED, GATES_PASSED, GATES_TAG, release_eligibility
+from tasks.registry import RUN_ID_TAG, RegisteredVersion
 from tasks.release import judge, quantile
 
 pytestmark = pytest.mark.unit
@@ -147,3 +165,102 @@ def test_after_the_world_changed_predictions_are_judged_against_production_label
         _sample(200, 0, positive=0.6), champion, ReleasePolicy(), expected_positive_rate=0.08
     )
     assert "against the production labels' 8.0%" in wrong.reasons[0]
+
+
+# release eligibility: one rule for every path to production ------------------------------------
+def _version(**tags: str) -> RegisteredVersion:
+    """A version whose registration is complete and that passed the gates, then ``tags``."""
+    base = {
+        GATES_TAG: GATES_PASSED,
+        CHECKSUM_TAG: "ab" * 32,
+        CHECKSUM_ALGORITHM_TAG: CHECKSUM_ALGORITHM,
+        FINGERPRINT_TAG: "f" * 16,
+        RUN_ID_TAG: "run",
+    }
+    return RegisteredVersion("m", 2, "run", base | tags, {}, False, "a model")
+
+
+def _policy(require_approval: bool) -> Policy:
+    return Policy(version=3, metrics={}, require_approval=require_approval)
+
+
+def test_a_refused_version_is_not_eligible_and_the_reason_names_who_and_why() -> None:
+    refused = _version(
+        **{
+            APPROVAL_DECISION_TAG: REFUSED,
+            APPROVAL_BY_TAG: "ann",
+            APPROVAL_AT_TAG: "2026-01-01T00:00:00+00:00",
+            APPROVAL_REASON_TAG: "wait for Q3 data",
+        }
+    )
+    reason = release_eligibility(refused, _policy(require_approval=True))
+    assert reason == "m v2 was refused by ann at 2026-01-01T00:00:00+00:00: wait for Q3 data"
+
+
+def test_no_recorded_approval_is_not_eligible_where_the_policy_requires_one() -> None:
+    reason = release_eligibility(_version(), _policy(require_approval=True))
+    assert reason is not None and "no recorded approval" in reason and "policy v3" in reason
+    assert release_eligibility(_version(), _policy(require_approval=False)) is None
+
+
+def test_an_approved_version_that_passed_the_gates_is_eligible() -> None:
+    approved = _version(**{APPROVAL_DECISION_TAG: APPROVED, APPROVAL_BY_TAG: "bob"})
+    assert release_eligibility(approved, _policy(require_approval=True)) is None
+
+
+@pytest.mark.parametrize(
+    ("tags", "fragment"),
+    [
+        ({GATES_TAG: GATES_FAILED}, "has not passed the gates (mlops.gates = failed)"),
+        ({CHECKSUM_TAG: ""}, "not completely registered"),
+    ],
+)
+def test_failed_gates_or_an_incomplete_registration_are_not_eligible(
+    tags: dict[str, str], fragment: str
+) -> None:
+    approved = {APPROVAL_DECISION_TAG: APPROVED}
+    reason = release_eligibility(_version(**tags, **approved), _policy(require_approval=False))
+    assert reason is not None and fragment in reason
+
+
+# the router ------------------------------------------------------------------------------------
+def test_the_router_deletes_a_callers_synthetic_mark() -> None:
+    """A caller who sets the release's mark would hide its requests from monitoring."""
+    config = render_dynamic({"blue": "http://127.0.0.1:1"}, Traffic.only("blue"))["http"]
+    (middleware,) = config["routers"]["models"]["middlewares"]
+    assert config["middlewares"][middleware] == {
+        "headers": {"customRequestHeaders": {SYNTHETIC_HEADER: ""}}
+    }
+
+
+# state files -----------------------------------------------------------------------------------
+def test_concurrent_state_writers_never_collide(tmp_path: Path) -> None:
+    """Two writers of the local target's state (the release and its guard, two CLI commands) each
+    replace it whole; with one shared temporary name, one renamed the other's file away."""
+    target = LocalTarget(Settings(state_dir=tmp_path), "m")
+    errors: list[BaseException] = []
+
+    def write(slot: str) -> None:
+        for _ in range(150):
+            try:
+                target.mark_stable(slot)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in SLOTS * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert target._load().stable in SLOTS
+    assert [p.name for p in target.dir.iterdir()] == ["state.json"]  # no temporary file left
+
+
+def test_write_atomic_leaves_the_old_file_when_the_write_fails(tmp_path: Path) -> None:
+    path = tmp_path / "guard.json"
+    write_atomic(path, "old")
+    with pytest.raises(TypeError):
+        write_atomic(path, cast(str, b"not text"))
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["guard.json"]
