@@ -17,6 +17,7 @@ from mlops.errors import MlopsError
 from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.policy import load_policy
 from mlops.settings import Settings
+from mlops.stack import serving_token
 from serving.router import Traffic
 from targets.base import make_target
 from tasks.promotion import (
@@ -177,7 +178,9 @@ def release(
                     candidate.tags.get(IMAGE_TAG),
                     rules.ready_timeout_seconds,
                 )
-                smoke_test_candidate(name, deployed, batch, rules.warmup_requests)
+                smoke_test_candidate(
+                    name, deployed, batch, rules.warmup_requests, serving_token(settings)
+                )
             except MlopsError as exc:
                 return roll_back(f"before any traffic: {exc}")
 

@@ -17,8 +17,6 @@ from scipy.stats import binomtest
 from mlops.audit import AuditEntry, AuditTrail
 from mlops.errors import MlopsError
 from mlops.policy import Policy, ReleasePolicy
-from mlops.settings import Settings
-from mlops.stack import serving_token
 from serving.router import Traffic
 from targets.base import Deployed, ReleaseTarget, SlotSample
 from tasks.promotion import (
@@ -180,7 +178,9 @@ def deploy_candidate(
 
 
 @task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
-def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch, warmup: int) -> None:
+def smoke_test_candidate(
+    model: str, deployed: Deployed, batch: KnownBatch, warmup: int, token: str | None = None
+) -> None:
     """Health, readiness, the known batch answered as the model answers it in process, then
     ``warmup`` single-row requests so callers never meet the candidate cold."""
     if deployed.url is None:
@@ -193,7 +193,6 @@ def smoke_test_candidate(model: str, deployed: Deployed, batch: KnownBatch, warm
     health = httpx.get(f"{deployed.url}/health", timeout=5)
     if health.status_code != 200:
         raise SmokeTestFailed(f"{deployed.url}/health answered {health.status_code}")
-    token = serving_token(Settings())  # the local target's servers keep MLOPS_SERVING_TOKEN
     check_answers(deployed.url, batch, token)
     slowest = warm_up(deployed.url, batch, warmup, token) if warmup else 0.0
     _artifact(
