@@ -20,8 +20,8 @@ sys.path.insert(0, str(PROJECT))
 EXAMPLE = PROJECT / "examples" / "adult"
 
 
-from mlops.settings import Settings  # noqa: E402
-from mlops.stack import LocalStack, use_private_stack  # noqa: E402
+from mlops.core.settings import Settings  # noqa: E402
+from mlops.stack.local import LocalStack, use_private_stack  # noqa: E402
 
 STATE = Path(tempfile.mkdtemp(prefix="mlops-bench-"))
 SETTINGS: Settings = use_private_stack(PROJECT, STATE)
@@ -30,8 +30,8 @@ SETTINGS: Settings = use_private_stack(PROJECT, STATE)
 @contextmanager
 def local_stack() -> Iterator[Settings]:
     """Prefect and MLflow servers on free ports for the benchmark's lifetime; data pulled."""
-    from mlops.config import load_pipeline_config
-    from tasks.data import pull_dataset
+    from mlops.core.config import load_pipeline_config
+    from mlops.ml.data import pull_dataset
 
     stack = LocalStack(SETTINGS, out=lambda _m: None)
     try:

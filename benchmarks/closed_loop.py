@@ -34,12 +34,12 @@ GOAL = 180.0
 def main() -> None:
     import shutil
 
-    from mlops.config import load_pipeline_config
+    from mlops.core.config import load_pipeline_config
+    from mlops.core.settings import Settings
     from mlops.demo import closed_loop
-    from mlops.settings import Settings
-    from mlops.stack import LocalStack
-    from targets.local import LocalTarget
-    from tasks.data import pull_dataset
+    from mlops.ml.data import pull_dataset
+    from mlops.release.targets.local import LocalTarget
+    from mlops.stack.local import LocalStack
 
     settings = Settings()
     stack = LocalStack(settings, out=lambda _m: None)

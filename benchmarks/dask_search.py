@@ -21,11 +21,10 @@ from _common import SETTINGS, local_stack
 
 def main() -> None:
     from flows.search import environ_restored, score_candidates, task_runner
-    from mlops.config import load_pipeline_config
-    from tasks.data import load_dataset, resolve_data_version
-    from tasks.search import candidates
-    from tasks.split import split_dataset
-    from tasks.validation import conform
+    from mlops.core.config import load_pipeline_config
+    from mlops.ml.contract import conform
+    from mlops.ml.search import candidates
+    from tasks.data import load_dataset, resolve_data_version, split_dataset
 
     with local_stack():
         cfg = load_pipeline_config(SETTINGS.pipeline)

@@ -64,9 +64,9 @@ def run(which: str, reference: int, current: int) -> dict[str, object]:
     from evidently.legacy.calculations.stattests.registry import get_stattest  # noqa: F401
     from evidently.presets import DataDriftPreset
 
-    from mlops.policy import MonitoringPolicy
-    from tasks.drift import read_snapshot
-    from tasks.monitoring import Window, judge_drift
+    from mlops.core.policy import MonitoringPolicy
+    from mlops.ml.drift import read_snapshot
+    from mlops.ml.monitoring import Window, judge_drift
 
     started = time.perf_counter()
     if which == "plain":

@@ -22,16 +22,12 @@ from _common import SETTINGS, example_copy, local_stack
 
 def plain_run(pipeline: str) -> int:
     """The training flow's steps, called as plain functions."""
-    from mlops.config import config_snapshot, load_pipeline_config
-    from mlops.lineage import lineage_tags, training_fingerprint
-    from mlops.policy import load_policy
-    from tasks.data import load_dataset, resolve_data_version
-    from tasks.evaluation import evaluate_model
+    from mlops.core.config import config_snapshot, load_pipeline_config
+    from mlops.core.lineage import lineage_tags, training_fingerprint
+    from mlops.core.policy import load_policy
+    from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
     from tasks.registry import find_model_version, register_model_version
-    from tasks.split import split_dataset
-    from tasks.tracking import log_training_run
-    from tasks.training import train_model
-    from tasks.validation import validate_dataset
+    from tasks.training import evaluate_model, log_training_run, train_model
 
     s = SETTINGS
     uri = str(s.mlflow_tracking_uri)

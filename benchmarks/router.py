@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 from _common import PROJECT, ROW, SETTINGS, exited, local_stack, percentile
 
-from mlops.stack import free_port, stop_process_group
-from tasks.smoke import wait_until_ready
+from mlops.release.smoke import wait_until_ready
+from mlops.stack.local import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
 
@@ -47,7 +47,7 @@ def main() -> None:
     import logging
 
     logging.getLogger("prefect").setLevel(logging.WARNING)
-    from serving.router import Router, Traffic
+    from mlops.release.router import Router, Traffic
 
     with local_stack():
         from flows.training import training

@@ -75,7 +75,7 @@ async def trials(n: int) -> tuple[list[float], list[float], list[tuple[float, fl
     from prefect.events.actions import RunDeployment
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
-    from mlops.events import DRIFT_DETECTED
+    from mlops.core.events import DRIFT_DETECTED
 
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("retraining/adult")
@@ -135,7 +135,7 @@ def main() -> None:
 
     import shutil
 
-    from mlops.stack import LocalStack
+    from mlops.stack.local import LocalStack
 
     stack = LocalStack(SETTINGS, out=lambda _m: None)
     try:

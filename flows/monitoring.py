@@ -10,26 +10,29 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
-from mlops.config import load_pipeline_config
-from mlops.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, emit_model_event
-from mlops.locks import held, lock_name
-from mlops.policy import load_policy
-from mlops.settings import Settings
-from tasks.monitoring import (
+from mlops.adapters.locks import held, lock_name
+from mlops.adapters.registry import lookup_model_version
+from mlops.adapters.tracking import load_run_frame
+from mlops.core.config import load_pipeline_config
+from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, emit_model_event
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
+from mlops.ml.monitoring import (
     SETTLE,
     DriftVerdict,
     MonitoringOutcome,
     PerformanceVerdict,
-    detect_drift,
     evidence,
+    write_prometheus,
+)
+from tasks.monitoring import (
+    detect_drift,
     measure_live_performance,
     publish_monitoring_report,
     read_prediction_window,
     render_drift_report,
-    write_prometheus,
 )
-from tasks.registry import lookup_model_version
-from tasks.tracking import load_run_frame, log_monitoring_run
+from tasks.training import log_monitoring_run
 
 
 def watermark_name(model: str) -> str:

@@ -8,16 +8,14 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from mlops.config import load_pipeline_config
-from mlops.lineage import git_state
-from mlops.settings import Settings
-from mlops.stack import free_port
+from mlops.core.config import load_pipeline_config
+from mlops.core.lineage import git_state
+from mlops.core.settings import Settings
+from mlops.release.packaging import BuiltImage, image_repository, image_tag
+from mlops.stack.local import free_port
 from tasks.packaging import (
-    BuiltImage,
     assemble_build_context,
     build_image,
-    image_repository,
-    image_tag,
     push_image,
     record_image,
     smoke_test_image,

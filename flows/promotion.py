@@ -12,46 +12,39 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from mlops.audit import Action, AuditTrail
-from mlops.config import load_pipeline_config
-from mlops.policy import load_policy
-from mlops.settings import Settings
-from tasks.approval import ApprovalRejected, record_approval, request_approval
-from tasks.gate_report import publish_gate_report
-from tasks.gates import (
-    GateFailed,
-    GateResult,
-    ProbabilisticModel,
-    check_fairness,
-    check_metric_thresholds,
-    check_model_contract,
-    check_training_data,
-    compare_with_champion,
-)
-from tasks.promotion import (
+from mlops.adapters.audit import Action, AuditTrail
+from mlops.adapters.registry import RegisteredVersion, lookup_model_version, registry_client
+from mlops.adapters.tracking import load_run_frame
+from mlops.core.config import load_pipeline_config
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
+from mlops.ml.gates import GateFailed, GateResult, ProbabilisticModel
+from mlops.release.approval import ApprovalRejected
+from mlops.release.promotion import (
     GATES_FAILED,
     GATES_PASSED,
     GATES_TAG,
-    AuditContext,
     NotEligible,
     PromotionConflict,
     PromotionFailed,
     PromotionOutcome,
     current_user,
     ensure_promotion_lock,
-    move_champion_alias,
     release_eligibility,
-    tag_promoted_version,
 )
-from tasks.registry import (
-    RegisteredVersion,
-    load_model_version,
-    lookup_model_version,
-    registry_client,
-    resolve_model_version,
+from tasks.gates import (
+    check_fairness,
+    check_metric_thresholds,
+    check_model_contract,
+    check_training_data,
+    compare_with_champion,
+    publish_gate_report,
+    record_approval,
+    request_approval,
 )
+from tasks.registry import load_model_version, resolve_model_version
+from tasks.release import AuditContext, move_champion_alias, tag_promoted_version
 from tasks.reporting import write_model_card
-from tasks.tracking import load_run_frame
 
 
 @flow(name="promotion", persist_result=True)

@@ -11,38 +11,33 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.transactions import transaction
 
-from mlops.audit import Action
-from mlops.config import load_pipeline_config
-from mlops.errors import MlopsError
-from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG
-from mlops.policy import load_policy
-from mlops.settings import Settings
-from mlops.stack import serving_token
-from serving.router import Traffic
-from targets.base import make_target
-from tasks.promotion import (
+from mlops.adapters.audit import Action
+from mlops.adapters.registry import download_model
+from mlops.core.config import load_pipeline_config
+from mlops.core.errors import MlopsError
+from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
+from mlops.release.canary import ReleaseFailed, ReleaseOutcome, Verdict
+from mlops.release.promotion import current_champion, current_user, release_eligibility
+from mlops.release.router import Traffic
+from mlops.release.smoke import known_batch
+from mlops.release.targets.base import make_target
+from mlops.stack.local import serving_token
+from tasks.registry import resolve_model_version
+from tasks.release import (
     AuditContext,
-    current_champion,
-    current_user,
+    deploy_candidate,
     move_champion_alias,
     promotion_lock,
-    release_eligibility,
-    tag_promoted_version,
-)
-from tasks.registry import download_model, resolve_model_version
-from tasks.release import (
-    ReleaseFailed,
-    ReleaseOutcome,
-    Verdict,
-    deploy_candidate,
     roll_back_traffic,
     route_all_to,
     settle_champion,
     shift_traffic,
     smoke_test_candidate,
+    tag_promoted_version,
     watch_candidate,
 )
-from tasks.smoke import known_batch
 
 
 @flow(name="release", persist_result=True)

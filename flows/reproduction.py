@@ -9,16 +9,14 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from mlops.config import load_pipeline_config
-from mlops.lineage import training_fingerprint
-from mlops.settings import Settings
-from tasks.data import load_dataset, locate_data_version
-from tasks.evaluation import Reproduction, evaluate_model
+from mlops.adapters.tracking import CONFIG_ARTIFACTS
+from mlops.core.config import load_pipeline_config
+from mlops.core.lineage import training_fingerprint
+from mlops.core.settings import Settings
+from mlops.ml.evaluation import Reproduction
+from tasks.data import load_dataset, locate_data_version, split_dataset, validate_dataset
 from tasks.registry import resolve_model_version
-from tasks.split import split_dataset
-from tasks.tracking import CONFIG_ARTIFACTS
-from tasks.training import train_model
-from tasks.validation import validate_dataset
+from tasks.training import evaluate_model, train_model
 
 
 @flow(name="reproduction")

@@ -12,16 +12,20 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.training import training
-from mlops.config import load_pipeline_config
-from mlops.events import POLICY_UPDATED
-from mlops.policy import load_policy
-from mlops.settings import Settings
-from tasks.gates import ProbabilisticModel, check_fairness, check_metric_thresholds
-from tasks.production_data import CollectedRows, collect_production_data
-from tasks.promotion import AuditContext, current_champion
-from tasks.registry import load_model_version, lookup_model_version
-from tasks.retraining import RetrainingOutcome
-from tasks.tracking import load_run_frame
+from mlops.adapters.registry import lookup_model_version
+from mlops.adapters.tracking import load_run_frame
+from mlops.core.config import load_pipeline_config
+from mlops.core.events import POLICY_UPDATED
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
+from mlops.ml.gates import ProbabilisticModel
+from mlops.ml.production_data import CollectedRows
+from mlops.ml.retraining import RetrainingOutcome
+from mlops.release.promotion import current_champion
+from tasks.gates import check_fairness, check_metric_thresholds
+from tasks.monitoring import collect_production_data
+from tasks.registry import load_model_version
+from tasks.release import AuditContext
 
 
 @flow(name="retraining", persist_result=True)

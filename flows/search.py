@@ -14,14 +14,13 @@ from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.training import training
-from mlops.config import FeatureConfig, ModelConfig, SearchConfig, load_pipeline_config
-from mlops.errors import ConfigError
-from mlops.settings import Settings
-from tasks.data import load_dataset, resolve_data_version
-from tasks.search import CandidateScore, candidates, score_candidate
-from tasks.split import Split, split_dataset
-from tasks.tracking import log_search_runs
-from tasks.validation import validate_dataset
+from mlops.core.config import FeatureConfig, ModelConfig, SearchConfig, load_pipeline_config
+from mlops.core.errors import ConfigError
+from mlops.core.settings import Settings
+from mlops.ml.search import CandidateScore, candidates
+from mlops.ml.split import Split
+from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
+from tasks.training import log_search_runs, score_candidate
 
 Runner = Literal["dask", "sequential"]
 

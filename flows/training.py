@@ -8,26 +8,16 @@ import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from mlops.config import config_snapshot, load_pipeline_config
-from mlops.lineage import lineage_tags, training_fingerprint
-from mlops.policy import load_policy
-from mlops.settings import Settings
-from tasks.data import load_dataset, resolve_data_version
-from tasks.evaluation import evaluate_model
-from tasks.production_data import read_production_data
-from tasks.registry import (
-    RUN_ID_TAG,
-    RegisteredVersion,
-    find_model_version,
-    register_model_version,
-    set_model_alias,
-)
+from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion
+from mlops.core.config import config_snapshot, load_pipeline_config
+from mlops.core.lineage import lineage_tags, training_fingerprint
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
+from mlops.ml.production_data import read_production_data
+from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
+from tasks.registry import find_model_version, register_model_version, set_model_alias
 from tasks.reporting import publish_training_report, write_model_card
-from tasks.sagemaker import train_on_sagemaker
-from tasks.split import split_dataset
-from tasks.tracking import log_training_run
-from tasks.training import train_model
-from tasks.validation import validate_dataset
+from tasks.training import evaluate_model, log_training_run, train_model, train_on_sagemaker
 
 
 @flow(name="training", persist_result=True)

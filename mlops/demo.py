@@ -20,15 +20,18 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.config import PipelineConfig, load_pipeline_config
-from mlops.errors import MlopsError
-from mlops.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
-from mlops.settings import Settings
+from mlops.core.config import PipelineConfig, load_pipeline_config
+from mlops.core.errors import MlopsError
+from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from mlops.core.settings import Settings
 from mlops.traffic import send_traffic, shift_adult
 
 Out = Callable[[str], None]
+
 TRAINING = "training/adult-to-production"
+
 MONITORING = "monitoring/adult"
+
 RETRAINING = "retraining/adult"
 
 
@@ -136,7 +139,7 @@ def timeline(settings: Settings, model: str, since: datetime) -> list[tuple[date
     """What happened after ``since``: events, automation firings, audit entries, release steps."""
     import httpx
 
-    from mlops.audit import AuditTrail
+    from mlops.adapters.audit import AuditTrail
 
     api = settings.prefect_api_url
     items: list[tuple[datetime, str]] = []
@@ -176,9 +179,9 @@ def timeline(settings: Settings, model: str, since: datetime) -> list[tuple[date
 
 def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -> LoopResult:
     """The whole demo after the stack is up: see the module docstring."""
-    from mlops.audit import AuditTrail
-    from targets.local import LocalTarget
-    from tasks.promotion import current_champion
+    from mlops.adapters.audit import AuditTrail
+    from mlops.release.promotion import current_champion
+    from mlops.release.targets.local import LocalTarget
 
     cfg = load_pipeline_config(settings.pipeline)
     name, uri = cfg.model_name, str(settings.mlflow_tracking_uri)

@@ -1,5 +1,12 @@
-"""Pipeline steps, one module per step: plain typed logic behind thin Prefect ``@task`` wrappers.
+"""The Prefect project layer: thin ``@task`` wrappers over the library, one module per stage.
 
-Flows import each step from its module (``from tasks.data import load_dataset``); the step's plain
-function is ``<task>.fn``.
+Not installed: flows import it from the project folder (Prefect loads flows from there too).
 """
+
+from functools import partial
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+#: A pipeline step: a Prefect task that neither caches nor persists its result unless it says so.
+step = partial(task, cache_policy=NO_CACHE, persist_result=False)

@@ -1,353 +1,110 @@
-"""Validation gates: what a challenger must pass before it may replace the champion.
-
-Each gate is a plain function returning a typed ``GateResult`` (with a human reason and the
-figures behind it) behind a thin task; the promotion flow collects them and decides.
-"""
+"""Gate steps: thresholds, champion comparison, fairness, data and model contract, the gate report, approval."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import contextlib
+from dataclasses import asdict
+from datetime import UTC, datetime
 
-import numpy as np
-import pandas as pd
-from fairlearn.metrics import (
-    MetricFrame,
-    demographic_parity_difference,
-    equal_opportunity_difference,
-    selection_rate,
-    true_positive_rate,
+from mlflow.exceptions import MlflowException
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import FailedRun, FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
+
+from mlops.adapters.gate_report import gate_report, gate_table
+from mlops.adapters.registry import registry_client
+from mlops.ml import gates
+from mlops.ml.gates import GateResult
+from mlops.release.approval import (
+    APPROVAL_AT_TAG,
+    APPROVAL_BY_TAG,
+    APPROVAL_DECISION_TAG,
+    APPROVAL_REASON_TAG,
+    APPROVED,
+    REFUSED,
 )
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from tasks import step
 
-from mlops.policy import KNOWN_METRICS, ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
-from tasks.drift import drift_tests
-from tasks.evaluation import METRICS
-
-
-class ProbabilisticModel(Protocol):
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+check_metric_thresholds = step(gates.check_metric_thresholds, name="check-metric-thresholds")
+compare_with_champion = step(gates.compare_with_champion, name="compare-with-champion")
+check_fairness = step(gates.check_fairness, name="check-fairness")
+check_training_data = step(gates.check_training_data, name="check-training-data")
+check_model_contract = step(gates.check_model_contract, name="check-model-contract")
 
 
-@dataclass(frozen=True)
-class GateResult:
-    """One gate's verdict: ``passed``, a one-line ``reason`` a person can act on, and the figures."""
-
-    gate: str
-    passed: bool
-    reason: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class GateFailed(Exception):
-    """A challenger failed one or more gates; the message names each failure."""
-
-    def __init__(self, results: list[GateResult]) -> None:
-        self.results = results
-        failed = [r for r in results if not r.passed]
-        super().__init__("; ".join(f"{r.gate}: {r.reason}" for r in failed))
-
-
-# metric thresholds ------------------------------------------------------------------------------
-def metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
-    """Every holdout metric the policy names meets its threshold."""
-    failures = []
-    for name, threshold in policy.metrics.items():
-        value = metrics.get(name)
-        if value is None:
-            failures.append(f"{name} was not measured")
-        elif not threshold.passes(value):
-            bound = f">= {threshold.min}" if threshold.min is not None else f"<= {threshold.max}"
-            failures.append(f"{name} {value:.4f} is not {bound}")
-    checked = {k: metrics.get(k) for k in policy.metrics}
-    if failures:
-        return GateResult("metric-thresholds", False, "; ".join(failures), checked)
-    return GateResult(
-        "metric-thresholds",
-        True,
-        ", ".join(f"{k} {v:.4f}" for k, v in checked.items() if v is not None),
-        checked,
+@step(name="publish-gate-report")
+def publish_gate_report(
+    tracking_uri: str,
+    model: str,
+    version: int,
+    run_id: str,
+    champion: int | None,
+    results: list[GateResult],
+) -> None:
+    """The gate verdicts as Prefect artifacts and on the version's MLflow run (gates.json, gates.md)."""
+    report = gate_report(model, version, champion, results)
+    create_table_artifact(
+        key="gate-results", table=gate_table(results), description=f"{model} v{version}: gates"
     )
+    create_markdown_artifact(key="gate-report", markdown=report, description=f"{model} v{version}")
+    client = registry_client(tracking_uri)
+    client.log_dict(
+        run_id, {"champion": champion, "gates": [asdict(r) for r in results]}, "gates.json"
+    )
+    client.log_text(run_id, report, "gates.md")
 
 
-# champion vs challenger -------------------------------------------------------------------------
-def compare_models(
-    challenger: ProbabilisticModel,
-    champion: ProbabilisticModel | None,
-    X: pd.DataFrame,
-    y: np.ndarray,
-    policy: ComparisonPolicy,
-    champion_label: str = "champion",
-) -> GateResult:
-    """Paired bootstrap of (challenger - champion) on the same holdout rows.
+class ApprovalDecision(RunInput):
+    """The form a reviewer fills in to let a model version become champion, or not."""
 
-    The challenger passes unless the interval's upper end lies below ``-margin`` (it is worse
-    beyond the margin at the confidence level). A difference whose interval holds zero is a tie.
+    approve: bool = Field(description="Promote this version to champion?")
+    approver: str = Field(description="Who decides (name or e-mail).", min_length=1)
+    reason: str = Field(description="Why: recorded in the audit trail.", min_length=1)
+
+
+def request_approval(
+    description: str, timeout_seconds: int, poll_interval: int = 5
+) -> ApprovalDecision:
+    """Pause this flow run until a reviewer answers the form; no answer in time is a rejection.
+
+    Must be called from a flow run (the pause is the flow run's state).
     """
-    metric = policy.metric
-    if champion is None:
-        return GateResult(
-            "champion-vs-challenger", True, "no champion yet: nothing to beat", {"metric": metric}
+    try:
+        decision = pause_flow_run(
+            wait_for_input=ApprovalDecision.with_initial_data(
+                description=description, approve=False, approver="", reason=""
+            ),
+            timeout=timeout_seconds,
+            poll_interval=poll_interval,
         )
-    p_new = challenger.predict_proba(X)[:, 1]
-    p_old = champion.predict_proba(X)[:, 1]
-    sign = 1.0 if KNOWN_METRICS[metric] == "higher" else -1.0
-    value = METRICS[metric]
-    observed = sign * (value(y, p_new) - value(y, p_old))
-    rng = np.random.default_rng(policy.seed)
-    diffs = []
-    n = len(y)
-    for _ in range(policy.bootstrap_samples):
-        idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
-            continue  # a resample with one class has no AUC
-        diffs.append(sign * (value(y[idx], p_new[idx]) - value(y[idx], p_old[idx])))
-    alpha = (1 - policy.confidence) / 2
-    lo, hi = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha]))
-    details = {
-        "metric": metric,
-        "difference": round(observed, 5),
-        "interval": [round(lo, 5), round(hi, 5)],
-        "confidence": policy.confidence,
-        "margin": policy.margin,
-        "samples": len(diffs),
+    except (FlowPauseTimeout, FailedRun):
+        # The client gives up at the timeout (FlowPauseTimeout), or finds the server already
+        # failed the paused run for it (FailedRun): either way nobody approved.
+        return ApprovalDecision(
+            approve=False,
+            approver="(nobody)",
+            reason=f"no decision within {timeout_seconds} s: rejected by timeout",
+        )
+    return decision
+
+
+@step(name="record-approval", retries=2)
+def record_approval(
+    tracking_uri: str, model: str, version: int, decision: ApprovalDecision
+) -> None:
+    """Record on the version who decided, when, why, and whether it may go live."""
+    client = registry_client(tracking_uri)
+    # An earlier decision goes first and the new one is written last: a write cut short leaves
+    # the version undecided, which the release refuses, never a stale approval beside new text.
+    with contextlib.suppress(MlflowException):
+        client.delete_model_version_tag(model, str(version), APPROVAL_DECISION_TAG)
+    values = {
+        APPROVAL_BY_TAG: decision.approver,
+        APPROVAL_AT_TAG: datetime.now(UTC).isoformat(),
+        APPROVAL_REASON_TAG: decision.reason,
+        APPROVAL_DECISION_TAG: APPROVED if decision.approve else REFUSED,
     }
-    span = f"{metric} difference {observed:+.4f} ({policy.confidence:.0%} interval {lo:+.4f} to {hi:+.4f})"
-    if hi < -policy.margin:
-        return GateResult(
-            "champion-vs-challenger",
-            False,
-            f"worse than {champion_label} beyond the margin {policy.margin}: {span}",
-            details | {"verdict": "worse"},
-        )
-    verdict = "better" if lo > 0 else ("tie" if hi >= 0 else "within margin")
-    return GateResult(
-        "champion-vs-challenger",
-        True,
-        f"{verdict} against {champion_label}: {span}",
-        details | {"verdict": verdict},
-    )
-
-
-def unseen_rows(holdout: pd.DataFrame, champion_training: pd.DataFrame | None) -> pd.DataFrame:
-    """The holdout rows the champion never trained on. When the data changed between versions
-    (new rows, production rows), some of the challenger's holdout was the champion's training
-    data; judging both on it would favour the champion, which has seen the answers."""
-    if champion_training is None:
-        return holdout
-    columns = [c for c in holdout.columns if c in champion_training.columns]
-    seen = champion_training[columns].drop_duplicates().assign(_seen=True)
-    marked = holdout.merge(seen, on=columns, how="left")
-    keep = marked["_seen"].isna().to_numpy()
-    return holdout[keep]
-
-
-MIN_COMPARISON_ROWS = 200
-
-
-# fairness ---------------------------------------------------------------------------------------
-def fairness(
-    predictions: np.ndarray, frame: pd.DataFrame, y: np.ndarray, policy: FairnessPolicy
-) -> GateResult:
-    """Demographic parity and equal opportunity differences per sensitive column (fairlearn).
-
-    Groups smaller than ``min_group_size`` are listed in the details but left out of the
-    differences: their rates are too noisy to judge a model by.
-    """
-    failures: list[str] = []
-    details: dict[str, Any] = {}
-    for column in policy.sensitive:
-        groups = frame[column].fillna("(missing)").astype(str)
-        sizes = groups.value_counts()
-        judged = sizes[sizes >= policy.min_group_size].index
-        mask = groups.isin(judged).to_numpy()
-        by_group = MetricFrame(
-            metrics={"selection_rate": selection_rate, "true_positive_rate": true_positive_rate},
-            y_true=y,
-            y_pred=predictions,
-            sensitive_features=groups,
-        ).by_group
-        details[column] = {
-            "groups": {
-                g: {"rows": int(sizes[g]), **{k: round(float(v), 4) for k, v in row.items()}}
-                for g, row in by_group.iterrows()
-            },
-            "too_small": sorted(sizes[sizes < policy.min_group_size].index.tolist()),
-        }
-        if len(judged) < 2:
-            details[column]["note"] = "fewer than two groups large enough to compare"
-            continue
-        dp = float(
-            demographic_parity_difference(
-                y[mask], predictions[mask], sensitive_features=groups[mask]
-            )
-        )
-        eo = float(
-            equal_opportunity_difference(
-                y[mask], predictions[mask], sensitive_features=groups[mask]
-            )
-        )
-        details[column] |= {
-            "demographic_parity_difference": round(dp, 4),
-            "equal_opportunity_difference": round(eo, 4),
-        }
-        rates = by_group.loc[list(judged)]
-        for label, value, limit, rate in (
-            (
-                "demographic parity difference",
-                dp,
-                policy.max_demographic_parity_difference,
-                "selection_rate",
-            ),
-            (
-                "equal opportunity difference",
-                eo,
-                policy.max_equal_opportunity_difference,
-                "true_positive_rate",
-            ),
-        ):
-            if value > limit:
-                hi, lo = rates[rate].idxmax(), rates[rate].idxmin()
-                failures.append(
-                    f"{label} on {column} is {value:.3f} > {limit} "
-                    f"({rate.replace('_', ' ')} {hi} {rates[rate][hi]:.3f} vs {lo} {rates[rate][lo]:.3f})"
-                )
-    if failures:
-        return GateResult("fairness", False, "; ".join(failures), details)
-    summary = ", ".join(
-        f"{c}: DP {d['demographic_parity_difference']:.3f}, EO {d['equal_opportunity_difference']:.3f}"
-        for c, d in details.items()
-        if "demographic_parity_difference" in d
-    )
-    return GateResult("fairness", True, summary or "no sensitive columns to judge", details)
-
-
-# training data ----------------------------------------------------------------------------------
-def training_data(
-    current: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
-) -> GateResult:
-    """Missing values per column and drift against the champion's training data (Evidently)."""
-    sample = current.sample(min(len(current), policy.sample_rows), random_state=0)
-    if reference is not None:
-        reference = reference.sample(min(len(reference), policy.sample_rows), random_state=0)
-    reading = drift_tests(sample, reference)
-    failures: list[str] = []
-    details: dict[str, Any] = {}
-    missing, drift_share, drifted = reading.missing_share, reading.share, reading.drifted
-    details["missing_share"] = {k: round(v, 4) for k, v in missing.items() if v}
-    too_missing = {k: v for k, v in missing.items() if v > policy.max_missing_share}
-    if too_missing:
-        failures.append(
-            "missing values above "
-            f"{policy.max_missing_share:.0%}: "
-            + ", ".join(f"{k} {v:.1%}" for k, v in sorted(too_missing.items()))
-        )
-    if drift_share is not None:
-        details |= {"drift_share": round(drift_share, 4), "drifted_columns": drifted}
-        if drift_share > policy.max_drift_share:
-            failures.append(
-                f"{drift_share:.0%} of columns drifted against the champion's training data "
-                f"(limit {policy.max_drift_share:.0%}): {', '.join(drifted)}"
-            )
-    if failures:
-        return GateResult("training-data", False, "; ".join(failures), details)
-    reason = f"missing values within {policy.max_missing_share:.0%} per column"
-    reason += (
-        f"; drift share {drift_share:.0%} against the champion's training data"
-        if drift_share is not None
-        else "; no champion: no drift reference"
-    )
-    return GateResult("training-data", True, reason, details)
-
-
-# integration ------------------------------------------------------------------------------------
-def model_contract(model_uri: str, tracking_uri: str, good: pd.DataFrame) -> GateResult:
-    """The model, loaded back through MLflow's pyfunc flavour from its verified folder, answers a
-    batch matching its signature and refuses one that does not."""
-    import mlflow.pyfunc
-
-    from tasks.registry import parse_registered_uri, verified_model_folder
-
-    name, version = parse_registered_uri(model_uri)
-    model = mlflow.pyfunc.load_model(str(verified_model_folder(tracking_uri, name, version)))
-    schema = model.metadata.get_input_schema()
-    if schema is None:
-        return GateResult("model-contract", False, "the model has no input signature")
-    columns = schema.input_names()
-    batch = good[columns].head(50)
-    try:
-        answers = np.asarray(model.predict(batch))
-    except Exception as exc:  # any failure here is the finding
-        return GateResult("model-contract", False, f"a batch matching the signature failed: {exc}")
-    if len(answers) != len(batch) or not set(np.unique(answers)) <= {0, 1}:
-        return GateResult(
-            "model-contract", False, f"answers are not one 0/1 label per row: {answers[:5]!r}"
-        )
-    try:
-        model.predict(batch.drop(columns=[columns[0]]))
-    except Exception:
-        return GateResult(
-            "model-contract",
-            True,
-            f"answers {len(batch)} rows through pyfunc; refuses a batch without {columns[0]!r}",
-            {"columns": columns},
-        )
-    return GateResult(
-        "model-contract", False, f"accepted a batch without the required column {columns[0]!r}"
-    )
-
-
-# tasks ------------------------------------------------------------------------------------------
-@task(name="check-metric-thresholds", cache_policy=NO_CACHE, persist_result=False)
-def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
-    """Gate: the holdout metrics meet the policy's thresholds."""
-    return metric_thresholds(metrics, policy)
-
-
-@task(name="compare-with-champion", cache_policy=NO_CACHE, persist_result=False)
-def compare_with_champion(
-    challenger: ProbabilisticModel,
-    champion: ProbabilisticModel | None,
-    holdout: pd.DataFrame,
-    target: str,
-    policy: ComparisonPolicy,
-    champion_label: str,
-    champion_training: pd.DataFrame | None = None,
-) -> GateResult:
-    """Gate: the challenger is not worse than the champion beyond the margin (paired bootstrap),
-    on the holdout rows the champion never trained on."""
-    rows = unseen_rows(holdout, champion_training)
-    if len(rows) < MIN_COMPARISON_ROWS:
-        rows = holdout  # too few to judge by: say so
-        champion_label += (
-            f" on all {len(holdout)} holdout rows (fewer than {MIN_COMPARISON_ROWS} it never saw)"
-        )
-    elif champion_training is not None:
-        champion_label += f" on the {len(rows)} of {len(holdout)} holdout rows it never trained on"
-    X = rows.drop(columns=[target])
-    return compare_models(challenger, champion, X, rows[target].to_numpy(), policy, champion_label)
-
-
-@task(name="check-fairness", cache_policy=NO_CACHE, persist_result=False)
-def check_fairness(
-    model: ProbabilisticModel, holdout: pd.DataFrame, target: str, policy: FairnessPolicy
-) -> GateResult:
-    """Gate: group fairness differences stay within the policy's limits."""
-    X = holdout.drop(columns=[target])
-    predictions = (model.predict_proba(X)[:, 1] >= 0.5).astype(int)
-    return fairness(predictions, X, holdout[target].to_numpy(), policy)
-
-
-@task(name="check-training-data", cache_policy=NO_CACHE, persist_result=False)
-def check_training_data(
-    training: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
-) -> GateResult:
-    """Gate: data quality and drift of the training data (Evidently)."""
-    return training_data(training, reference, policy)
-
-
-@task(name="check-model-contract", cache_policy=NO_CACHE, persist_result=False)
-def check_model_contract(model_uri: str, tracking_uri: str, holdout: pd.DataFrame) -> GateResult:
-    """Gate: the registered model answers through pyfunc and enforces its signature."""
-    return model_contract(model_uri, tracking_uri, holdout)
+    for key, value in values.items():
+        client.set_model_version_tag(model, str(version), key, value)

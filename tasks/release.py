@@ -1,156 +1,181 @@
-"""Release steps: deploy beside the champion, smoke-test, shift traffic while watching, promote or
-roll back. Each leaves a Prefect artifact so the UI shows where a release stands."""
+"""Release steps: deploy, smoke-test, shift, watch, promote or roll back, the champion alias."""
 
 from __future__ import annotations
 
-import math
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from uuid import UUID
 
 import httpx
-from prefect import task
+from mlflow.exceptions import MlflowException
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.concurrency._leases import maintain_concurrency_lease
+from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 from prefect.transactions import Transaction, get_transaction, transaction
-from scipy.stats import binomtest
 
-from mlops.audit import AuditEntry, AuditTrail
-from mlops.errors import MlopsError
-from mlops.policy import Policy, ReleasePolicy
-from serving.router import Traffic
-from targets.base import Deployed, ReleaseTarget, SlotSample
-from tasks.promotion import (
-    AuditContext,
-    move_champion_alias,
+from mlops.adapters.audit import Action, AuditEntry, AuditTrail
+from mlops.adapters.registry import lookup_model_version, registry_client
+from mlops.core.policy import Policy, ReleasePolicy
+from mlops.release import promotion
+from mlops.release.canary import Settlement, Verdict, _interrupted_release, judge
+from mlops.release.promotion import (
+    CHAMPION,
+    LOCK_LEASE_SECONDS,
+    PROMOTION_TAGS,
+    PromotionConflict,
+    current_champion,
+    ensure_promotion_lock,
     release_eligibility,
-    tag_promoted_version,
 )
-from tasks.registry import lookup_model_version
-from tasks.smoke import KnownBatch, SmokeTestFailed, check_answers, warm_up
+from mlops.release.router import Traffic
+from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, warm_up
+from mlops.release.targets.base import Deployed, ReleaseTarget, SlotSample
+from tasks import step
+
+record_audit_entry = step(
+    promotion.record_audit_entry,
+    name="record-audit-entry",
+    retries=4,
+    retry_delay_seconds=[1, 4, 15, 40],
+)
 
 
-class ReleaseFailed(MlopsError):
-    """The release ended without the candidate taking production traffic; the reason says why."""
+@contextlib.contextmanager
+def promotion_lock(model: str, timeout_seconds: float) -> Iterator[UUID]:
+    """Hold ``model``'s promotion lock (``ensure_promotion_lock``); yields the lease's id.
+
+    As Prefect's ``concurrency`` does (renewed while held, released at the end), but the lease id
+    is handed out: a release's guard frees it when the release's process is killed, so the next
+    release need not wait for the lease to run out (Prefect's ``concurrency`` keeps it private).
+    """
+    acquired = acquire_concurrency_slots_with_lease(
+        [ensure_promotion_lock(model)],
+        1,
+        timeout_seconds=timeout_seconds,
+        strict=True,
+        lease_duration=LOCK_LEASE_SECONDS,
+    )
+    try:
+        with maintain_concurrency_lease(
+            acquired.lease_id, LOCK_LEASE_SECONDS, raise_on_lease_renewal_failure=True
+        ):
+            yield acquired.lease_id
+    finally:
+        release_lock_lease(acquired.lease_id)
+
+
+def release_lock_lease(lease: UUID) -> None:
+    """Free a promotion lock's lease (the server ignores a lease that is gone already)."""
+    with get_client(sync_client=True) as client:
+        client.release_concurrency_slots_with_lease(lease)
+
+
+@step(name="move-champion-alias")
+def move_champion_alias(tracking_uri: str, model: str, version: int, expected: int | None) -> None:
+    """Point `champion` at ``version``, if it still points where the judgement assumed."""
+    now = current_champion(tracking_uri, model)
+    if now != expected:
+
+        def label(v: int | None) -> str:
+            return f"v{v}" if v is not None else "none"
+
+        raise PromotionConflict(
+            f"{model}: the champion is {label(now)} now, not {label(expected)} as when v{version} "
+            "was judged; run the promotion again to judge it against the new champion"
+        )
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("tracking_uri", tracking_uri)
+        txn.set("model", model)
+        txn.set("previous", expected)
+    registry_client(tracking_uri).set_registered_model_alias(model, CHAMPION, str(version))
+
+
+@move_champion_alias.on_rollback
+def _restore_champion_alias(txn: Transaction) -> None:
+    client = registry_client(txn.get("tracking_uri"))
+    previous = txn.get("previous")
+    if previous is None:
+        client.delete_registered_model_alias(txn.get("model"), CHAMPION)
+    else:
+        client.set_registered_model_alias(txn.get("model"), CHAMPION, str(previous))
+
+
+@step(name="tag-promoted-version")
+def tag_promoted_version(
+    tracking_uri: str, model: str, version: int, actor: str, previous: int | None
+) -> None:
+    """Record on the version when, by whom and over which champion it was promoted."""
+    txn = get_transaction()
+    if txn is not None:
+        txn.set("tracking_uri", tracking_uri)
+        txn.set("model", model)
+        txn.set("version", version)
+    client = registry_client(tracking_uri)
+    values = (datetime.now(UTC).isoformat(), actor, str(previous or ""))
+    for key, value in zip(PROMOTION_TAGS, values, strict=True):
+        client.set_model_version_tag(model, str(version), key, value)
+
+
+@tag_promoted_version.on_rollback
+def _untag_promoted_version(txn: Transaction) -> None:
+    client = registry_client(txn.get("tracking_uri"))
+    for key in PROMOTION_TAGS:
+        with contextlib.suppress(MlflowException):
+            client.delete_model_version_tag(txn.get("model"), str(txn.get("version")), key)
 
 
 @dataclass(frozen=True)
-class ReleaseOutcome:
+class AuditContext:
+    """What every audit entry of one flow run shares; ``record`` adds the act itself."""
+
+    tracking_uri: str
     model: str
-    version: int
-    serving: bool
+    actor: str
+    trigger: str
     previous_champion: int | None
-    reason: str
-    strategy: str
+    policy_version: int
+    policy_digest: str
+    links: dict[str, str] = field(default_factory=dict)
+    evidence: dict[str, object] = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class Verdict:
-    breached: bool
-    reasons: list[str]
-    figures: dict[str, float] = field(default_factory=dict)
-
-
-def quantile(buckets: dict[float, float], q: float) -> float | None:
-    """The q-quantile of a cumulative histogram (Prometheus' histogram_quantile), in seconds."""
-    if not buckets:
+    def record_or_report(
+        self, version: int, action: Action, reason: str, **evidence: object
+    ) -> str | None:
+        """``record``, for a path that is failing already: a write that fails after its retries
+        is logged and returned as a sentence for the flow's error instead of hiding that error."""
+        try:
+            self.record(version, action, reason, **evidence)
+        except Exception as exc:  # the store is down: the caller's error must still be raised
+            note = f"the audit entry ({action}) could not be written: {type(exc).__name__}: {exc}"
+            get_run_logger().error(
+                "%s v%s: %s; it would have said: %s", self.model, version, note, reason
+            )
+            return note
         return None
-    bounds = sorted(buckets)
-    total = buckets[bounds[-1]]
-    if total <= 0:
-        return None
-    rank = q * total
-    lower, below = 0.0, 0.0
-    for le in bounds:
-        count = buckets[le]
-        if count >= rank:
-            if math.isinf(le):
-                return lower  # beyond the largest finite bucket: its bound is all that is known
-            return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 1)
-        lower, below = le, count
-    return lower
 
-
-def cumulative_at(buckets: dict[float, float], x: float) -> float:
-    """Requests at or below ``x`` seconds, interpolated within a cumulative histogram's bucket."""
-    lower, below = 0.0, 0.0
-    for le in sorted(buckets):
-        count = buckets[le]
-        if x <= le:
-            if math.isinf(le):
-                return below
-            return below + (count - below) * (x - lower) / (le - lower) if le > lower else count
-        lower, below = le, count
-    return below
-
-
-#: How unlikely, for a candidate as fast as the champion, its count of slow requests must be.
-LATENCY_SIGNIFICANCE = 0.001
-
-
-def positive_rate(sample: SlotSample) -> float | None:
-    total = sum(sample.labels.values())
-    return sample.labels.get("1", 0.0) / total if total > 0 else None
-
-
-def judge(
-    candidate: SlotSample,
-    champion: SlotSample,
-    policy: ReleasePolicy,
-    expected_positive_rate: float | None = None,
-) -> Verdict:
-    """Compare the candidate's traffic since a step began with the champion's over the same time.
-
-    The candidate's share of positive predictions is compared with ``expected_positive_rate``
-    when one is given (a retraining after the world changed passes the rate of positives in the
-    labels production sent back: there the champion's own rate is what is wrong), else with the
-    champion's."""
-    reasons: list[str] = []
-    figures: dict[str, float] = {"candidate_requests": candidate.requests}
-    cand_err = candidate.errors / candidate.requests if candidate.requests else 0.0
-    champ_err = champion.errors / champion.requests if champion.requests else 0.0
-    figures |= {"candidate_error_rate": cand_err, "champion_error_rate": champ_err}
-    if candidate.errors and cand_err > champ_err + policy.max_error_rate_increase:
-        reasons.append(
-            f"error rate {cand_err:.1%} against the champion's {champ_err:.1%} "
-            f"(allowed +{policy.max_error_rate_increase:.1%})"
+    def record(self, version: int, action: Action, reason: str, **evidence: object) -> None:
+        record_audit_entry(
+            self.tracking_uri,
+            AuditEntry(
+                model=self.model,
+                version=version,
+                action=action,
+                actor=self.actor,
+                trigger=self.trigger,
+                reason=reason,
+                previous_champion=self.previous_champion,
+                policy_version=self.policy_version,
+                policy_digest=self.policy_digest,
+                evidence=self.evidence | evidence,
+                links=self.links,
+            ),
         )
-    if candidate.requests >= max(policy.min_requests, 1):
-        c99, h99 = (
-            quantile(candidate.latency_buckets, 0.99),
-            quantile(champion.latency_buckets, 0.99),
-        )
-        if c99 is not None and h99 is not None:
-            # Not "candidate p99 > champion p99": over a few hundred requests a p99 is the
-            # slowest two or three, and one pause of a busy machine decides it. Instead: how many
-            # candidate requests are slower than the allowed limit, against the 1 % the champion
-            # has above its own p99 (a one-sided binomial test).
-            limit = max(h99 * policy.max_p99_latency_ratio, h99 + policy.latency_slack_ms / 1000)
-            total = max(candidate.latency_buckets.values())
-            slow = max(0.0, total - cumulative_at(candidate.latency_buckets, limit))
-            p = binomtest(round(slow), round(total), 0.01, alternative="greater").pvalue
-            figures |= {
-                "candidate_p99_ms": c99 * 1000,
-                "champion_p99_ms": h99 * 1000,
-                "candidate_slower_than_limit": slow,
-            }
-            if p < LATENCY_SIGNIFICANCE:
-                reasons.append(
-                    f"p99 latency {c99 * 1000:.0f} ms against the champion's {h99 * 1000:.0f} ms: "
-                    f"{slow:.0f} of {total:.0f} requests slower than {limit * 1000:.0f} ms where "
-                    f"1% would be (allowed x{policy.max_p99_latency_ratio:g})"
-                )
-        cp, hp = positive_rate(candidate), positive_rate(champion)
-        against = "the champion's"
-        if expected_positive_rate is not None:
-            hp, against = expected_positive_rate, "production labels'"
-        if cp is not None and hp is not None:
-            figures |= {"candidate_positive_rate": cp, "reference_positive_rate": hp}
-            if abs(cp - hp) > policy.max_positive_rate_shift:
-                reasons.append(
-                    f"positive predictions {cp:.1%} against the {against} {hp:.1%} "
-                    f"(allowed ±{policy.max_positive_rate_shift:.0%})"
-                )
-    return Verdict(bool(reasons), reasons, figures)
 
 
 def _artifact(model: str, title: str, lines: list[str]) -> None:
@@ -161,7 +186,7 @@ def _artifact(model: str, title: str, lines: list[str]) -> None:
     )
 
 
-@task(name="deploy-candidate", cache_policy=NO_CACHE, persist_result=False)
+@step(name="deploy-candidate")
 def deploy_candidate(
     target: ReleaseTarget, model: str, version: int, image: str | None, ready_timeout: float
 ) -> Deployed:
@@ -177,7 +202,7 @@ def deploy_candidate(
     return deployed
 
 
-@task(name="smoke-test-candidate", cache_policy=NO_CACHE, persist_result=False)
+@step(name="smoke-test-candidate")
 def smoke_test_candidate(
     model: str, deployed: Deployed, batch: KnownBatch, warmup: int, token: str | None = None
 ) -> None:
@@ -205,13 +230,13 @@ def smoke_test_candidate(
     )
 
 
-@task(name="shift-traffic", cache_policy=NO_CACHE, persist_result=False)
+@step(name="shift-traffic")
 def shift_traffic(target: ReleaseTarget, model: str, traffic: Traffic) -> None:
     target.set_traffic(traffic)
     _artifact(model, f"traffic: {traffic.describe()}", [f"router confirms {traffic.describe()}"])
 
 
-@task(name="watch-candidate", cache_policy=NO_CACHE, persist_result=False)
+@step(name="watch-candidate")
 def watch_candidate(
     target: ReleaseTarget,
     model: str,
@@ -252,7 +277,7 @@ def watch_candidate(
     return verdict
 
 
-@task(name="route-all-to-candidate", cache_policy=NO_CACHE, persist_result=False)
+@step(name="route-all-to-candidate")
 def route_all_to(target: ReleaseTarget, model: str, slot: str, stable: str | None) -> None:
     """All traffic to ``slot``, which becomes stable; undone (back to ``stable``) on rollback."""
     txn = get_transaction()
@@ -272,28 +297,12 @@ def _route_back(txn: Transaction) -> None:
         target.mark_stable(stable)
 
 
-@task(name="roll-back-traffic", cache_policy=NO_CACHE, persist_result=False)
+@step(name="roll-back-traffic")
 def roll_back_traffic(target: ReleaseTarget, model: str, stable: str | None, reason: str) -> None:
     """All traffic back to the stable slot (if there is one); the candidate slot keeps running."""
     if stable is not None:
         target.set_traffic(Traffic.only(stable))
     _artifact(model, "rolled back", [reason, "", f"traffic: {stable or 'none'} 100%"])
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What became of a champion alias that disagreed with the version serving all traffic."""
-
-    repaired: bool
-    reason: str
-    previous: int | None  # the champion before
-
-
-def _interrupted_release(entries: list[AuditEntry], version: int) -> AuditEntry | None:
-    """The `release-started` entry of ``version``'s last release, if that release never ended."""
-    ends = ("release-started", "released", "release-rolled-back")
-    mine = [e for e in entries if e.version == version and e.action in ends]
-    return mine[-1] if mine and mine[-1].action == "release-started" else None
 
 
 def settle_champion(

@@ -1,55 +1,37 @@
-"""Model training: the configured estimator behind the feature pipeline."""
+"""Training steps: fit, evaluate, track the run (MLflow), search, managed training."""
 
 from __future__ import annotations
 
-from typing import Any
+from mlops.adapters import sagemaker, tracking
+from mlops.core.retries import only_connection_errors
+from mlops.ml import evaluation, search, training
+from mlops.ml.caching import PIPELINE_CACHE
+from tasks import step
 
-from prefect import task
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
+train_model = step(
+    training.train_model, name="train-model", cache_policy=PIPELINE_CACHE, persist_result=True
 )
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-
-from mlops.caching import PIPELINE_CACHE
-from mlops.config import FeatureConfig, ModelConfig
-from mlops.errors import ConfigError
-from tasks.features import build_feature_pipeline
-from tasks.split import Split
-
-ESTIMATORS: dict[str, type[ClassifierMixin]] = {
-    "logistic_regression": LogisticRegression,
-    "random_forest": RandomForestClassifier,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-    "gradient_boosting": GradientBoostingClassifier,
-}
-
-
-def build_estimator(config: ModelConfig) -> ClassifierMixin:
-    """The estimator of the configured family with its hyper-parameters; unknown ones are refused."""
-    cls = ESTIMATORS[config.family]
-    valid = cls().get_params()
-    unknown = sorted(set(config.params) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"model.params: {unknown} are not parameters of {cls.__name__} "
-            f"(valid: {', '.join(sorted(valid))})"
-        )
-    params: dict[str, Any] = dict(config.params)
-    return cls(**params)
-
-
-def build_pipeline(features: FeatureConfig, config: ModelConfig) -> Pipeline:
-    """The unfitted model: the feature pipeline, then the configured estimator."""
-    return Pipeline(
-        [("features", build_feature_pipeline(features)), ("model", build_estimator(config))]
-    )
-
-
-@task(name="train-model", cache_policy=PIPELINE_CACHE, persist_result=True)
-def train_model(split: Split, features: FeatureConfig, config: ModelConfig) -> Pipeline:
-    """Fit the feature pipeline and the estimator on the training set."""
-    return build_pipeline(features, config).fit(split.X_train, split.y_train)
+evaluate_model = step(evaluation.evaluate_model, name="evaluate-model")
+score_candidate = step(search.score_candidate, name="score-candidate")
+log_training_run = step(
+    tracking.log_training_run,
+    name="log-training-run",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=only_connection_errors,
+)
+log_monitoring_run = step(
+    tracking.log_monitoring_run,
+    name="log-monitoring-run",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=only_connection_errors,
+)
+log_search_runs = step(
+    tracking.log_search_runs,
+    name="log-search-runs",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=only_connection_errors,
+)
+train_on_sagemaker = step(sagemaker.train_on_sagemaker, name="train-on-sagemaker")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mlops.settings import Settings
-from mlops.stack import use_private_stack
+from mlops.core.settings import Settings
+from mlops.stack.local import use_private_stack
 from tests.helpers import PROJECT
 
 _STATE = Path(tempfile.mkdtemp(prefix="mlops-test-"))
@@ -30,7 +30,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def local_stack(settings: Settings) -> Iterator[Settings]:
     """A real Prefect server and MLflow server on free loopback ports, for the whole session."""
-    from mlops.stack import LocalStack
+    from mlops.stack.local import LocalStack
 
     stack = LocalStack(settings, out=lambda _msg: None)
     try:
@@ -49,8 +49,8 @@ def local_stack(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def adult_data(settings: Settings) -> Path:
     """The example dataset present in the workspace (pulled, or seeded from the shipped copy)."""
-    from mlops.config import load_pipeline_config
-    from tasks.data import pull_dataset
+    from mlops.core.config import load_pipeline_config
+    from mlops.ml.data import pull_dataset
 
     cfg = load_pipeline_config(settings.pipeline)
     pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
@@ -61,8 +61,8 @@ def adult_data(settings: Settings) -> Path:
 def aws() -> Iterator[str]:
     """moto's server on a free loopback port: an EMULATION of the AWS APIs over HTTP (no AWS account
     is reachable here). Yields its endpoint URL; tests reset it with POST /moto-api/reset."""
-    from mlops.stack import console_script, free_port, spawn, stop_process_group
-    from tasks.smoke import wait_until_ready
+    from mlops.release.smoke import wait_until_ready
+    from mlops.stack.local import console_script, free_port, spawn, stop_process_group
 
     port = free_port()
     proc = spawn(
@@ -86,7 +86,7 @@ def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     """A user's shell: its own state folder and ports, nothing inherited from the test session."""
     import os
 
-    from mlops.stack import free_port
+    from mlops.stack.local import free_port
     from tests.helpers import BIN, mlops
 
     state = tmp_path_factory.mktemp("user-stack")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from serving.prediction_log import PREDICTIONS, PredictionLog, prediction_schema, read_log
+from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog, prediction_schema, read_log
 
 pytestmark = pytest.mark.fault
 

@@ -31,10 +31,10 @@ from mlflow import MlflowClient
 
 from flows.promotion import promotion
 from flows.training import training
-from mlops.settings import Settings
-from mlops.stack import free_port, process_alive
-from serving.router import Traffic
-from targets.local import LocalTarget
+from mlops.core.settings import Settings
+from mlops.release.router import Traffic
+from mlops.release.targets.local import LocalTarget
+from mlops.stack.local import free_port, process_alive
 from tests.helpers import BIN, adult_frame, lenient_policy, make_project
 
 pytestmark = pytest.mark.fault

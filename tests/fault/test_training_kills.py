@@ -12,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.training import training
-from mlops.lineage import FINGERPRINT_TAG
-from mlops.settings import Settings
-from tasks.registry import registration_complete, version_record
+from mlops.adapters.registry import registration_complete, version_record
+from mlops.core.lineage import FINGERPRINT_TAG
+from mlops.core.settings import Settings
 from tests.helpers import make_project
 from tests.training_worker import TrainingWorker
 

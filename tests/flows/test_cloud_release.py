@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 
 from flows.release import release
 from flows.training import training
-from mlops.audit import AuditTrail
-from mlops.integrity import IMAGE_TAG
-from mlops.settings import Settings
-from tasks.release import ReleaseFailed
+from mlops.adapters.audit import AuditTrail
+from mlops.core.integrity import IMAGE_TAG
+from mlops.core.settings import Settings
+from mlops.release.canary import ReleaseFailed
 from tests.helpers import adult_frame, edit_yaml, git, lenient_policy, make_project
 from tests.k8s_api import EmulatedKubernetes
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.environments import (
+from mlops.core.settings import Settings
+from mlops.stack.environments import (
     DeploymentEnvironmentError,
     available,
     base_job_template,
@@ -19,7 +20,6 @@ from mlops.environments import (
     ensure_pool,
     load_environment,
 )
-from mlops.settings import Settings
 
 pytestmark = pytest.mark.flows
 
@@ -152,7 +152,7 @@ def test_flow_results_persist_to_the_s3_block_the_environment_names(
     from prefect_aws import AwsCredentials, S3Bucket
     from prefect_aws.client_parameters import AwsClientParameters
 
-    from mlops.environments import ensure_result_storage
+    from mlops.stack.environments import ensure_result_storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", aws)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

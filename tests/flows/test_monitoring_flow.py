@@ -18,12 +18,12 @@ from flows.monitoring import monitoring, watermark_name
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.events import DRIFT_DETECTED, POLICY_UPDATED, emit_model_event
-from mlops.settings import Settings
-from mlops.stack import LocalStack, free_port, service_env
+from mlops.core.events import DRIFT_DETECTED, POLICY_UPDATED, emit_model_event
+from mlops.core.settings import Settings
+from mlops.ml.monitoring import SETTLE
+from mlops.release.targets.local import LocalTarget
+from mlops.stack.local import LocalStack, free_port, service_env
 from mlops.traffic import send_traffic, shift_adult
-from targets.local import LocalTarget
-from tasks.monitoring import SETTLE
 from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -170,9 +170,9 @@ def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settin
 
 def test_a_policy_change_the_champion_meets_retrains_nothing(production: dict[str, Any]) -> None:
     from flows.retraining import retraining
-    from mlops.audit import AuditTrail
-    from mlops.config import load_pipeline_config
-    from mlops.policy import apply_policy
+    from mlops.adapters.audit import AuditTrail
+    from mlops.core.config import load_pipeline_config
+    from mlops.core.policy import apply_policy
 
     settings, name = production["settings"], production["name"]
     cfg = load_pipeline_config(Path(production["pipeline"]))
@@ -197,11 +197,11 @@ def test_a_tighter_policy_the_champion_fails_retrains_and_a_failure_keeps_the_ch
     """Regulatory change: a fairness limit no model of this data meets. The champion fails it,
     retraining runs, the new version fails the same gate, and the champion keeps serving."""
     from flows.retraining import retraining
-    from mlops.audit import AuditTrail
-    from mlops.config import load_pipeline_config
-    from mlops.errors import ConfigError
-    from mlops.policy import apply_policy
-    from tasks.gates import GateFailed
+    from mlops.adapters.audit import AuditTrail
+    from mlops.core.config import load_pipeline_config
+    from mlops.core.errors import ConfigError
+    from mlops.core.policy import apply_policy
+    from mlops.ml.gates import GateFailed
     from tests.helpers import edit_yaml
 
     settings, name = production["settings"], production["name"]

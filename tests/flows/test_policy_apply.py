@@ -10,12 +10,12 @@ from prefect.events.clients import AssertingEventsClient
 from prefect.events.schemas.events import Event
 from prefect.events.worker import EventsWorker
 
-from mlops.audit import AuditTrail
-from mlops.config import load_pipeline_config
-from mlops.events import POLICY_UPDATED
-from mlops.policy import apply_policy
-from mlops.settings import Settings
-from mlops.stack import free_port
+from mlops.adapters.audit import AuditTrail
+from mlops.core.config import load_pipeline_config
+from mlops.core.events import POLICY_UPDATED
+from mlops.core.policy import apply_policy
+from mlops.core.settings import Settings
+from mlops.stack.local import free_port
 from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.flows

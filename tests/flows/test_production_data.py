@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from mlops.settings import Settings
-from mlops.stack import free_port
-from targets.local import LocalTarget
+from mlops.core.settings import Settings
+from mlops.release.targets.local import LocalTarget
+from mlops.stack.local import free_port
 from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -70,7 +70,7 @@ def test_an_out_of_contract_production_row_is_left_out_and_reported(
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     from flows.retraining import retraining
-    from mlops.audit import AuditTrail
+    from mlops.adapters.audit import AuditTrail
 
     settings, name = project["settings"], project["name"]
     rows = (

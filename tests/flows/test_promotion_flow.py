@@ -17,12 +17,12 @@ from prefect.flow_runs import resume_flow_run
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.audit import AuditTrail
-from mlops.settings import Settings
-from tasks.approval import APPROVAL_BY_TAG, APPROVAL_DECISION_TAG, REFUSED, ApprovalRejected
-from tasks.gates import GateFailed
-from tasks.promotion import PromotionConflict
-from tasks.release import ReleaseFailed
+from mlops.adapters.audit import AuditTrail
+from mlops.core.settings import Settings
+from mlops.ml.gates import GateFailed
+from mlops.release.approval import APPROVAL_BY_TAG, APPROVAL_DECISION_TAG, REFUSED, ApprovalRejected
+from mlops.release.canary import ReleaseFailed
+from mlops.release.promotion import PromotionConflict
 from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows

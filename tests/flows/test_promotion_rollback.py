@@ -10,8 +10,9 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import transaction
 
-from mlops.settings import Settings
-from tasks.promotion import CHAMPION, PROMOTION_TAGS, move_champion_alias, tag_promoted_version
+from mlops.core.settings import Settings
+from mlops.release.promotion import CHAMPION, PROMOTION_TAGS
+from tasks.release import move_champion_alias, tag_promoted_version
 
 pytestmark = pytest.mark.flows
 

@@ -18,7 +18,9 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.training import training
-from mlops.integrity import (
+from mlops.adapters.registry import BROKEN_TAG, RUN_ID_TAG, RegisteredVersion, download_model
+from mlops.adapters.tracking import load_run_frame
+from mlops.core.integrity import (
     CHECKSUM_ALGORITHM_TAG,
     CHECKSUM_TAG,
     SKOPS_TRUSTED_TYPES,
@@ -27,19 +29,10 @@ from mlops.integrity import (
     artifact_checksum,
     legacy_artifact_checksum,
 )
-from mlops.lineage import FINGERPRINT_TAG
-from mlops.settings import Settings
+from mlops.core.lineage import FINGERPRINT_TAG
+from mlops.core.settings import Settings
 from tasks.gates import check_model_contract
-from tasks.registry import (
-    BROKEN_TAG,
-    RUN_ID_TAG,
-    RegisteredVersion,
-    download_model,
-    find_model_version,
-    load_model_version,
-    register_model_version,
-)
-from tasks.tracking import load_run_frame
+from tasks.registry import find_model_version, load_model_version, register_model_version
 from tests.helpers import make_project
 from tests.training_worker import TrainingWorker
 

@@ -21,13 +21,11 @@ from mlflow import MlflowClient
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.audit import AuditEntry, AuditTrail
-from mlops.settings import Settings
-from mlops.stack import free_port
-from serving.prediction_log import SYNTHETIC_HEADER
-from serving.router import Traffic
-from targets.local import LocalTarget
-from tasks.approval import (
+from mlops.adapters.audit import AuditEntry, AuditTrail
+from mlops.adapters.prediction_log import SYNTHETIC_HEADER
+from mlops.adapters.registry import ModelVersionNotFound
+from mlops.core.settings import Settings
+from mlops.release.approval import (
     APPROVAL_AT_TAG,
     APPROVAL_BY_TAG,
     APPROVAL_DECISION_TAG,
@@ -35,8 +33,10 @@ from tasks.approval import (
     APPROVED,
     REFUSED,
 )
-from tasks.registry import ModelVersionNotFound
-from tasks.release import ReleaseFailed
+from mlops.release.canary import ReleaseFailed
+from mlops.release.router import Traffic
+from mlops.release.targets.local import LocalTarget
+from mlops.stack.local import free_port
 from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows

@@ -11,8 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.search import hyperparameter_search
-from mlops.errors import ConfigError
-from mlops.settings import Settings
+from mlops.core.errors import ConfigError
+from mlops.core.settings import Settings
 from tests.helpers import adult_frame, make_project
 
 pytestmark = pytest.mark.flows

@@ -20,8 +20,8 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.training import training
-from mlops.errors import DataContractError, DataLoadError
-from mlops.settings import Settings
+from mlops.core.errors import DataContractError, DataLoadError
+from mlops.core.settings import Settings
 from tests.helpers import PROJECT, adult_frame, git, make_project
 
 pytestmark = pytest.mark.flows

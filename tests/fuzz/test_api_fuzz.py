@@ -34,10 +34,17 @@ from schemathesis import Case, GenerationMode, Response
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from flows.training import training
-from mlops.settings import Settings
-from mlops.stack import console_script, free_port, service_env, spawn, stop_process_group, tail
-from serving.prediction_log import FEEDBACK, PREDICTIONS, read_log
-from tasks.smoke import wait_until_ready
+from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS, read_log
+from mlops.core.settings import Settings
+from mlops.release.smoke import wait_until_ready
+from mlops.stack.local import (
+    console_script,
+    free_port,
+    service_env,
+    spawn,
+    stop_process_group,
+    tail,
+)
 from tests.helpers import adult_frame, make_project
 
 pytestmark = [

@@ -262,9 +262,9 @@ def test_a_changed_mlflow_password_is_reported_when_the_stack_starts(
     """The admin keeps the password it was created with: `up` with another one says so."""
     from pydantic import SecretStr
 
-    from mlops.errors import StackError
-    from mlops.settings import Settings
-    from mlops.stack import check_credentials
+    from mlops.core.errors import StackError
+    from mlops.core.settings import Settings
+    from mlops.stack.local import check_credentials
 
     settings = Settings(
         state_dir=auth_stack.state,

@@ -22,7 +22,7 @@ import typer
 import yaml
 
 from mlops.cli import app
-from mlops.environments import available
+from mlops.stack.environments import available
 from tests.helpers import BIN
 
 pytestmark = pytest.mark.integration

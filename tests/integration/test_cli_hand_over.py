@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.settings import Settings
+from mlops.core.settings import Settings
 from tests.helpers import BIN, adult_frame, lenient_policy, make_project, mlops
 
 pytestmark = pytest.mark.integration

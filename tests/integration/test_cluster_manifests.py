@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.settings import Settings
-from serving.router import Traffic
-from targets.base import TargetError
-from targets.gitops import GitOpsTarget
-from targets.kserve import KServeTarget
-from targets.manifests import FORMATS, render_checked
+from mlops.core.settings import Settings
+from mlops.release.manifests import FORMATS, render_checked
+from mlops.release.router import Traffic
+from mlops.release.targets.base import TargetError
+from mlops.release.targets.gitops import GitOpsTarget
+from mlops.release.targets.kserve import KServeTarget
 from tests.helpers import git
 from tests.k8s_api import EmulatedKubernetes
 from tests.unit.test_manifests import release_steps

@@ -19,19 +19,20 @@ import pytest
 
 from flows.packaging import packaging
 from flows.training import training
-from mlops.integrity import CHECKSUM_TAG, IMAGE_TAG, ModelIntegrityError
-from mlops.settings import Settings
-from mlops.stack import free_port
-from tasks.packaging import (
+from mlops.adapters.registry import registry_client
+from mlops.adapters.tracking import tracking_server
+from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG, ModelIntegrityError
+from mlops.core.settings import Settings
+from mlops.release.packaging import (
     PackagingError,
-    assemble_build_context,
     container_exited,
     image_repository,
     registry_digest,
 )
-from tasks.registry import registry_client, resolve_model_version
-from tasks.smoke import wait_until_ready
-from tasks.tracking import tracking_server
+from mlops.release.smoke import wait_until_ready
+from mlops.stack.local import free_port
+from tasks.packaging import assemble_build_context
+from tasks.registry import resolve_model_version
 from tests.engine import Engine, container_engine
 from tests.helpers import adult_frame, make_project
 

@@ -43,8 +43,8 @@ def keys(client: object, bucket: str, prefix: str) -> list[str]:
 def test_the_prediction_log_is_written_to_s3_and_monitoring_reads_it_back(
     s3: tuple[str, object],
 ) -> None:
-    from serving.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
-    from tasks.monitoring import read_window
+    from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
+    from mlops.ml.monitoring import read_window
 
     bucket, client = s3
     root = f"s3://{bucket}/log/adult-income"
@@ -85,7 +85,8 @@ def test_the_prediction_log_is_written_to_s3_and_monitoring_reads_it_back(
 def test_the_dvc_remote_on_s3_holds_the_data_and_gives_it_back(
     s3: tuple[str, object], aws: str, tmp_path: Path
 ) -> None:
-    from tasks.data import configure_remote, pull_dataset, resolve_data_version
+    from mlops.ml.data import configure_remote, pull_dataset
+    from tasks.data import resolve_data_version
 
     bucket, client = s3
     root = tmp_path / "project"
@@ -109,8 +110,15 @@ def test_the_mlflow_server_keeps_artifacts_on_s3(
     import mlflow
     from sklearn.linear_model import LogisticRegression
 
-    from mlops.settings import Settings
-    from mlops.stack import free_port, healthy, service_env, services, spawn, stop_process_group
+    from mlops.core.settings import Settings
+    from mlops.stack.local import (
+        free_port,
+        healthy,
+        service_env,
+        services,
+        spawn,
+        stop_process_group,
+    )
 
     bucket, client = s3
     port = free_port()

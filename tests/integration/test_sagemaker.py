@@ -2,7 +2,7 @@
 
 moto records a training job and reports it Completed at once, but runs nothing. The one step no
 emulation performs, SageMaker executing the container, is done here by `run_the_container`: it
-reads the job's channel from S3, runs the project's entrypoint (`python -m tasks.sagemaker_entry`,
+reads the job's channel from S3, runs the project's entrypoint (`python -m mlops.adapters.sagemaker_entry`,
 the real code the image runs) in a process with SageMaker's environment, uploads the model
 archive where SageMaker puts it and writes the process's output to the job's CloudWatch log
 stream. Everything else, submitting, following, bringing logs and model back, is the product's
@@ -25,9 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.config import ModelConfig, load_pipeline_config
-from mlops.settings import Settings
-from tasks.sagemaker import (
+from mlops.adapters.sagemaker import (
     LOG_GROUP,
     ManagedTrainingError,
     TrainingJob,
@@ -35,7 +33,10 @@ from tasks.sagemaker import (
     follow_training_job,
     submit_training_job,
 )
-from tasks.split import Split, split_dataset
+from mlops.core.config import ModelConfig, load_pipeline_config
+from mlops.core.settings import Settings
+from mlops.ml.split import Split
+from tasks.data import split_dataset
 from tasks.training import train_model
 from tests.helpers import EXAMPLE, PROJECT, adult_frame
 
@@ -84,7 +85,7 @@ def run_the_container(job: TrainingJob, settings: Settings, workdir: Path) -> No
         body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()  # type: ignore[attr-defined]
         (channel / obj["Key"].rsplit("/", 1)[-1]).write_bytes(body)
     run = subprocess.run(
-        [sys.executable, "-m", "tasks.sagemaker_entry"],
+        [sys.executable, "-m", "mlops.adapters.sagemaker_entry"],
         cwd=PROJECT,
         env=os.environ | {"SM_CHANNEL_TRAIN": str(channel), "SM_MODEL_DIR": str(model_dir)},
         capture_output=True,
@@ -118,7 +119,7 @@ def test_a_training_job_runs_the_project_entrypoint_and_brings_model_and_logs_ba
     sagemaker, _, _ = clients(settings)
     described = sagemaker.describe_training_job(TrainingJobName=job.name)  # type: ignore[attr-defined]
     assert described["AlgorithmSpecification"]["TrainingImage"] == settings.sagemaker_image
-    assert described["AlgorithmSpecification"]["ContainerEntrypoint"] == ["python", "-m", "tasks.sagemaker_entry"]  # fmt: skip
+    assert described["AlgorithmSpecification"]["ContainerEntrypoint"] == ["python", "-m", "mlops.adapters.sagemaker_entry"]  # fmt: skip
     assert described["RoleArn"] == settings.sagemaker_role_arn
     channel = described["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
     assert channel == job.input_uri

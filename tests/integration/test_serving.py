@@ -25,14 +25,15 @@ import uvicorn
 from fastapi import FastAPI
 
 from flows.training import training
-from mlops.errors import MlopsError
-from mlops.settings import Settings
-from mlops.stack import free_port
-from serving.app import ServerConfig, create_app
-from serving.model import Column, ModelIntegrityError, ServedModel, load_served_model
-from serving.prediction_log import PREDICTIONS, PredictionLog, read_labelled, read_log
-from tasks.smoke import wait_until_ready
-from tasks.tracking import tracking_server
+from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog, read_labelled, read_log
+from mlops.adapters.tracking import tracking_server
+from mlops.core.errors import MlopsError
+from mlops.core.integrity import ModelIntegrityError
+from mlops.core.settings import Settings
+from mlops.release.smoke import wait_until_ready
+from mlops.serving.app import ServerConfig, create_app
+from mlops.serving.model import Column, ServedModel, load_served_model
+from mlops.stack.local import free_port
 from tests.helpers import adult_frame, make_project
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mlops.audit import ENTRIES, GENESIS, HEAD_TAG, AuditEntry, AuditTrail, digest
-from mlops.settings import Settings
+from mlops.adapters.audit import ENTRIES, GENESIS, HEAD_TAG, AuditEntry, AuditTrail, digest
+from mlops.core.settings import Settings
 
 pytestmark = pytest.mark.flows  # needs the servers of `local_stack`
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from mlops.settings import Settings
-from mlops.stack import mlflow_auth_env, server_env, service_env
+from mlops.core.settings import Settings
+from mlops.stack.local import mlflow_auth_env, server_env, service_env
 
 pytestmark = pytest.mark.unit
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.config import load_pipeline_config
-from mlops.errors import ConfigError
-from mlops.policy import load_policy
-from mlops.settings import Settings
+from mlops.core.config import load_pipeline_config
+from mlops.core.errors import ConfigError
+from mlops.core.policy import load_policy
+from mlops.core.settings import Settings
 from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.unit

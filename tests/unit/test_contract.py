@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops.config import load_pipeline_config
-from mlops.errors import DataContractError
-from tasks.validation import check_contract
+from mlops.core.config import load_pipeline_config
+from mlops.core.errors import DataContractError
+from mlops.ml.contract import check_contract
 from tests.helpers import EXAMPLE, adult_frame
 
 pytestmark = pytest.mark.unit

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy, Threshold
-from tasks.gates import compare_models, fairness, metric_thresholds, training_data
+from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy, Threshold
+from mlops.ml.gates import compare_models, fairness, metric_thresholds, training_data
 
 pytestmark = pytest.mark.unit
 
@@ -107,7 +107,7 @@ def test_training_data_flags_missing_values_and_drift() -> None:
 
 
 def test_the_champion_is_compared_only_on_rows_it_never_trained_on() -> None:
-    from tasks.gates import unseen_rows
+    from mlops.ml.gates import unseen_rows
 
     frame = pd.DataFrame(
         {"a": range(300), "b": [i % 7 for i in range(300)], "y": [i % 2 for i in range(300)]}

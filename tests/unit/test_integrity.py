@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlops.integrity import (
+from mlops.adapters.registry import (
+    BROKEN_TAG,
+    RUN_ID_TAG,
+    RegisteredVersion,
+    parse_registered_uri,
+    registration_complete,
+)
+from mlops.core.integrity import (
     CHECKSUM_ALGORITHM,
     CHECKSUM_ALGORITHM_TAG,
     CHECKSUM_TAG,
@@ -16,14 +23,7 @@ from mlops.integrity import (
     check_model_format,
     verify_artifacts,
 )
-from mlops.lineage import FINGERPRINT_TAG
-from tasks.registry import (
-    BROKEN_TAG,
-    RUN_ID_TAG,
-    RegisteredVersion,
-    parse_registered_uri,
-    registration_complete,
-)
+from mlops.core.lineage import FINGERPRINT_TAG
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.router import Traffic
-from targets.manifests import (
+from mlops.release.manifests import (
     FORMATS,
     ManifestError,
     ReleaseSpec,
@@ -15,6 +14,7 @@ from targets.manifests import (
     render_checked,
     validate_manifest,
 )
+from mlops.release.router import Traffic
 
 pytestmark = pytest.mark.unit
 

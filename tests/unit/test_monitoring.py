@@ -12,10 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlops.config import load_pipeline_config
-from mlops.policy import MonitoringPolicy
-from mlops.traffic import shift_adult
-from serving.prediction_log import (
+from mlops.adapters.prediction_log import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
     PREDICTIONS,
@@ -23,9 +20,12 @@ from serving.prediction_log import (
     PredictionLog,
     file_name,
 )
-from tasks.drift import drift_tests, read_snapshot
-from tasks.monitoring import SETTLE, drift_report, judge_drift, judge_performance, read_window
-from tasks.production_data import labelled_rows
+from mlops.core.config import load_pipeline_config
+from mlops.core.policy import MonitoringPolicy
+from mlops.ml.drift import drift_tests, read_snapshot
+from mlops.ml.monitoring import SETTLE, drift_report, judge_drift, judge_performance, read_window
+from mlops.ml.production_data import labelled_rows
+from mlops.traffic import shift_adult
 from tests.helpers import EXAMPLE, adult_frame
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from serving.prediction_log import (
+from mlops.adapters.prediction_log import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
     PREDICTIONS,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mlops.config import load_pipeline_config
-from tasks.validation import split_by_contract
+from mlops.core.config import load_pipeline_config
+from mlops.ml.contract import split_by_contract
 from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.unit

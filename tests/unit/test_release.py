@@ -9,16 +9,14 @@ from typing import cast
 
 import pytest
 
-from mlops.files import write_atomic
-from mlops.integrity import CHECKSUM_ALGORITHM, CHECKSUM_ALGORITHM_TAG, CHECKSUM_TAG
-from mlops.lineage import FINGERPRINT_TAG
-from mlops.policy import Policy, ReleasePolicy
-from mlops.settings import Settings
-from serving.prediction_log import SYNTHETIC_HEADER
-from serving.router import SLOTS, RouterError, Traffic, render_dynamic
-from targets.base import SlotSample
-from targets.local import LocalTarget, parse_router_metrics
-from tasks.approval import (
+from mlops.adapters.prediction_log import SYNTHETIC_HEADER
+from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion
+from mlops.core.files import write_atomic
+from mlops.core.integrity import CHECKSUM_ALGORITHM, CHECKSUM_ALGORITHM_TAG, CHECKSUM_TAG
+from mlops.core.lineage import FINGERPRINT_TAG
+from mlops.core.policy import Policy, ReleasePolicy
+from mlops.core.settings import Settings
+from mlops.release.approval import (
     APPROVAL_AT_TAG,
     APPROVAL_BY_TAG,
     APPROVAL_DECISION_TAG,
@@ -26,9 +24,11 @@ from tasks.approval import (
     APPROVED,
     REFUSED,
 )
-from tasks.promotion import GATES_FAILED, GATES_PASSED, GATES_TAG, release_eligibility
-from tasks.registry import RUN_ID_TAG, RegisteredVersion
-from tasks.release import judge, quantile
+from mlops.release.canary import judge, quantile
+from mlops.release.promotion import GATES_FAILED, GATES_PASSED, GATES_TAG, release_eligibility
+from mlops.release.router import SLOTS, RouterError, Traffic, render_dynamic
+from mlops.release.targets.base import SlotSample
+from mlops.release.targets.local import LocalTarget, parse_router_metrics
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 PROBE = """
 import numpy as np, pandas as pd
-from serving.model import SINGLE_THREAD_ROWS, Column, ServedModel  # first, as the server does
+from mlops.serving.model import SINGLE_THREAD_ROWS, Column, ServedModel  # first, as the server does
 import sklearn.ensemble  # then scikit-learn and its OpenMP runtime, with the model
 from threadpoolctl import threadpool_info
 

@@ -8,14 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlops.caching import code_fingerprint, module_closure, stable_hash
-from mlops.config import ModelConfig, load_pipeline_config
-from mlops.errors import ConfigError
-from mlops.lineage import run_fingerprint
-from tasks.evaluation import evaluate_model, score
-from tasks.split import split_dataset
-from tasks.training import build_estimator, train_model
-from tasks.validation import check_contract
+from mlops.core.config import ModelConfig, load_pipeline_config
+from mlops.core.errors import ConfigError
+from mlops.core.lineage import run_fingerprint
+from mlops.ml.caching import code_fingerprint, module_closure, stable_hash
+from mlops.ml.contract import check_contract
+from mlops.ml.evaluation import score
+from mlops.ml.training import build_estimator
+from tasks.data import split_dataset
+from tasks.training import evaluate_model, train_model
 from tests.helpers import EXAMPLE, adult_frame
 
 pytestmark = pytest.mark.unit
@@ -87,13 +88,13 @@ def test_stable_hash_survives_a_round_trip_and_sees_changes(frame: pd.DataFrame)
 
 
 def test_code_fingerprint_follows_imports_and_ignores_unrelated_modules() -> None:
-    names = {p.name for p in module_closure("tasks.training")}
+    names = {p.name for p in module_closure("mlops.ml.training")}
     assert {"training.py", "features.py", "split.py", "config.py"} <= names
     assert "cli.py" not in names and "stack.py" not in names
     flow = {p.as_posix() for p in module_closure("flows.training")}
     assert any(p.endswith("tasks/validation.py") for p in flow)
-    assert len(code_fingerprint("tasks.training")) == 64
-    assert code_fingerprint("tasks.training") != code_fingerprint("tasks.split")
+    assert len(code_fingerprint("mlops.ml.training")) == 64
+    assert code_fingerprint("mlops.ml.training") != code_fingerprint("mlops.ml.split")
 
 
 def test_run_fingerprint_changes_with_data_code_or_config() -> None:

@@ -1,0 +1,202 @@
+"""Experiment tracking: one MLflow run per training, with parameters, metrics, data and model."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import mlflow.sklearn
+import pandas as pd
+from mlflow.models import infer_signature
+from sklearn.pipeline import Pipeline
+
+from mlops.core.integrity import SERIALIZATION_FORMAT, SKOPS_TRUSTED_TYPES
+from mlops.ml.split import Split
+
+DATA_ARTIFACTS = "data"
+
+CONFIG_ARTIFACTS = "config"
+
+
+def load_run_frame(tracking_uri: str, run_id: str, part: str) -> pd.DataFrame:
+    """A frame a training run logged (``training`` or ``holdout``): features and the 0/1 target."""
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=f"{DATA_ARTIFACTS}/{part}.parquet", tracking_uri=tracking_uri
+    )
+    return pd.read_parquet(path)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    run_url: str
+
+
+@contextmanager
+def tracking_server(uri: str) -> Iterator[None]:
+    """Send MLflow's fluent API to ``uri`` for the block, then restore the previous target."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _dataset(frame: pd.DataFrame, target: pd.Series, source: str, name: str, digest: str) -> Any:
+    data = frame.assign(**{target.name: target.to_numpy()})
+    return mlflow.data.from_pandas(  # type: ignore[attr-defined]
+        data, source=source, targets=str(target.name), name=name, digest=digest
+    )
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested config as flat MLflow parameters (``model.params.max_iter``)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), item))
+        return out
+    if isinstance(value, (list, tuple)):
+        return {prefix: ",".join(str(v) for v in value)}
+    return {prefix: value}
+
+
+def log_training_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    model: Pipeline,
+    split: Split,
+    metrics: dict[str, float],
+    params: dict[str, Any],
+    tags: dict[str, str],
+    data_source: str,
+    data_md5: str,
+    config_files: dict[str, str],
+    texts: dict[str, str] | None = None,
+) -> TrainingRun:
+    """Log one finished training to MLflow; a failure part-way marks the run FAILED, never FINISHED.
+
+    ``texts`` are logged as text artifacts by their path (a managed training job's log)."""
+    with tracking_server(tracking_uri), warnings.catch_warnings():
+        # MLflow registers the local-file dataset source twice and calls a path ambiguous; and it
+        # hints that integer columns cannot hold missing values, which the contract rules out.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        exp = mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=run_name, tags=tags) as run:
+            mlflow.log_params(flatten("", params))
+            mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+            for artifact, text in (texts or {}).items():
+                mlflow.log_text(text, artifact)
+            name = data_source.rsplit("/", 1)[-1]
+            # MLflow keys a dataset by (name, digest): the digest is the DVC md5 of the file, and
+            # the name tells the two parts of the split apart.
+            mlflow.log_input(
+                _dataset(split.X_train, split.y_train, data_source, f"{name}:training", data_md5),
+                context="training",
+            )
+            mlflow.log_input(
+                _dataset(
+                    split.X_holdout, split.y_holdout, data_source, f"{name}:holdout", data_md5
+                ),
+                context="holdout",
+            )
+            for filename, text in config_files.items():
+                mlflow.log_text(text, f"{CONFIG_ARTIFACTS}/{filename}")
+            # The exact frames, for the gates (holdout) and for drift checks (training data as
+            # the reference once this model serves).
+            with tempfile.TemporaryDirectory() as tmp:
+                for part, X, y in (
+                    ("training", split.X_train, split.y_train),
+                    ("holdout", split.X_holdout, split.y_holdout),
+                ):
+                    path = Path(tmp) / f"{part}.parquet"
+                    X.assign(**{str(y.name): y.to_numpy()}).to_parquet(path)
+                    mlflow.log_artifact(str(path), artifact_path=DATA_ARTIFACTS)
+            # Columns keep the contract's types: MLflow refuses to cast int64 to double at
+            # predict time, so a double column would refuse integer input.
+            sample = split.X_holdout.head(200)
+            example = sample.head(5)
+            signature = infer_signature(sample, model.predict(sample))
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=example,
+                pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+                # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and
+                # every loader refuses any format but this one (mlops.integrity)
+                serialization_format=SERIALIZATION_FORMAT,
+                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                params=None,
+            )
+        run_url = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+        return TrainingRun(
+            run_id=run.info.run_id,
+            experiment_id=exp.experiment_id,
+            model_uri=info.model_uri,
+            run_url=run_url,
+        )
+
+
+def log_monitoring_run(
+    tracking_uri: str, experiment: str, outcome: dict[str, Any], report: str | None
+) -> str:
+    """One MLflow run per monitoring window: its figures as metrics (a history to chart), the
+    verdicts as JSON and the Evidently report as an HTML artifact. Returns the run's URL."""
+    drift, perf = outcome["drift"], outcome["performance"]
+    metrics = {"window_rows": float(outcome["rows"])}
+    if drift["share"] is not None:
+        metrics["drift_share"] = float(drift["share"])
+    if perf["live"] is not None:
+        metrics[f"live_{perf['metric']}"] = float(perf["live"])
+    with tracking_server(tracking_uri):
+        exp = mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"window-{outcome['until'][:19]}") as run:
+            mlflow.set_tags(
+                {
+                    "mlops.model": outcome["model"],
+                    "mlops.model.version": str(outcome["version"]),
+                    "mlops.drift.detected": str(drift["detected"]),
+                    "mlops.performance.degraded": str(perf["degraded"]),
+                }
+            )
+            mlflow.log_metrics(metrics)
+            mlflow.log_dict(outcome, "monitoring.json")
+            if report:
+                mlflow.log_artifact(report)
+    return f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+
+
+def log_search_runs(
+    tracking_uri: str, experiment: str, scores: list[Any], best: Any, metric: str, runner: str
+) -> str:
+    """A parent MLflow run for a hyper-parameter search with one nested run per candidate (its
+    parameters, cross-validated score and spread). Returns the parent run's id."""
+    with tracking_server(tracking_uri):
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"search-{len(scores)}-candidates") as parent:
+            mlflow.set_tags({"mlops.search.runner": runner, "mlops.search.metric": metric})
+            mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
+            mlflow.log_metric(f"best_cv_{metric}", best.mean)
+            for s in scores:
+                with mlflow.start_run(run_name=_candidate_name(s.params), nested=True):
+                    mlflow.log_params(s.params)
+                    mlflow.log_metrics({f"cv_{metric}": s.mean, f"cv_{metric}_std": s.std,
+                                        "fit_seconds": s.seconds})  # fmt: skip
+    return str(parent.info.run_id)
+
+
+def _candidate_name(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(params.items()))[:250]

@@ -1,0 +1,206 @@
+"""Pipeline configuration and data contract: typed models loaded from the example's YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mlops.core.errors import ConfigError
+
+ModelFamily = Literal[
+    "logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnContract(_Strict):
+    """What one column must hold."""
+
+    type: Literal["int", "float", "category", "string", "bool"]
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: tuple[str, ...] | None = Field(
+        None, description="Allowed categories (type category only)."
+    )
+    unknown_tolerance: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of rows allowed to hold a category outside `values` before the check fails.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ColumnContract:
+        if self.type == "category" and not self.values:
+            raise ValueError("a category column needs its allowed `values`")
+        if self.type != "category" and (self.values or self.unknown_tolerance):
+            raise ValueError("`values` and `unknown_tolerance` apply to category columns only")
+        if (self.min is not None or self.max is not None) and self.type not in ("int", "float"):
+            raise ValueError("`min`/`max` apply to int and float columns only")
+        return self
+
+
+class DataContract(_Strict):
+    """The data contract of a dataset: its columns, their types and ranges, and a row floor."""
+
+    version: int = 1
+    min_rows: int = Field(1, ge=1)
+    strict: bool = Field(True, description="Refuse columns the contract does not name.")
+    columns: dict[str, ColumnContract]
+
+
+class DataConfig(_Strict):
+    path: str = Field(description="DVC-tracked dataset, relative to the project root.")
+    seed: Path | None = Field(
+        None,
+        description="A shipped copy (gzip CSV) that seeds an empty DVC remote on a fresh machine.",
+    )
+    na_values: tuple[str, ...] = ()
+    contract: Path
+
+
+class TargetConfig(_Strict):
+    column: str
+    positive: str = Field(description="The label value counted as the positive class.")
+
+
+class FeatureConfig(_Strict):
+    numeric: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class SplitConfig(_Strict):
+    test_size: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 42
+    stratify: bool = True
+
+
+class ModelConfig(_Strict):
+    family: ModelFamily
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SearchConfig(_Strict):
+    """A hyper-parameter search: every combination of the grid, scored by cross-validation on
+    the training split (the holdout stays for the gates)."""
+
+    grid: dict[str, list[Any]] = Field(min_length=1, description="parameter -> values to try")
+    folds: int = Field(3, ge=2, le=10)
+    metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "neg_log_loss"] = "roc_auc"
+
+
+class PipelineConfig(_Strict):
+    """Everything the training pipeline needs to know about one dataset and model."""
+
+    name: str
+    model_name: str = Field(description="Registered model name in MLflow.")
+    experiment: str
+    data: DataConfig
+    target: TargetConfig
+    features: FeatureConfig
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig
+    search: SearchConfig | None = None
+    policy: Path
+
+    # Filled in by load_pipeline_config, not by the YAML file.
+    source: Path | None = None
+    contract_spec: DataContract | None = None
+
+    @model_validator(mode="after")
+    def _features_distinct(self) -> PipelineConfig:
+        both = set(self.features.numeric) & set(self.features.categorical)
+        if both:
+            raise ValueError(f"features listed as both numeric and categorical: {sorted(both)}")
+        if self.target.column in self.features.columns:
+            raise ValueError(f"the target {self.target.column!r} is also listed as a feature")
+        return self
+
+    @property
+    def contract(self) -> DataContract:
+        """The loaded data contract (set by load_pipeline_config)."""
+        if self.contract_spec is None:
+            raise ConfigError("load the pipeline config with load_pipeline_config()")
+        return self.contract_spec
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M]) -> M:
+    """Read ``path`` as YAML into ``model``; any problem becomes a ConfigError naming the file and field."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from None
+
+
+def load_pipeline_config(path: Path) -> PipelineConfig:
+    """Load a pipeline config and its data contract; relative paths resolve against the config's folder."""
+    path = path.resolve()
+    cfg = load_yaml_model(path, PipelineConfig)
+    here = path.parent
+    contract_path = here / cfg.data.contract
+    contract = load_yaml_model(contract_path, DataContract)
+    data = cfg.data.model_copy(
+        update={
+            "contract": contract_path,
+            "seed": here / cfg.data.seed if cfg.data.seed else None,
+        }
+    )
+    cfg = cfg.model_copy(
+        update={
+            "data": data,
+            "policy": here / cfg.policy,
+            "source": path,
+            "contract_spec": contract,
+        }
+    )
+    needed = [*cfg.features.columns, cfg.target.column]
+    missing = [c for c in needed if c not in contract.columns]
+    if missing:
+        raise ConfigError(f"{path}: columns {missing} are used but not declared in {contract_path}")
+    return cfg
+
+
+def config_snapshot(cfg: PipelineConfig) -> dict[str, str]:
+    """The pipeline config, data contract and policy as three files that load on their own.
+
+    Logged with every training run (``config/``) so that a version can be retrained exactly
+    from what it was trained with, wherever the original files lived.
+    """
+    if cfg.source is None:
+        raise ConfigError("load the pipeline config with load_pipeline_config()")
+    raw = yaml.safe_load(cfg.source.read_text(encoding="utf-8"))
+    raw["data"]["contract"] = "contract.yaml"
+    raw["data"].pop("seed", None)
+    raw["policy"] = "policy.yaml"
+    raw["model"] = cfg.model.model_dump(mode="json")  # as trained: a search may have set params
+    return {
+        "pipeline.yaml": yaml.safe_dump(raw, sort_keys=False),
+        "contract.yaml": Path(cfg.data.contract).read_text(encoding="utf-8"),
+        "policy.yaml": Path(cfg.policy).read_text(encoding="utf-8"),
+    }

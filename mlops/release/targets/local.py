@@ -1,0 +1,281 @@
+"""The local release target: model-server processes in two slots behind the Traefik router.
+
+State lives in ``<state_dir>/release/<model>/state.json`` (replaced atomically): which version
+runs in which slot under which pid, which slot is stable, and the router's pid. Processes are
+recognised by pid and start time, so a recycled pid is never mistaken for a slot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from mlops.core.files import write_atomic
+from mlops.core.settings import Settings
+from mlops.release.guard import start_guard, stop_guard
+from mlops.release.router import SLOTS, Router, Traffic
+from mlops.release.targets.base import Deployed, SlotSample, TargetError, TargetState
+from mlops.stack.local import (
+    auth_headers,
+    console_script,
+    free_port,
+    process_alive,
+    service_env,
+    spawn,
+    started_at,
+    stop_process_group,
+    tail,
+)
+
+
+@dataclass
+class _State:
+    router: dict[str, Any] | None = None  # pid, started
+    slots: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # slot -> version, pid, started, port
+    stable: str | None = None
+
+
+class LocalTarget:
+    name = "local"
+
+    def __init__(self, settings: Settings, model: str) -> None:
+        self.settings = settings
+        self.model = model
+        self.dir = settings.state_dir / "release" / model
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.router = Router(
+            self.dir / "router", settings.router_port, settings.router_admin_port, settings.host
+        )
+
+    # state -----------------------------------------------------------------------------------
+    def _load(self) -> _State:
+        path = self.dir / "state.json"
+        if not path.exists():
+            return _State()
+        known = {f.name for f in fields(_State)}
+        return _State(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+    def _save(self, state: _State) -> None:
+        write_atomic(self.dir / "state.json", json.dumps(asdict(state), indent=2))
+        self._write_scrape_targets(state)
+
+    def _write_scrape_targets(self, state: _State) -> None:
+        """The slots' servers for Prometheus' file service discovery (infra/monitoring/)."""
+        folder = self.settings.state_dir / "metrics"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "slots.json"
+        others = [t for t in _read_json(path) if t["labels"].get("model") != self.model]
+        ours = [
+            {
+                "targets": [f"{self.settings.host}:{info['port']}"],
+                "labels": {"model": self.model, "slot": slot, "version": str(info["version"])},
+            }
+            for slot, info in sorted(state.slots.items())
+        ]
+        write_atomic(path, json.dumps(others + ours, indent=2))
+
+    def _url(self, slot: dict[str, Any]) -> str:
+        return f"http://{self.settings.host}:{slot['port']}"
+
+    def _deployed(self, state: _State, slot: str | None) -> Deployed | None:
+        info = state.slots.get(slot) if slot else None
+        if slot is None or info is None or not process_alive(info["pid"], info["started"]):
+            return None
+        return Deployed(slot, int(info["version"]), self._url(info))
+
+    def _backends(self, state: _State) -> dict[str, str]:
+        return {
+            slot: self._url(info)
+            for slot, info in state.slots.items()
+            if process_alive(info["pid"], info["started"])
+        }
+
+    def state(self) -> TargetState:
+        state = self._load()
+        idle = next((s for s in SLOTS if s != state.stable), None) if state.stable else None
+        return TargetState(
+            self._deployed(state, state.stable), self._deployed(state, idle), self.router.current()
+        )
+
+    # router ----------------------------------------------------------------------------------
+    def _ensure_router(self, state: _State, traffic: Traffic) -> None:
+        info = state.router
+        if info and process_alive(info["pid"], info["started"]):
+            return
+        pid = self.router.start(self._backends(state), traffic)
+        state.router = {"pid": pid, "started": started_at(pid)}
+        self._save(state)
+
+    def set_traffic(self, traffic: Traffic) -> None:
+        state = self._load()
+        backends = self._backends(state)
+        missing = set(traffic.serving) - set(backends)
+        if missing:
+            raise TargetError(f"{self.model}: slot(s) {sorted(missing)} run no model server")
+        if state.router is None or not process_alive(state.router["pid"], state.router["started"]):
+            self._ensure_router(state, traffic)
+        else:
+            self.router.apply(backends, traffic)
+
+    def recover(self) -> str | None:
+        state = self._load()
+        stable = self._deployed(state, state.stable)
+        now = self.router.current()
+        if stable is None or now is None or now == Traffic.only(stable.slot):
+            return None
+        self.set_traffic(Traffic.only(stable.slot))
+        return (
+            f"found traffic {now.describe()} left by an unfinished release; "
+            f"restored {stable.slot} (v{stable.version}) to 100%"
+        )
+
+    def guard(self, lease: UUID | None = None) -> None:
+        start_guard(self.settings, self.model, self.name, self.dir / "guard.json", lease)
+
+    def unguard(self) -> None:
+        stop_guard(self.dir / "guard.json")
+
+    def mark_stable(self, slot: str) -> None:
+        state = self._load()
+        state.stable = slot
+        self._save(state)
+
+    # slots -----------------------------------------------------------------------------------
+    def deploy(self, version: int, image: str | None = None) -> Deployed:
+        state = self._load()
+        slot = next(s for s in SLOTS if s != state.stable)
+        self.retire(slot)
+        state = self._load()
+        port = free_port(self.settings.host)
+        log = self.dir / f"{slot}.log"
+        # the servers keep MLOPS_SERVING_TOKEN when it is set: callers send it through the router
+        env = os.environ | service_env(self.settings) | {"MLOPS_ENV": "local"}
+        proc = spawn(
+            [
+                console_script("mlops"),
+                "serve",
+                self.model,
+                "--version",
+                str(version),
+                "--port",
+                str(port),
+                "--log-root",
+                self.settings.prediction_log(self.model),
+            ],
+            log,
+            cwd=self.settings.project_dir,
+            env=env,
+        )
+        state.slots[slot] = {
+            "version": version,
+            "pid": proc.pid,
+            "started": started_at(proc.pid),
+            "port": port,
+            "log": str(log),
+        }
+        self._save(state)
+        return Deployed(slot, version, f"http://{self.settings.host}:{port}")
+
+    def wait_ready(self, deployed: Deployed, timeout: float) -> None:
+        from mlops.release.smoke import wait_until_ready
+
+        info = self._load().slots[deployed.slot]
+
+        def gone() -> str | None:
+            if process_alive(info["pid"], info["started"]):
+                return None
+            return f"the {deployed.slot} server exited:\n{tail(Path(info['log']))}"
+
+        wait_until_ready(self._url(info), timeout, gone)
+
+    def retire(self, slot: str) -> None:
+        state = self._load()
+        info = state.slots.pop(slot, None)
+        if info and process_alive(info["pid"], info["started"]):
+            current = self.router.current()
+            if current and (slot in current.serving or current.mirror == slot):
+                raise TargetError(f"{self.model}: slot {slot} still takes traffic; not stopping it")
+            stop_process_group(info["pid"], timeout=10)
+        self._save(state)
+
+    def stop(self) -> None:
+        """Stop the router and both slots (``mlops down``)."""
+        self.unguard()
+        state = self._load()
+        for info in [*state.slots.values(), state.router]:
+            if info and process_alive(info["pid"], info["started"]):
+                stop_process_group(info["pid"], timeout=10)
+        (self.dir / "state.json").unlink(missing_ok=True)
+
+    # metrics ---------------------------------------------------------------------------------
+    def sample(self) -> dict[str, SlotSample]:
+        state = self._load()
+        try:
+            routed = httpx.get(f"{self.router.url}/metrics", timeout=5).text
+        except httpx.HTTPError as exc:
+            raise TargetError(f"the router at {self.router.url} cannot be reached: {exc}") from None
+        samples = parse_router_metrics(routed)
+        for slot, info in state.slots.items():
+            labels: dict[str, float] = {}
+            try:
+                served = httpx.get(
+                    f"{self._url(info)}/metrics",
+                    headers=auth_headers(self.settings, "serving"),
+                    timeout=5,
+                ).text
+                labels = parse_prediction_counts(served)
+            except httpx.HTTPError:
+                pass  # a dead slot shows in the router's errors
+            base = samples.get(slot, SlotSample())
+            samples[slot] = SlotSample(base.requests, base.errors, base.latency_buckets, labels)
+        return samples
+
+
+def parse_router_metrics(text: str) -> dict[str, SlotSample]:
+    """Per-slot requests, 5xx and latency buckets from Traefik's Prometheus text."""
+    requests: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            slot = s.labels.get("service", "").split("@", 1)[0]
+            if slot not in SLOTS:
+                continue
+            if s.name == "traefik_service_requests_total":
+                requests[slot] = requests.get(slot, 0.0) + s.value
+                if s.labels.get("code", "").startswith("5"):
+                    errors[slot] = errors.get(slot, 0.0) + s.value
+            elif s.name == "traefik_service_request_duration_seconds_bucket":
+                le = float(s.labels["le"])
+                into = buckets.setdefault(slot, {})
+                into[le] = into.get(le, 0.0) + s.value
+    return {
+        slot: SlotSample(requests.get(slot, 0.0), errors.get(slot, 0.0), buckets.get(slot, {}))
+        for slot in set(requests) | set(buckets)
+    }
+
+
+def parse_prediction_counts(text: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "mlops_predictions_total":
+                counts[s.labels["label"]] = counts.get(s.labels["label"], 0.0) + s.value
+    return counts
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return data if isinstance(data, list) else []

@@ -1,0 +1,60 @@
+"""``python -m serving``: the model server process, as the container image starts it.
+
+    python -m serving --model-dir /opt/mlops/model --metadata /opt/mlops/model.json
+
+``model.json`` holds the registered name, version and artifact sha256; the folder is refused if it
+does not match. Settings from the environment: ``PORT``, ``HOST`` (default 0.0.0.0),
+``MLOPS_PREDICTION_LOG`` (folder or s3:// URL), ``MLOPS_SERVING_TOKEN``, ``MLOPS_ENV``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from mlops.adapters.prediction_log import PredictionLog
+from mlops.core.errors import MlopsError
+from mlops.serving.app import ServerConfig, create_app, token_from_environment
+from mlops.serving.model import load_model_folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="MLflow model folder")
+    parser.add_argument("--metadata", type=Path, required=True, help="model.json beside it")
+    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    parser.add_argument(
+        "--log-root",
+        default=os.environ.get("MLOPS_PREDICTION_LOG", "/var/lib/mlops/prediction-log"),
+    )
+    args = parser.parse_args(argv)
+    try:
+        meta = json.loads(args.metadata.read_text())
+        name, version, sha256 = meta["name"], int(meta["version"]), meta["sha256"]
+        token = token_from_environment(os.environ)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"error: {args.metadata}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except MlopsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(
+        lambda: load_model_folder(args.model_dir, name, version, sha256),
+        PredictionLog(args.log_root),
+        ServerConfig(token=token),
+        model_name=name,
+        model_ref=str(version),
+    )
+    print(f"serving {name} v{version} on {args.host}:{args.port} (prediction log {args.log_root})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

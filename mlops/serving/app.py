@@ -1,0 +1,488 @@
+"""The model server: FastAPI app answering predictions for one model version.
+
+Routes: ``POST /predict`` (one row or a batch), ``POST /feedback`` (a label for an earlier
+request), ``GET /health``, ``GET /ready`` (the model is loaded and warmed), ``GET /metrics``
+(Prometheus), ``GET /openapi.json`` (the real request and response bodies once the model has
+loaded). Every input is checked against the model's signature before it reaches the model or the
+prediction log; anything wrong is a 4xx naming the field. The event loop only moves bytes: JSON
+parsing, validation, the model and the log run on worker threads, so /health always answers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    create_model,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from mlops.adapters.prediction_log import (
+    FEEDBACK,
+    PREDICTIONS,
+    SYNTHETIC_HEADER,
+    PredictionLog,
+    prediction_schema,
+)
+from mlops.core.errors import MlopsError
+from mlops.serving.model import Column, ServedModel
+from mlops.serving.openapi import merge, operations
+
+logger = logging.getLogger(__name__)
+
+# The ranges the prediction log's Arrow columns hold (int64, int32): a wider integer is refused
+# here, naming the field, instead of failing later in the model (OverflowError) or the log.
+_INT_RANGE = {"long": (-(2**63), 2**63 - 1), "integer": (-(2**31), 2**31 - 1)}
+
+
+def _utf8(value: str) -> str:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 writer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at {exc.start})") from None
+    return value
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: 2.0 is the integer 2, as JSON Schema's ``integer`` (and so
+    the OpenAPI document) says. 2.5, "2" and true stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Utf8Str = Annotated[StrictStr, AfterValidator(_utf8)]
+
+# A JSON number (12 or 12.5), never "12" or true; NaN and infinities are refused.
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+def _field_type(mlflow_type: str) -> Any:
+    if mlflow_type in _INT_RANGE:
+        low, high = _INT_RANGE[mlflow_type]
+        return Annotated[StrictInt, Field(ge=low, le=high), BeforeValidator(_integral)]
+    if mlflow_type in ("double", "float"):
+        return Number
+    if mlflow_type == "boolean":
+        return StrictBool
+    return Utf8Str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_body_bytes: int = 1_000_000
+    max_batch_rows: int = 1000
+    token: str | None = None  # bearer token required on /predict and /feedback when set
+
+
+def row_model(columns: list[Column]) -> type[BaseModel]:
+    """A pydantic model of one input row: the signature's columns and types, nothing else."""
+    fields: dict[str, Any] = {}
+    for col in columns:
+        kind = _field_type(col.type)
+        fields[col.name] = (kind, ...) if col.required else (kind | None, None)
+    return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: StrictStr = Field(pattern=r"^[0-9a-f]{32}$")
+    # not Literal[0, 1]: that takes true as 1
+    label: Annotated[StrictInt, BeforeValidator(_integral)] = Field(ge=0, le=1)
+
+
+class Metrics:
+    """The server's Prometheus metrics, each labelled with the model name and version."""
+
+    def __init__(self, model: str, version: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"model": model, "version": version}
+        self.labels = labels
+        self.requests = Counter(
+            "mlops_requests",
+            "Requests by route and status.",
+            [*labels, "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mlops_request_seconds",
+            "Request latency by route.",
+            [*labels, "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "mlops_request_errors",
+            "Refused or failed requests by route and kind.",
+            [*labels, "route", "kind"],
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "mlops_predictions", "Predicted labels.", [*labels, "label"], registry=self.registry
+        )
+        self.probability = Histogram(
+            "mlops_prediction_probability",
+            "Predicted P(positive).",
+            list(labels),
+            buckets=tuple(i / 10 for i in range(1, 11)),
+            registry=self.registry,
+        )
+        Gauge(
+            "mlops_model_info", "The model version served.", list(labels), registry=self.registry
+        ).labels(**labels).set(1)
+
+
+class SafeJSON(JSONResponse):
+    """JSON with non-ASCII escaped: a field name the caller sent with a lone surrogate is echoed
+    back as the same ``\\ud800`` escape instead of failing to encode (a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class Refused(Exception):
+    def __init__(
+        self, status: int, kind: str, message: str, fields: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.fields = status, kind, message, fields or []
+
+
+def _field_errors(exc: ValidationError, prefix: str) -> list[dict[str, str]]:
+    """Each error's place as a dotted path (``rows.3.age``); ``body`` when the whole body is."""
+    return [
+        {
+            "field": ".".join([prefix, *(str(p) for p in err["loc"])]).strip(".") or "body",
+            "message": err["msg"],
+        }
+        for err in exc.errors()
+    ]
+
+
+def _invalid(kind: str, exc: ValidationError, prefix: str) -> Refused:
+    """A 422 naming every field that failed validation."""
+    fields = _field_errors(exc, prefix)
+    return Refused(422, kind, "; ".join(f"{f['field']}: {f['message']}" for f in fields), fields)
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise Refused(400, "malformed_json", "body is nested too deeply to read") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise Refused(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+
+
+def create_app(
+    load: Callable[[], ServedModel],
+    log: PredictionLog,
+    config: ServerConfig = ServerConfig(),
+    model_name: str = "model",
+    model_ref: str = "?",
+) -> FastAPI:
+    """The app for the model ``load`` returns; loading runs in the background so /health answers at once."""
+    state: dict[str, Any] = {"model": None, "row": None, "error": None}
+    metrics = Metrics(model_name, model_ref)
+    metrics.registry.register(log.collector())  # rows written, spilled, dropped; buffered
+    # One batch through the model at a time, as when it ran on the event loop: the model's
+    # OpenMP limit (serving.model) is process-wide, and overlapping limit/restore pairs from
+    # two threads could leave it at one thread for good.
+    model_lock = threading.Lock()
+
+    def load_and_warm() -> None:
+        try:
+            model = load()
+            state["row"] = row_model(model.columns)
+            _give_schema(log, model.columns)
+            _warm(model, log)
+            app.openapi_schema = merge(
+                app.openapi(),
+                operations(
+                    state["row"],
+                    Feedback,
+                    config.max_batch_rows,
+                    config.max_body_bytes,
+                    config.token is not None,
+                ),
+            )
+            state["model"] = model
+        except Exception as exc:  # reported by /ready and /health: in detail only to the token
+            logger.exception("the model failed to load")
+            state["error"] = f"{type(exc).__name__}: {exc}"
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        threading.Thread(target=load_and_warm, daemon=True).start()
+        yield
+        log.close()
+
+    app = FastAPI(title="mlops model server", lifespan=lifespan, default_response_class=SafeJSON)
+
+    def authorized(request: Request) -> bool:
+        """The caller presents the bearer token (compared in constant time)."""
+        if config.token is None:
+            return False
+        presented = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(presented, f"Bearer {config.token}".encode())
+
+    def failure(request: Request) -> str:
+        """Why the model is not serving: the detail (paths, URLs) only to a caller with the token;
+        everyone else reads the server's log."""
+        if state["error"] is None:
+            return "the model is still loading"
+        generic = "the model failed to load"
+        return f"{generic}: {state['error']}" if authorized(request) else generic
+
+    def respond(route: str, status: int, body: dict[str, Any], started: float) -> Response:
+        metrics.requests.labels(**metrics.labels, route=route, status=str(status)).inc()
+        metrics.latency.labels(**metrics.labels, route=route).observe(time.perf_counter() - started)
+        return SafeJSON(body, status_code=status)
+
+    def refuse(route: str, exc: Refused, started: float) -> Response:
+        metrics.errors.labels(**metrics.labels, route=route, kind=exc.kind).inc()
+        body: dict[str, Any] = {"error": exc.message}
+        if exc.fields:
+            body["fields"] = exc.fields
+        return respond(route, exc.status, body, started)
+
+    async def read_body(request: Request) -> bytes:
+        """The body, read no further than the limit (a chunked upload declares no length)."""
+        if config.token and not authorized(request):
+            raise Refused(401, "unauthorized", "missing or wrong bearer token")
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise Refused(
+                413, "too_large", f"body of {declared} bytes exceeds the limit of {limit}"
+            )
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise Refused(413, "too_large", f"body exceeds the limit of {limit} bytes")
+        except ClientDisconnect:
+            raise Refused(400, "disconnected", "the client went away mid-body") from None
+        return bytes(body)
+
+    def log_rows(route: str, kind: str, records: list[dict[str, Any]]) -> None:
+        """An answered request never fails because of logging: the log counts what it loses."""
+        try:
+            log.append(kind, records)
+        except Exception:
+            metrics.errors.labels(**metrics.labels, route=route, kind="log_failed").inc()
+            logger.exception("the prediction log refused %d %s records", len(records), kind)
+
+    def answer(raw: bytes, synthetic: bool, started: float) -> Response:
+        """Validate, predict, log, answer: on a worker thread, never on the event loop."""
+        model: ServedModel = state["model"]
+        try:
+            body = _parse_json(raw)
+            rows = _rows(body, config.max_batch_rows)
+            checked = []
+            for i, row in enumerate(rows):
+                try:
+                    checked.append(state["row"].model_validate(row).model_dump())
+                except ValidationError as exc:
+                    prefix = f"rows.{i}" if "rows" in body else "row"
+                    raise _invalid("invalid_row", exc, prefix) from None
+        except Refused as exc:
+            return refuse("/predict", exc, started)
+        frame = pd.DataFrame(checked, columns=[c.name for c in model.columns])
+        with model_lock:
+            labels, proba = model.predict(frame)
+        request_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        # The release's smoke test and warm-up mark themselves: answered like any caller, but
+        # neither logged nor counted as production predictions (monitoring judges real traffic).
+        if not synthetic:
+            for label, p in zip(labels, proba, strict=True):
+                metrics.predictions.labels(**metrics.labels, label=str(int(label))).inc()
+                metrics.probability.labels(**metrics.labels).observe(float(p))
+            log_rows(
+                "/predict",
+                PREDICTIONS,
+                [
+                    {"request_id": request_id, "row": i, "time": now, "model": model.name,
+                     "version": model.version, "prediction": int(label), "probability": float(p),
+                     **row}
+                    for i, (row, label, p) in enumerate(zip(checked, labels, proba, strict=True))
+                ],
+            )  # fmt: skip
+        return respond(
+            "/predict",
+            200,
+            {
+                "request_id": request_id,
+                "model": {"name": model.name, "version": model.version},
+                "predictions": [int(x) for x in labels],
+                "probabilities": [float(x) for x in proba],
+            },
+            started,
+        )
+
+    @app.post("/predict", include_in_schema=False)  # described by serving.openapi once loaded
+    async def predict(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await read_body(request)
+            if state["model"] is None:
+                raise Refused(503, "not_ready", failure(request))
+        except Refused as exc:
+            return refuse("/predict", exc, started)
+        synthetic = request.headers.get(SYNTHETIC_HEADER) is not None
+        return await run_in_threadpool(answer, raw, synthetic, started)
+
+    def accept_feedback(raw: bytes, started: float) -> Response:
+        try:
+            try:
+                item = Feedback.model_validate(_parse_json(raw))
+            except ValidationError as exc:
+                raise _invalid("invalid_feedback", exc, "") from None
+        except Refused as exc:
+            return refuse("/feedback", exc, started)
+        log_rows(
+            "/feedback",
+            FEEDBACK,
+            [{"request_id": item.request_id, "label": item.label, "time": datetime.now(UTC)}],
+        )
+        return respond("/feedback", 202, {"accepted": item.request_id}, started)
+
+    @app.post("/feedback", include_in_schema=False)
+    async def feedback(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await read_body(request)
+        except Refused as exc:
+            return refuse("/feedback", exc, started)
+        return await run_in_threadpool(accept_feedback, raw, started)
+
+    def log_status(request: Request) -> dict[str, Any]:
+        """A degraded log keeps the replica in rotation (rows spill locally and are counted in
+        /metrics); pulling every replica out because a shared store is down would turn a
+        monitoring gap into an outage. The detail names paths: only with the token."""
+        try:
+            problem = log.problem()
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is None:
+            return {"status": "ok"}
+        detail = {"detail": problem} if authorized(request) else {}
+        return {"status": "degraded", **detail}
+
+    # Liveness and readiness are `async def` on purpose: they do no I/O and must not queue for a
+    # worker thread behind busy predictions.
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        if state["error"] is None:
+            return SafeJSON({"status": "ok", "error": None})
+        reason = failure(request)
+        return SafeJSON({"status": "failed", "error": reason}, status_code=500)
+
+    @app.get("/ready")
+    async def ready(request: Request) -> Response:
+        model = state["model"]
+        if model is None:
+            reason = failure(request)
+            return SafeJSON({"ready": False, "reason": reason}, status_code=503)
+        return SafeJSON(
+            {
+                "ready": True,
+                "model": {"name": model.name, "version": model.version},
+                "log": log_status(request),
+            }
+        )
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _give_schema(log: PredictionLog, columns: list[Column]) -> None:
+    """The log writes with the signature's types; if it cannot take them it still works (it
+    infers them), so the model serves regardless."""
+    try:
+        log.use_schema(PREDICTIONS, prediction_schema((c.name, c.type) for c in columns))
+    except Exception:
+        logger.exception("the prediction log refused the signature's schema")
+
+
+def _warm(model: ServedModel, log: PredictionLog) -> None:
+    """One prediction and one log record in memory: the first caller does not pay for lazy
+    imports."""
+    numeric = ("long", "integer", "double", "float")
+    warm = pd.DataFrame([{c.name: (0 if c.type in numeric else "") for c in model.columns}])
+    labels, proba = model.predict(warm)
+    log.warm(
+        {"request_id": "0" * 32, "row": 0, "time": datetime.now(UTC), "model": model.name,
+         "version": model.version, "prediction": int(labels[0]),
+         "probability": float(proba[0]), **warm.iloc[0].to_dict()}
+    )  # fmt: skip
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _rows(body: Any, limit: int) -> list[Any]:
+    """The rows of a body ``{"row": {...}}`` or ``{"rows": [{...}, ...]}``."""
+    if not isinstance(body, dict) or set(body) not in ({"row"}, {"rows"}):
+        raise Refused(
+            422, "invalid_body", 'the body must be {"row": {...}} or {"rows": [{...}, ...]}'
+        )
+    if "row" in body:
+        return [body["row"]]
+    rows = body["rows"]
+    if not isinstance(rows, list):
+        raise Refused(422, "invalid_body", "rows: must be a list of objects")
+    if not rows:
+        raise Refused(422, "empty_batch", "rows: the batch is empty")
+    if len(rows) > limit:
+        raise Refused(413, "too_many_rows", f"rows: {len(rows)} rows exceed the limit of {limit}")
+    return rows
+
+
+def token_from_environment(environ: Mapping[str, str]) -> str | None:
+    """The bearer token (``MLOPS_SERVING_TOKEN``); required unless ``MLOPS_ENV`` is local."""
+    token = environ.get("MLOPS_SERVING_TOKEN") or None
+    env = environ.get("MLOPS_ENV", "local")
+    if env != "local" and token is None:
+        raise MlopsError(
+            f"MLOPS_ENV={env}: set MLOPS_SERVING_TOKEN; "
+            "outside local mode the server requires a bearer token"
+        )
+    return token

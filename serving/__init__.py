@@ -1,1 +1,0 @@
-"""Model serving: an HTTP model server with Prometheus metrics and a prediction log."""
