@@ -3,10 +3,27 @@
 Not installed: flows import it from the project folder (Prefect loads flows from there too).
 """
 
-from functools import partial
+from __future__ import annotations
 
-from prefect import task
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-#: A pipeline step: a Prefect task that neither caches nor persists its result unless it says so.
-step = partial(task, cache_policy=NO_CACHE, persist_result=False)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: What every step does unless it says otherwise: no cache, no persisted result.
+DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+@overload
+def step(fn: Callable[P, R], **options: Any) -> Task[P, R]: ...
+@overload
+def step(fn: None = None, **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def step(fn: Callable[P, R] | None = None, **options: Any) -> Any:
+    """A pipeline step: ``fn`` as a Prefect task with the project's defaults (``DEFAULTS``),
+    overridden by ``options``; as ``step(fn, name=...)`` or as a decorator ``@step(name=...)``."""
+    merged = DEFAULTS | options
+    return task(fn, **merged) if fn is not None else task(**merged)

@@ -5,7 +5,7 @@ Every target starts one when a release begins (``start_guard``) and stops it whe
 (``stop_guard``). A release killed at any point (SIGKILL included) thus leaves traffic on one
 model; the next release also recovers (``ReleaseTarget.recover``) should the guard itself be gone.
 
-    python -m targets.guard STATE_DIR MODEL TARGET FLOW_PID FLOW_STARTED [LOCK_LEASE_ID]
+    python -m mlops.release.guard STATE_DIR MODEL TARGET FLOW_PID FLOW_STARTED [LOCK_LEASE_ID]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def start_guard(
         [
             sys.executable,
             "-m",
-            "targets.guard",
+            "mlops.release.guard",
             str(settings.state_dir),
             model,
             target,
