@@ -22,9 +22,10 @@ from _common import SETTINGS, example_copy, local_stack
 
 def plain_run(pipeline: str) -> int:
     """The training flow's steps, called as plain functions."""
+    from mlops.adapters.git import lineage_tags
     from mlops.core.config import config_snapshot, load_pipeline_config
-    from mlops.core.lineage import lineage_tags, training_fingerprint
     from mlops.core.policy import load_policy
+    from mlops.ml.fingerprint import training_fingerprint
     from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
     from tasks.registry import find_model_version, register_model_version
     from tasks.training import evaluate_model, log_training_run, train_model

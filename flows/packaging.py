@@ -8,11 +8,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from mlops.core.config import load_pipeline_config
-from mlops.core.lineage import git_state
+from mlops.adapters.git import git_state
+from mlops.core.context import RunContext
+from mlops.core.lineage import CHAMPION_ALIAS, GitState
 from mlops.core.settings import Settings
 from mlops.release.packaging import BuiltImage, image_repository, image_tag
-from mlops.stack.local import free_port
+from mlops.stack.processes import free_port
 from tasks.packaging import (
     assemble_build_context,
     build_image,
@@ -24,7 +25,9 @@ from tasks.registry import resolve_model_version
 
 
 @flow(name="packaging", persist_result=False)
-def packaging(version: str = "champion", model: str | None = None, push: bool = True) -> BuiltImage:
+def packaging(
+    version: str = CHAMPION_ALIAS, model: str | None = None, push: bool = True
+) -> BuiltImage:
     """Build the model server image for one model version, check it answers, push it, record it.
 
     Args:
@@ -39,7 +42,7 @@ def packaging(version: str = "champion", model: str | None = None, push: bool = 
     log = get_run_logger()
     settings = Settings()
     uri = str(settings.mlflow_tracking_uri)
-    name = model or load_pipeline_config(settings.pipeline).model_name
+    name = model or RunContext.load(settings).model_name
     found = resolve_model_version(uri, name, version)
     git = git_state(settings.project_dir)
     repository = image_repository(settings.image_registry, name)
@@ -57,21 +60,28 @@ def packaging(version: str = "champion", model: str | None = None, push: bool = 
     record_image(uri, name, found.version, image)
     create_markdown_artifact(
         key=f"image-{name}",
-        markdown="\n".join(
-            [
-                f"# {name} v{found.version}: model server image",
-                "",
-                "| | |",
-                "|---|---|",
-                f"| image | `{image.reference}` |",
-                f"| digest | `{image.digest or 'not pushed'}` |",
-                f"| image id | `{image.image_id}` |",
-                f"| base | `{settings.base_image}` |",
-                f"| smoke test | {rows} example rows answered as in process |",
-                f"| git commit | `{git.commit}`{' (dirty)' if git.dirty else ''} |",
-            ]
-        ),
+        markdown=_summary(name, found.version, image, settings.base_image, rows, git),
         description=f"{name} v{found.version} image",
     )
     log.info("%s v%s -> %s", name, found.version, image.pinned)
     return image
+
+
+def _summary(
+    name: str, version: int, image: BuiltImage, base: str, rows: int, git: GitState
+) -> str:
+    """The image's card: what it is, what it was built from, what its smoke test showed."""
+    return "\n".join(
+        [
+            f"# {name} v{version}: model server image",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| image | `{image.reference}` |",
+            f"| digest | `{image.digest or 'not pushed'}` |",
+            f"| image id | `{image.image_id}` |",
+            f"| base | `{base}` |",
+            f"| smoke test | {rows} example rows answered as in process |",
+            f"| git commit | `{git.commit}`{' (dirty)' if git.dirty else ''} |",
+        ]
+    )

@@ -7,8 +7,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from mlops.adapters import reporting
 from mlops.adapters.registry import RegisteredVersion
 from mlops.adapters.reporting import metrics_table, training_summary
+from mlops.core.lineage import DataVersion
 from mlops.core.policy import Policy
-from mlops.ml.data import DataVersion
 from tasks import step
 
 write_model_card = step(reporting.write_model_card, name="write-model-card")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from mlops.adapters import sagemaker, tracking
 from mlops.core.retries import only_connection_errors
 from mlops.ml import evaluation, search, training
-from mlops.ml.caching import PIPELINE_CACHE
 from tasks import step
+from tasks.caching import PIPELINE_CACHE
 
 train_model = step(
     training.train_model, name="train-model", cache_policy=PIPELINE_CACHE, persist_result=True

@@ -34,6 +34,21 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, Field
 
 from mlops.adapters.locks import held, lock_name
+from mlops.core.lineage import (
+    CHAMPION_ALIAS,
+    CODE_TAG,
+    DATA_MD5_TAG,
+    DATA_PATH_TAG,
+    DATA_REV_TAG,
+    FLOW_RUN_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    POLICY_DIGEST_TAG,
+    POLICY_VERSION_TAG,
+    PRODUCTION_MD5_TAG,
+    PRODUCTION_ROWS_TAG,
+    TRIGGER_TAG,
+)
 
 AUDIT_EXPERIMENT = "mlops-audit"
 
@@ -398,9 +413,9 @@ def describe_version(tracking_uri: str, model: str, version: int | None = None) 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     registered = client.get_registered_model(model)
     if version is None:
-        if "champion" not in registered.aliases:
+        if CHAMPION_ALIAS not in registered.aliases:
             raise LookupError(f"{model} has no champion; name a version with --version")
-        version = int(registered.aliases["champion"])
+        version = int(registered.aliases[CHAMPION_ALIAS])
     mv = client.get_model_version(model, str(version))
     tags = mv.tags
     run = client.get_run(mv.run_id) if mv.run_id else None
@@ -415,27 +430,27 @@ def describe_version(tracking_uri: str, model: str, version: int | None = None) 
     lines = [
         f"{model} v{version}",
         f"  aliases          {', '.join(aliases) or '(none)'}"
-        + ("  <- serving as champion" if "champion" in aliases else ""),
+        + ("  <- serving as champion" if CHAMPION_ALIAS in aliases else ""),
         f"  registered       {datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC):%Y-%m-%d %H:%M:%S} UTC",
         "data",
-        f"  path             {tags.get('mlops.data.path', '?')}",
-        f"  dvc md5          {tags.get('mlops.data.md5', '?')}",
-        f"  revision         {tags.get('mlops.data.rev', '?')}",
+        f"  path             {tags.get(DATA_PATH_TAG, '?')}",
+        f"  dvc md5          {tags.get(DATA_MD5_TAG, '?')}",
+        f"  revision         {tags.get(DATA_REV_TAG, '?')}",
         *(
             [
-                f"  production rows  {tags['mlops.data.production_rows']} labelled "
-                f"(parquet md5 {tags.get('mlops.data.production_md5', '?')})"
+                f"  production rows  {tags[PRODUCTION_ROWS_TAG]} labelled "
+                f"(parquet md5 {tags.get(PRODUCTION_MD5_TAG, '?')})"
             ]
-            if "mlops.data.production_rows" in tags
+            if PRODUCTION_ROWS_TAG in tags
             else []
         ),
         "code",
-        f"  git commit       {tags.get('mlops.git.commit', '?')}"
-        + (" (uncommitted changes)" if tags.get("mlops.git.dirty") == "true" else ""),
-        f"  pipeline sha256  {tags.get('mlops.code.sha256', '?')}",
+        f"  git commit       {tags.get(GIT_COMMIT_TAG, '?')}"
+        + (" (uncommitted changes)" if tags.get(GIT_DIRTY_TAG) == "true" else ""),
+        f"  pipeline sha256  {tags.get(CODE_TAG, '?')}",
         "training",
-        f"  trigger          {tags.get('mlops.trigger', '?')}",
-        f"  prefect run      {tags.get('mlops.prefect.flow_run_id', '?')}",
+        f"  trigger          {tags.get(TRIGGER_TAG, '?')}",
+        f"  prefect run      {tags.get(FLOW_RUN_TAG, '?')}",
         f"  mlflow run       {mv.run_id}",
     ]
     if run is not None:
@@ -448,7 +463,7 @@ def describe_version(tracking_uri: str, model: str, version: int | None = None) 
             if k.startswith("holdout_")
         ]
     lines.append(
-        f"policy             v{tags.get('mlops.policy.version', '?')} (digest {tags.get('mlops.policy.digest', '?')})"
+        f"policy             v{tags.get(POLICY_VERSION_TAG, '?')} (digest {tags.get(POLICY_DIGEST_TAG, '?')})"
     )
     lines.append("gates")
     lines += [

@@ -1,13 +1,28 @@
-"""What a training run shows in the Prefect UI: a metrics table and a short summary."""
+"""What runs show in the Prefect UI and MLflow: a training run's metrics table and summary, the
+model card, a monitoring window's table and verdict."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from mlops.adapters.audit import AuditEntry
-from mlops.adapters.registry import RegisteredVersion, registry_client
-from mlops.core.policy import KNOWN_METRICS, Policy
-from mlops.ml.data import DataVersion
+from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion, registry_client
+from mlops.core.lineage import (
+    CODE_TAG,
+    DATA_MD5_TAG,
+    DATA_PATH_TAG,
+    DATA_REV_TAG,
+    FLOW_RUN_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    POLICY_DIGEST_TAG,
+    POLICY_VERSION_TAG,
+    TRIGGER_TAG,
+    DataVersion,
+)
+from mlops.core.metrics import KNOWN_METRICS
+from mlops.core.policy import Policy
+from mlops.ml.monitoring import MonitoringOutcome
 
 
 def metrics_table(metrics: dict[str, float], policy: Policy) -> list[dict[str, str]]:
@@ -54,9 +69,9 @@ def training_summary(
         head,
         "",
         f"- data: `{data.path}` md5 `{data.md5}` ({data.size:,} bytes, rev `{data.rev or 'workspace'}`)",
-        f"- git commit: `{tags.get('mlops.git.commit', '?')}`"
-        + (" (uncommitted changes)" if tags.get("mlops.git.dirty") == "true" else ""),
-        f"- MLflow run: {run_url or tags.get('mlops.mlflow.run_id', '?')}",
+        f"- git commit: `{tags.get(GIT_COMMIT_TAG, '?')}`"
+        + (" (uncommitted changes)" if tags.get(GIT_DIRTY_TAG) == "true" else ""),
+        f"- MLflow run: {run_url or tags.get(RUN_ID_TAG, '?')}",
         f"- policy v{policy.version}: "
         + ("all metric thresholds pass" if not failing else f"fails {', '.join(failing)}"),
         f"- holdout ROC AUC {metrics.get('roc_auc', float('nan')):.4f}, "
@@ -75,13 +90,13 @@ def model_card(
         "",
         "## Lineage",
         "",
-        f"- data: `{t.get('mlops.data.path')}` md5 `{t.get('mlops.data.md5')}` (rev `{t.get('mlops.data.rev')}`)",
-        f"- code: git `{t.get('mlops.git.commit')}`"
-        + (" with uncommitted changes" if t.get("mlops.git.dirty") == "true" else "")
-        + f", pipeline code sha256 `{t.get('mlops.code.sha256', '')[:16]}`",
-        f"- training: MLflow run `{version.run_id}`, Prefect flow run `{t.get('mlops.prefect.flow_run_id')}`, "
-        f"trigger `{t.get('mlops.trigger')}`",
-        f"- policy: v{t.get('mlops.policy.version')} (digest `{t.get('mlops.policy.digest')}`)",
+        f"- data: `{t.get(DATA_PATH_TAG)}` md5 `{t.get(DATA_MD5_TAG)}` (rev `{t.get(DATA_REV_TAG)}`)",
+        f"- code: git `{t.get(GIT_COMMIT_TAG)}`"
+        + (" with uncommitted changes" if t.get(GIT_DIRTY_TAG) == "true" else "")
+        + f", pipeline code sha256 `{t.get(CODE_TAG, '')[:16]}`",
+        f"- training: MLflow run `{version.run_id}`, Prefect flow run `{t.get(FLOW_RUN_TAG)}`, "
+        f"trigger `{t.get(TRIGGER_TAG)}`",
+        f"- policy: v{t.get(POLICY_VERSION_TAG)} (digest `{t.get(POLICY_DIGEST_TAG)}`)",
         "",
         "## Holdout metrics",
         "",
@@ -121,3 +136,34 @@ def write_model_card(
     client.log_text(version.run_id, card, "model_card.md")
     client.update_model_version(version.name, str(version.version), description=card)
     return card
+
+
+def monitoring_table(outcome: MonitoringOutcome) -> list[dict[str, Any]]:
+    """One row per figure of a monitoring window: its span, rows, verdicts, each column's score."""
+    d = outcome.drift
+    drift, perf = outcome.verdicts()
+    rows: list[dict[str, Any]] = [
+        {"figure": "window", "value": f"{outcome.since or 'start'} .. {outcome.until}"},
+        {"figure": "rows", "value": outcome.rows},
+        {"figure": "drift", "value": drift},
+        {"figure": f"live {outcome.performance.metric}", "value": perf},
+    ]
+    return rows + [
+        {
+            "figure": f"drift score {c} ({d.methods.get(c, '')})",
+            "value": f"{s}{' drifted' if c in d.drifted else ''}",
+        }
+        for c, s in sorted(d.scores.items())
+    ]
+
+
+def monitoring_summary(outcome: MonitoringOutcome, report_url: str | None) -> str:
+    """A monitoring window's verdict in markdown, linking the Evidently report."""
+    drift, perf = outcome.verdicts()
+    lines = [f"## {outcome.model} v{outcome.version}: monitoring window", ""]
+    lines += [f"- **drift**: {drift}", f"- **performance**: {perf}"]
+    if report_url:
+        lines.append(f"- Evidently report: [{report_url}]({report_url})")
+    lines += [f"- problem: {problem}" for problem in outcome.problems]
+    lines += [f"- event `{name}`: {eid}" for name, eid in outcome.events.items()]
+    return "\n".join(lines)

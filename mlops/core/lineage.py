@@ -1,25 +1,53 @@
-"""Lineage: which code, data and parameters a model came from, as tags and a fingerprint."""
+"""Lineage: which code, data and parameters a model came from, typed, and the tags that carry it.
+
+Every tag name the product writes on an MLflow run or model version is defined here (or beside
+the module that owns its meaning, e.g. ``mlops.release.approval``), so a reader of a tag never
+spells it again. ``Lineage`` is the part every registered version carries.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from scmrepo.exceptions import SCMError
-from scmrepo.git import Git
+# What a training run and its model version record about their origin (``Lineage``).
+FINGERPRINT_TAG = "mlops.fingerprint"  # identity of a training run's inputs (run_fingerprint)
+CODE_TAG = "mlops.code.sha256"  # the model code's fingerprint (mlops.ml.fingerprint)
+DATA_PATH_TAG = "mlops.data.path"
+DATA_MD5_TAG = "mlops.data.md5"
+DATA_REV_TAG = "mlops.data.rev"  # the git revision the data was resolved at, or "workspace"
+GIT_COMMIT_TAG = "mlops.git.commit"
+GIT_DIRTY_TAG = "mlops.git.dirty"  # "true" or "false"
+FLOW_RUN_TAG = "mlops.prefect.flow_run_id"
+POLICY_VERSION_TAG = "mlops.policy.version"
+POLICY_DIGEST_TAG = "mlops.policy.digest"
+TRIGGER_TAG = "mlops.trigger"
+# Written beside the lineage when a run trains on more than the data version, or elsewhere.
+PRODUCTION_MD5_TAG = "mlops.data.production_md5"
+PRODUCTION_ROWS_TAG = "mlops.data.production_rows"
+COMPUTE_TAG = "mlops.training.compute"  # absent for a fit in the flow run itself
+SAGEMAKER_JOB_TAG = "mlops.sagemaker.job"
 
-from mlops.ml.caching import code_fingerprint
+#: The registry alias of the version in production, and of the newest registered candidate.
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 
-if TYPE_CHECKING:
-    from mlops.core.config import PipelineConfig
-    from mlops.core.policy import Policy
-    from mlops.ml.data import DataVersion
 
-#: The registry tag that identifies a training run's inputs (see ``training_fingerprint``).
-FINGERPRINT_TAG = "mlops.fingerprint"
+@dataclass(frozen=True)
+class DataVersion:
+    """One exact version of a DVC-tracked file: what training records as its data lineage."""
+
+    path: str
+    md5: str
+    size: int
+    rev: str | None  # git revision it was resolved at; None for the workspace
+
+    @property
+    def short(self) -> str:
+        return self.md5[:8]
 
 
 @dataclass(frozen=True)
@@ -28,13 +56,98 @@ class GitState:
     dirty: bool
 
 
-def git_state(project_dir: Path) -> GitState:
-    """The checked-out commit and whether tracked files differ from it."""
-    try:
-        with Git(str(project_dir)) as scm:
-            return GitState(commit=scm.get_rev(), dirty=bool(scm.is_dirty(untracked_files=False)))
-    except SCMError:
-        return GitState(commit="unknown", dirty=True)
+@dataclass(frozen=True)
+class Lineage:
+    """Where a model came from: what a training run and its model version carry as tags."""
+
+    fingerprint: str
+    code: str
+    data_path: str
+    data_md5: str
+    data_rev: str  # "workspace" when the data was not resolved at a git revision
+    git_commit: str
+    git_dirty: bool
+    flow_run_id: str
+    policy_version: str
+    policy_digest: str
+    trigger: str
+
+    def to_tags(self) -> dict[str, str]:
+        """The lineage as MLflow tags (the order is the one the registry shows)."""
+        return {
+            FINGERPRINT_TAG: self.fingerprint,
+            CODE_TAG: self.code,
+            DATA_PATH_TAG: self.data_path,
+            DATA_MD5_TAG: self.data_md5,
+            DATA_REV_TAG: self.data_rev,
+            GIT_COMMIT_TAG: self.git_commit,
+            GIT_DIRTY_TAG: str(self.git_dirty).lower(),
+            FLOW_RUN_TAG: self.flow_run_id,
+            POLICY_VERSION_TAG: self.policy_version,
+            POLICY_DIGEST_TAG: self.policy_digest,
+            TRIGGER_TAG: self.trigger,
+        }
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
+        """The lineage a run or version's tags record; KeyError names a tag that is missing."""
+        missing = [t for t in _TAGS if t not in tags]
+        if missing:
+            raise KeyError(f"not a training lineage: no tag {', '.join(missing)}")
+        return cls(
+            fingerprint=tags[FINGERPRINT_TAG],
+            code=tags[CODE_TAG],
+            data_path=tags[DATA_PATH_TAG],
+            data_md5=tags[DATA_MD5_TAG],
+            data_rev=tags[DATA_REV_TAG],
+            git_commit=tags[GIT_COMMIT_TAG],
+            git_dirty=tags[GIT_DIRTY_TAG] == "true",
+            flow_run_id=tags[FLOW_RUN_TAG],
+            policy_version=tags[POLICY_VERSION_TAG],
+            policy_digest=tags[POLICY_DIGEST_TAG],
+            trigger=tags[TRIGGER_TAG],
+        )
+
+    @classmethod
+    def of(
+        cls,
+        git: GitState,
+        data: DataVersion,
+        fingerprint: tuple[str, str],
+        policy_version: int | str,
+        policy_digest: str,
+        flow_run_id: str,
+        trigger: str,
+    ) -> Lineage:
+        """The lineage of a training run from its parts (``fingerprint``: run and code hash)."""
+        return cls(
+            fingerprint=fingerprint[0],
+            code=fingerprint[1],
+            data_path=data.path,
+            data_md5=data.md5,
+            data_rev=data.rev or "workspace",
+            git_commit=git.commit,
+            git_dirty=git.dirty,
+            flow_run_id=flow_run_id,
+            policy_version=str(policy_version),
+            policy_digest=policy_digest,
+            trigger=trigger,
+        )
+
+
+_TAGS = (
+    FINGERPRINT_TAG,
+    CODE_TAG,
+    DATA_PATH_TAG,
+    DATA_MD5_TAG,
+    DATA_REV_TAG,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    FLOW_RUN_TAG,
+    POLICY_VERSION_TAG,
+    POLICY_DIGEST_TAG,
+    TRIGGER_TAG,
+)
 
 
 def run_fingerprint(data_md5: str, code: str, config: dict[str, Any]) -> str:
@@ -43,39 +156,3 @@ def run_fingerprint(data_md5: str, code: str, config: dict[str, Any]) -> str:
         {"data": data_md5, "code": code, "config": config}, sort_keys=True, default=str
     )
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def training_fingerprint(cfg: PipelineConfig, data_md5: str) -> tuple[str, str]:
-    """(fingerprint, code hash) of a training run: the data, the training flow's code and the
-    parts of the config that change the model. The model name and file paths do not count."""
-    code = code_fingerprint("flows.training")
-    config = cfg.model_dump(
-        mode="json", include={"target", "features", "split", "model", "contract_spec"}
-    ) | {"na_values": list(cfg.data.na_values)}
-    return run_fingerprint(data_md5, code, config), code
-
-
-def lineage_tags(
-    project_dir: Path,
-    data: DataVersion,
-    fingerprint: tuple[str, str],
-    policy: Policy,
-    policy_digest: str,
-    flow_run_id: str,
-    trigger: str,
-) -> dict[str, str]:
-    """The tags a training run and its model version carry: where the model came from."""
-    git = git_state(project_dir)
-    return {
-        FINGERPRINT_TAG: fingerprint[0],
-        "mlops.code.sha256": fingerprint[1],
-        "mlops.data.path": data.path,
-        "mlops.data.md5": data.md5,
-        "mlops.data.rev": data.rev or "workspace",
-        "mlops.git.commit": git.commit,
-        "mlops.git.dirty": str(git.dirty).lower(),
-        "mlops.prefect.flow_run_id": flow_run_id,
-        "mlops.policy.version": str(policy.version),
-        "mlops.policy.digest": policy_digest,
-        "mlops.trigger": trigger,
-    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -11,18 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mlops.core.config import load_yaml_model
 from mlops.core.errors import ConfigError
-
-#: Holdout metrics the evaluation step computes; a policy may only name these.
-KNOWN_METRICS: dict[str, Literal["higher", "lower"]] = {
-    "roc_auc": "higher",
-    "average_precision": "higher",
-    "f1": "higher",
-    "precision": "higher",
-    "recall": "higher",
-    "accuracy": "higher",
-    "log_loss": "lower",
-    "brier": "lower",
-}
+from mlops.core.metrics import KNOWN_METRICS
 
 
 class _Strict(BaseModel):
@@ -190,58 +178,3 @@ def load_policy(path: Path, columns: set[str] | None = None) -> tuple[Policy, st
             raise ConfigError(f"{path}: fairness.sensitive names unknown columns {missing}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return policy, digest
-
-
-def apply_policy(
-    tracking_uri: str, model: str, path: Path, columns: set[str], actor: str
-) -> tuple[str, str | None]:
-    """Record the policy file as ``model``'s applied policy (audit trail, Prefect variable) and
-    emit ``mlops.policy.updated``, which the retraining automation answers by judging the
-    champion against it. A file that changed without a higher ``version`` is refused.
-
-    Returns what happened and the event id (None when the applied policy is this one already).
-    """
-    from prefect.variables import Variable
-
-    from mlops.adapters.audit import AuditEntry, AuditTrail
-    from mlops.core.events import POLICY_UPDATED, emit_model_event
-
-    policy, digest = load_policy(path, columns)
-    key = f"mlops-policy-{model}"
-    last = Variable.get(key, default=None)
-    last_version = int(last["version"]) if isinstance(last, dict) else None
-    if isinstance(last, dict) and last.get("digest") == digest:
-        return f"policy v{policy.version} ({digest}) is applied already", None
-    if last_version is not None and policy.version <= last_version:
-        raise ConfigError(
-            f"{path}: the policy changed but its version {policy.version} is not above the "
-            f"applied version {last_version}: bump `version`"
-        )
-    what = (
-        f"policy v{last_version} -> v{policy.version}"
-        if last_version is not None
-        else f"policy v{policy.version} applied"
-    )
-    # The entry first, naming the event it announces: an automation answering the event finds
-    # the entry, and a failed write emits nothing.
-    event_id = uuid.uuid4()
-    AuditTrail(tracking_uri).append(
-        AuditEntry(
-            model=model,
-            action="policy-applied",
-            actor=actor,
-            trigger="mlops policy apply",
-            reason=what,
-            policy_version=policy.version,
-            policy_digest=digest,
-            evidence={"previous": last, "event_id": str(event_id), "file": str(path)},
-        )
-    )
-    emitted = emit_model_event(
-        POLICY_UPDATED,
-        model,
-        {"reason": what, "policy_version": policy.version, "digest": digest, "previous": last},
-        event_id,
-    )
-    Variable.set(key, {"version": policy.version, "digest": digest}, overwrite=True)
-    return what, emitted

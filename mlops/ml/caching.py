@@ -1,111 +1,24 @@
-"""Cache keys for pipeline steps, and code identity for caching and lineage.
+"""Content hashes for cache keys: equal values hash alike, whichever process or cache they come from.
 
-Two things Prefect's stock policies do not do for us, written here by hand:
-
-* Inputs: Prefect hashes an input it cannot serialise as JSON by pickling it, and a DataFrame
-  pickles to different bytes after a round trip through the result store, so a step downstream of
-  a cache hit would miss. ``stable_hash`` hashes frames and arrays by content
-  (``pandas.util.hash_pandas_object``), configs by their JSON, and anything else with
-  ``joblib.hash`` (what joblib.Memory keys on).
-* Code:Prefect's TASK_SOURCE hashes only the decorated function's own source; our steps call
-  helpers in other modules (feature builders, schema builders), so a change there must invalidate
-  the cache too, while an edit to an unrelated module (the CLI, another flow) must not.
-  ``code_fingerprint`` follows a module's imports (read with ``ast``, nothing executed) through the project's packages
-and hashes the source files it reaches.
+Prefect hashes an input it cannot serialise as JSON by pickling it, and a DataFrame pickles to
+different bytes after a round trip through the result store, so a step downstream of a cache hit
+would miss. ``stable_hash`` hashes frames and arrays by content (``pandas.util.hash_pandas_object``),
+configs by their JSON, and anything else with ``joblib.hash`` (what joblib.Memory keys on). The
+cache policies that use it are Prefect's business and live in the project layer (tasks/caching.py);
+the code side of a cache key is ``mlops.ml.fingerprint``.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib.util
-from dataclasses import dataclass, fields, is_dataclass
-from functools import cache
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
-from prefect.cache_policies import CachePolicy
-from prefect.context import TaskRunContext
 from pydantic import BaseModel
-
-PROJECT_PACKAGES = ("mlops", "tasks", "flows")
-
-
-def _origin(module: str) -> Path | None:
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
-
-
-def _imports(module: str, path: Path) -> set[str]:
-    """Project modules named by the import statements of one source file."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                parent = ".".join(parts[: len(parts) - node.level + 1])
-                base = f"{parent}.{base}" if base else parent
-            found.add(base)
-            # `from tasks import data` names a module too
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.split(".")[0] in PROJECT_PACKAGES and _origin(m) is not None}
-
-
-@cache
-def module_closure(module: str) -> tuple[Path, ...]:
-    """Source files of ``module`` and of every project module it imports, transitively, sorted."""
-    seen: dict[str, Path] = {}
-    todo = [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        path = _origin(name)
-        if path is None:
-            continue
-        seen[name] = path
-        todo.extend(_imports(name, path) - seen.keys())
-    return tuple(sorted(set(seen.values())))
-
-
-@cache
-def code_fingerprint(module: str) -> str:
-    """sha256 over the source of ``module`` and the project modules it reaches."""
-    digest = hashlib.sha256()
-    for path in module_closure(module):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@dataclass
-class PipelineCode(CachePolicy):
-    """Keys a task run on which step it is and on the code its module reaches."""
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        fn = task_ctx.task.fn
-        return hashlib.sha256(
-            f"{fn.__module__}.{fn.__qualname__}:{code_fingerprint(fn.__module__)}".encode()
-        ).hexdigest()
 
 
 def stable_hash(obj: Any) -> str:
@@ -157,21 +70,3 @@ def _feed(digest: Any, obj: Any) -> None:
             _feed(digest, state)
         else:
             digest.update(joblib.hash(obj).encode())
-
-
-@dataclass
-class StableInputs(CachePolicy):
-    """Keys a task run on its inputs' contents (see ``stable_hash``)."""
-
-    def compute_key(
-        self,
-        task_ctx: TaskRunContext,
-        inputs: dict[str, Any],
-        flow_parameters: dict[str, Any],
-        **kwargs: Any,
-    ) -> str | None:
-        return stable_hash(inputs)
-
-
-#: The cache policy of an expensive pipeline step: which step, its code, its inputs' contents.
-PIPELINE_CACHE = PipelineCode() + StableInputs()

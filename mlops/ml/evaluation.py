@@ -9,6 +9,7 @@ import numpy as np
 from sklearn import metrics as skm
 from sklearn.pipeline import Pipeline
 
+from mlops.core.metrics import REGISTRY, Metric
 from mlops.ml.split import Split
 
 THRESHOLD = 0.5  # P(positive) at or above which a row is labelled positive
@@ -18,16 +19,16 @@ def _labels(proba: np.ndarray) -> np.ndarray:
     return (proba >= THRESHOLD).astype(int)
 
 
-#: Every metric a policy may name (mlops.policy.KNOWN_METRICS), from 0/1 labels and P(positive).
+def _scorer(metric: Metric) -> Callable[[np.ndarray, np.ndarray], float]:
+    fn = getattr(skm, metric.scorer)
+    if metric.reads == "labels":
+        return lambda y, p: float(fn(y, _labels(p), **metric.options))
+    return lambda y, p: float(fn(y, p, **metric.options))
+
+
+#: Every metric of the registry (mlops.core.metrics), from 0/1 labels and P(positive).
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-    "roc_auc": lambda y, p: float(skm.roc_auc_score(y, p)),
-    "average_precision": lambda y, p: float(skm.average_precision_score(y, p)),
-    "f1": lambda y, p: float(skm.f1_score(y, _labels(p), zero_division=0)),
-    "precision": lambda y, p: float(skm.precision_score(y, _labels(p), zero_division=0)),
-    "recall": lambda y, p: float(skm.recall_score(y, _labels(p), zero_division=0)),
-    "accuracy": lambda y, p: float(skm.accuracy_score(y, _labels(p))),
-    "log_loss": lambda y, p: float(skm.log_loss(y, p, labels=[0, 1])),
-    "brier": lambda y, p: float(skm.brier_score_loss(y, p)),
+    name: _scorer(metric) for name, metric in REGISTRY.items()
 }
 
 

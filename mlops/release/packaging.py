@@ -1,7 +1,8 @@
 """Packaging: one registered model version as a container image of the model server.
 
-The build context holds the server's code, the model's artifacts (verified against the checksum
-recorded at registration) and ``model.json``; ``infra/docker/Dockerfile`` builds it through
+The build context holds the library as a wheel (the image installs it after the pinned serving
+requirements, with no source folders on a path), the model's artifacts (verified against the
+checksum recorded at registration) and ``model.json``; ``infra/docker/Dockerfile`` builds it through
 prefect-docker's ``build_docker_image``. Before anything is pushed, the image is started and must
 answer the model's logged input example exactly as the model does in process. After the push,
 the digest the registry reports is written on the model version as one tag, ``mlops.image``
@@ -14,6 +15,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,13 +29,15 @@ import httpx
 from mlops.adapters.registry import RegisteredVersion, download_model, registry_client
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG, verify_artifacts
+from mlops.core.lineage import GIT_COMMIT_TAG
 from mlops.release.smoke import SmokeTestFailed, check_answers, known_batch, wait_until_ready
 
 PRODUCT_ROOT = Path(__file__).resolve().parents[2]
 
 DOCKER_DIR = PRODUCT_ROOT / "infra" / "docker"
 
-SERVER_PACKAGES = ("mlops",)  # what the image runs; no Prefect, DVC or tasks/
+#: What the wheel is built from: the project's metadata and the library (no tasks/ or flows/).
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "mlops")
 
 _NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")  # one path component of an image name
 
@@ -91,8 +97,43 @@ def _ca_bundle() -> Path:
     return Path(certifi.where())
 
 
+def build_wheel(wheel_dir: Path) -> Path:
+    """The library as a wheel in ``wheel_dir`` (``pip wheel --no-deps``); returns its path.
+
+    Built from a copy of the sources, so the build's ``build/`` and ``*.egg-info`` folders never
+    land in the checkout and two builds at once share nothing. The copy keeps the files' times
+    and the wheel is stamped with the sources' time, so the same code gives the same wheel, byte
+    for byte, and the engine's layer cache holds across model versions.
+    """
+    with tempfile.TemporaryDirectory(prefix="mlops-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in WHEEL_SOURCES:
+            path = PRODUCT_ROOT / name
+            if path.is_dir():
+                ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                shutil.copytree(path, src / name, ignore=ignore)
+            else:
+                shutil.copy2(path, src / name)
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        # the wheel's entries are stamped with the newest source's time, not the build's
+        newest = max(p.stat().st_mtime for p in src.rglob("*") if p.is_file())
+        argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet"]
+        done = subprocess.run(
+            [*argv, "--wheel-dir", str(wheel_dir), str(src)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=os.environ | {"SOURCE_DATE_EPOCH": str(int(newest))},
+        )
+    if done.returncode != 0:
+        raise PackagingError(f"building the mlops wheel failed: {done.stderr.strip()[-2000:]}")
+    [wheel] = wheel_dir.glob("mlops-*.whl")
+    return wheel
+
+
 def assemble_build_context(tracking_uri: str, version: RegisteredVersion, dst: Path) -> Path:
-    """Dockerfile, pins, server code, the verified model and its model.json, in ``dst``."""
+    """Dockerfile, pins, the library's wheel, the verified model and its model.json, in ``dst``."""
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
@@ -103,18 +144,13 @@ def assemble_build_context(tracking_uri: str, version: RegisteredVersion, dst: P
         shutil.copy2(DOCKER_DIR / name, dst / name)
     shutil.copy2(PRODUCT_ROOT / "constraints.txt", dst / "constraints.txt")
     shutil.copy2(_ca_bundle(), dst / "ca-certificates.crt")
-    for package in SERVER_PACKAGES:
-        shutil.copytree(
-            PRODUCT_ROOT / package,
-            dst / "app" / package,
-            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-        )
+    build_wheel(dst / "wheels")
     meta = {
         "name": version.name,
         "version": version.version,
         "sha256": sha256,
         "run_id": version.run_id,
-        "git_commit": version.tags.get("mlops.git.commit", "unknown"),
+        "git_commit": version.tags.get(GIT_COMMIT_TAG, "unknown"),
     }
     (dst / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
     return dst

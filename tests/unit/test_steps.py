@@ -11,9 +11,10 @@ import pytest
 from mlops.core.config import ModelConfig, load_pipeline_config
 from mlops.core.errors import ConfigError
 from mlops.core.lineage import run_fingerprint
-from mlops.ml.caching import code_fingerprint, module_closure, stable_hash
+from mlops.ml.caching import stable_hash
 from mlops.ml.contract import check_contract
 from mlops.ml.evaluation import score
+from mlops.ml.fingerprint import MODEL_CODE, code_fingerprint, module_closure
 from mlops.ml.training import build_estimator
 from tasks.data import split_dataset
 from tasks.training import evaluate_model, train_model
@@ -88,13 +89,17 @@ def test_stable_hash_survives_a_round_trip_and_sees_changes(frame: pd.DataFrame)
 
 
 def test_code_fingerprint_follows_imports_and_ignores_unrelated_modules() -> None:
-    names = {p.name for p in module_closure("mlops.ml.training")}
-    assert {"training.py", "features.py", "split.py", "config.py"} <= names
-    assert "cli.py" not in names and "stack.py" not in names
-    flow = {p.as_posix() for p in module_closure("flows.training")}
-    assert any(p.endswith("tasks/validation.py") for p in flow)
-    assert len(code_fingerprint("mlops.ml.training")) == 64
-    assert code_fingerprint("mlops.ml.training") != code_fingerprint("mlops.ml.split")
+    step = module_closure(("mlops.ml.training",))
+    assert {"mlops.ml.training", "mlops.ml.features", "mlops.ml.split"} <= set(step)
+    model = module_closure(MODEL_CODE)
+    assert {p.name for p in model.values()} >= {"contract.py", "data.py", "evaluation.py"}
+    # the config's values are hashed instead; nothing above mlops.ml is ever reached
+    assert not any(m.startswith(("mlops.core.config", "mlops.release", "mlops.cli")) for m in model)
+    assert not any(m.startswith(("tasks", "flows", "mlops.stack")) for m in model)
+    assert len(code_fingerprint()) == 64
+    assert code_fingerprint(roots=("mlops.ml.training",)) != code_fingerprint(
+        roots=("mlops.ml.split",)
+    )
 
 
 def test_run_fingerprint_changes_with_data_code_or_config() -> None:
