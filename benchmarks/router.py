@@ -20,7 +20,7 @@ import httpx
 from _common import PROJECT, ROW, SETTINGS, exited, local_stack, percentile
 
 from mlops.release.smoke import wait_until_ready
-from mlops.stack.local import free_port, stop_process_group
+from mlops.stack.processes import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
 

@@ -26,7 +26,7 @@ import httpx
 from _common import PROJECT, ROW, SETTINGS, exited, local_stack, percentile
 
 from mlops.release.smoke import wait_until_ready
-from mlops.stack.local import free_port, stop_process_group
+from mlops.stack.processes import free_port, stop_process_group
 
 BIN = Path(sys.executable).parent
 
@@ -78,7 +78,7 @@ def main() -> None:
     logging.getLogger("prefect").setLevel(logging.WARNING)
     with local_stack():
         from flows.training import training
-        from mlops.serving.model import load_served_model
+        from mlops.cli.serving import load_served_model
 
         version = training(trigger="benchmark").version
         name = "adult-income"

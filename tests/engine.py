@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlops.stack.local import free_port, spawn, stop_process_group
+from mlops.stack.processes import free_port, spawn, stop_process_group
 from tests.helpers import PROJECT
 
 LOCAL_BASE_IMAGE = "mlops-base:bookworm"

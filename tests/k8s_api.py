@@ -24,7 +24,7 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from mlops.stack.local import free_port
+from mlops.stack.processes import free_port
 
 KINDS = {  # (group, version) -> (plural, kind)
     ("serving.kserve.io", "v1beta1"): ("inferenceservices", "InferenceService"),

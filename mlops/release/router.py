@@ -26,7 +26,7 @@ import yaml
 from mlops.adapters.prediction_log import SYNTHETIC_HEADER
 from mlops.core.errors import MlopsError
 from mlops.core.files import write_atomic
-from mlops.stack.local import console_script, spawn
+from mlops.stack.processes import console_script, spawn
 
 SLOTS = ("blue", "green")
 

@@ -192,7 +192,7 @@ def ensure_result_storage(env: Environment, environ: dict[str, str]) -> str | No
 def deploy_all(project_dir: Path, pool: str, environ: dict[str, str]) -> str:
     """``prefect deploy --all`` of the project's prefect.yaml onto ``pool``: Prefect's CLI is the
     only API that reads prefect.yaml. Returns Prefect's output."""
-    from mlops.stack.local import console_script
+    from mlops.stack.processes import console_script
 
     result = subprocess.run(
         [console_script("prefect"), "--no-prompt", "deploy", "--all"],

@@ -16,10 +16,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,11 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from mlops.core.errors import StackError
 from mlops.core.files import write_atomic
 from mlops.core.settings import Settings
+from mlops.stack.processes import (
+    console_script,
+    free_port,
+    healthy,
+    port_free,
+    process_alive,
+    spawn,
+    started_at,
+    stop_process_group,
+    tail,
+)
 
 WORKER = "worker"
 
@@ -62,12 +68,6 @@ class StackState:
 
     def get(self, name: str) -> Running | None:
         return next((s for s in self.services if s.name == name), None)
-
-
-def console_script(name: str) -> str:
-    """A console script of this environment (the venv's bin next to the running interpreter)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def service_env(settings: Settings) -> dict[str, str]:
@@ -504,13 +504,6 @@ def prefect_settings(settings: Settings) -> contextlib.AbstractContextManager[ob
     return temporary_settings(values)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Settings:
     """Point this process at a private local stack (its own state folder, free ports).
 
@@ -529,16 +522,6 @@ def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Setting
     settings = Settings()
     os.environ.update(service_env(settings))
     return settings
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def check_credentials(settings: Settings, name: str) -> None:
@@ -567,67 +550,3 @@ def check_credentials(settings: Settings, name: str) -> None:
         raise StackError(f"{name} refuses the credentials of {setting}{hint}")
     if answer.status_code != 200:
         raise StackError(f"{name}: {url} answered {answer.status_code}: {answer.text[:200]}")
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def spawn(
-    argv: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session (so it outlives this process), output appended to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
-def started_at(pid: int) -> float:
-    """The process's start time: with the pid, what tells it from a later process given that pid."""
-    return float(psutil.Process(pid).create_time())
-
-
-def process_alive(pid: int, started: float) -> bool:
-    """Whether the process ``pid`` that started at ``started`` still runs (not a recycled pid)."""
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def stop_process_group(pid: int, timeout: float) -> None:
-    """SIGTERM the process's session group, then SIGKILL what is left after ``timeout``."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    procs = [psutil.Process(pid)]
-    with contextlib.suppress(psutil.Error):
-        procs += procs[0].children(recursive=True)
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)

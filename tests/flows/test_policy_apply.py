@@ -11,11 +11,11 @@ from prefect.events.schemas.events import Event
 from prefect.events.worker import EventsWorker
 
 from mlops.adapters.audit import AuditTrail
+from mlops.adapters.policy_changes import apply_policy
 from mlops.core.config import load_pipeline_config
 from mlops.core.events import POLICY_UPDATED
-from mlops.core.policy import apply_policy
 from mlops.core.settings import Settings
-from mlops.stack.local import free_port
+from mlops.stack.processes import free_port
 from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.flows

@@ -44,7 +44,7 @@ def test_the_prediction_log_is_written_to_s3_and_monitoring_reads_it_back(
     s3: tuple[str, object],
 ) -> None:
     from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
-    from mlops.ml.monitoring import read_window
+    from mlops.adapters.prediction_window import read_prediction_window
 
     bucket, client = s3
     root = f"s3://{bucket}/log/adult-income"
@@ -70,8 +70,8 @@ def test_the_prediction_log_is_written_to_s3_and_monitoring_reads_it_back(
         k.endswith(".parquet") for k in written
     )
     # a window holds the files committed in it: the batches were committed by close()
-    window = read_window(root, now - timedelta(minutes=1), datetime.now(UTC),
-                         ["age", "workclass", "hours_per_week"], 10_000)  # fmt: skip
+    window = read_prediction_window(root, now - timedelta(minutes=1), datetime.now(UTC),
+                                    ["age", "workclass", "hours_per_week"], 10_000)  # fmt: skip
     assert window.problems == []
     assert len(window.rows) == len(frame) and window.labelled == len(frame)
     pd.testing.assert_series_equal(
@@ -85,7 +85,7 @@ def test_the_prediction_log_is_written_to_s3_and_monitoring_reads_it_back(
 def test_the_dvc_remote_on_s3_holds_the_data_and_gives_it_back(
     s3: tuple[str, object], aws: str, tmp_path: Path
 ) -> None:
-    from mlops.ml.data import configure_remote, pull_dataset
+    from mlops.adapters.dvc import configure_remote, pull_dataset
     from tasks.data import resolve_data_version
 
     bucket, client = s3
@@ -111,14 +111,8 @@ def test_the_mlflow_server_keeps_artifacts_on_s3(
     from sklearn.linear_model import LogisticRegression
 
     from mlops.core.settings import Settings
-    from mlops.stack.local import (
-        free_port,
-        healthy,
-        service_env,
-        services,
-        spawn,
-        stop_process_group,
-    )
+    from mlops.stack.local import service_env, services
+    from mlops.stack.processes import free_port, healthy, spawn, stop_process_group
 
     bucket, client = s3
     port = free_port()

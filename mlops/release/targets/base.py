@@ -7,7 +7,6 @@ from typing import Protocol
 from uuid import UUID
 
 from mlops.core.errors import MlopsError
-from mlops.core.settings import Settings
 from mlops.release.router import Traffic
 
 
@@ -89,31 +88,8 @@ class ReleaseTarget(Protocol):
         ...
 
 
-TARGETS = ("local", "kserve", "gitops", "lambda")
-
-
-def make_target(kind: str, settings: Settings, model: str) -> ReleaseTarget:
-    """The target named ``kind``; one without its settings is an error naming them."""
-    if kind == "local":
-        from mlops.release.targets.local import LocalTarget
-
-        return LocalTarget(settings, model)
-    if kind == "kserve":
-        from mlops.release.targets.kserve import KServeTarget
-
-        return KServeTarget(settings, model)
-    if kind == "gitops":
-        from mlops.release.targets.gitops import GitOpsTarget
-
-        return GitOpsTarget(settings, model)
-    if kind == "lambda":
-        from mlops.release.targets.aws_lambda import LambdaTarget
-
-        return LambdaTarget(settings, model)
-    raise TargetError(f"unknown release target {kind!r} (known: {', '.join(TARGETS)})")
-
-
 def need_image(model: str, version: int, image: str | None, target: str) -> str:
+    """The version's server image, or an error saying how to build it (for targets that run images)."""
     if not image:
         raise TargetError(
             f"{model} v{version} has no server image (tag mlops.image), which the {target} target "
@@ -123,4 +99,5 @@ def need_image(model: str, version: int, image: str | None, target: str) -> str:
 
 
 def missing_settings(target: str, names: list[str]) -> TargetError:
+    """The error for a target whose settings ``names`` are unset."""
     return TargetError(f"the {target} release target needs {', '.join(names)} (unset)")

@@ -22,12 +22,11 @@ from mlops.core.settings import Settings
 from mlops.release.guard import start_guard, stop_guard
 from mlops.release.router import SLOTS, Router, Traffic
 from mlops.release.targets.base import Deployed, SlotSample, TargetError, TargetState
-from mlops.stack.local import (
-    auth_headers,
+from mlops.stack.local import auth_headers, service_env
+from mlops.stack.processes import (
     console_script,
     free_port,
     process_alive,
-    service_env,
     spawn,
     started_at,
     stop_process_group,
