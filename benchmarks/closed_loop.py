@@ -1,8 +1,8 @@
 """The closed loop's wall time, from the shift of the world to the new champion at 100 % of traffic.
 
-Runs the demo's loop (mlops.demo.closed_loop) on a private local stack with its worker: the
-champion is trained and released, traffic flows, the world shifts, and monitoring, the Prefect
-automation, retraining, the gates and the canary do the rest. Prints each phase, the work the
+Runs the demo's loop (examples.adult.demo.closed_loop) on a private local stack with its
+worker: the champion is trained and released, traffic flows, the world shifts, and monitoring,
+the Prefect automation, retraining, the gates and the canary do the rest. Prints each phase, the work the
 pipeline does (training, gates, release) against the time spent detecting and reacting, and
 ends with the headline: seconds from the shift to the new champion serving all traffic
 (goal: under 180 s on 2 cores).
@@ -34,10 +34,10 @@ GOAL = 180.0
 def main() -> None:
     import shutil
 
+    from examples.adult.demo import closed_loop
+    from mlops.adapters.dvc import pull_dataset
     from mlops.core.config import load_pipeline_config
     from mlops.core.settings import Settings
-    from mlops.demo import closed_loop
-    from mlops.ml.data import pull_dataset
     from mlops.release.targets.local import LocalTarget
     from mlops.stack.local import LocalStack
 

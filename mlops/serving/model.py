@@ -1,4 +1,4 @@
-"""Loading one registered model version for serving, refusing it if its artifacts were altered."""
+"""Loading one model folder for serving, refusing it if its artifacts were altered."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from threadpoolctl import ThreadpoolController
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
 
-__all__ = ["ModelIntegrityError", "ServedModel", "load_model_folder", "load_served_model"]
+__all__ = ["ModelIntegrityError", "ServedModel", "load_model_folder"]
 
 # Small batches predict on one OpenMP thread: splitting a row or two across threads costs more in
 # thread wake-ups than it saves, and on a busy machine spinning threads make it several times
@@ -58,18 +58,6 @@ class ServedModel:
         else:
             proba = self.estimator.predict_proba(X)[:, 1]
         return (proba >= 0.5).astype(int), proba
-
-
-def load_served_model(tracking_uri: str, name: str, ref: str, workdir: Path) -> ServedModel:
-    """Download version or alias ``ref`` of ``name``, verify it (checksum and format) and load it,
-    through the same verified fetch as every other loader (tasks.registry)."""
-    from mlops.adapters.registry import fetch_verified_model, lookup_model_version
-
-    found = lookup_model_version(tracking_uri, name, ref)
-    if found is None:
-        raise MlopsError(f"{name}: no version or alias {ref!r} in the registry at {tracking_uri}")
-    folder = fetch_verified_model(tracking_uri, found, workdir / f"{name}-v{found.version}")
-    return _served(folder, name, found.version)
 
 
 def load_model_folder(folder: Path, name: str, version: int, sha256: str | None) -> ServedModel:

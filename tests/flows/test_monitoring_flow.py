@@ -14,16 +14,18 @@ import httpx
 import pandas as pd
 import pytest
 
+from examples.adult.traffic import send_traffic, shift_adult
 from flows.monitoring import monitoring, watermark_name
 from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
-from mlops.core.events import DRIFT_DETECTED, POLICY_UPDATED, emit_model_event
+from mlops.adapters.events import emit_model_event
+from mlops.adapters.prediction_window import SETTLE
+from mlops.core.events import DRIFT_DETECTED, POLICY_UPDATED
 from mlops.core.settings import Settings
-from mlops.ml.monitoring import SETTLE
 from mlops.release.targets.local import LocalTarget
-from mlops.stack.local import LocalStack, free_port, service_env
-from mlops.traffic import send_traffic, shift_adult
+from mlops.stack.local import LocalStack, service_env
+from mlops.stack.processes import free_port
 from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
@@ -171,8 +173,8 @@ def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settin
 def test_a_policy_change_the_champion_meets_retrains_nothing(production: dict[str, Any]) -> None:
     from flows.retraining import retraining
     from mlops.adapters.audit import AuditTrail
+    from mlops.adapters.policy_changes import apply_policy
     from mlops.core.config import load_pipeline_config
-    from mlops.core.policy import apply_policy
 
     settings, name = production["settings"], production["name"]
     cfg = load_pipeline_config(Path(production["pipeline"]))
@@ -198,9 +200,9 @@ def test_a_tighter_policy_the_champion_fails_retrains_and_a_failure_keeps_the_ch
     retraining runs, the new version fails the same gate, and the champion keeps serving."""
     from flows.retraining import retraining
     from mlops.adapters.audit import AuditTrail
+    from mlops.adapters.policy_changes import apply_policy
     from mlops.core.config import load_pipeline_config
     from mlops.core.errors import ConfigError
-    from mlops.core.policy import apply_policy
     from mlops.ml.gates import GateFailed
     from tests.helpers import edit_yaml
 

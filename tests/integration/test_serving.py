@@ -8,9 +8,9 @@ import json
 import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,41 +24,29 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from flows.training import training
-from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog, read_labelled, read_log
+from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog
+from mlops.adapters.prediction_window import read_log, read_prediction_window
 from mlops.adapters.tracking import tracking_server
+from mlops.cli.serving import load_served_model
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import ModelIntegrityError
 from mlops.core.settings import Settings
 from mlops.release.smoke import wait_until_ready
 from mlops.serving.app import ServerConfig, create_app
-from mlops.serving.model import Column, ServedModel, load_served_model
-from mlops.stack.local import free_port
-from tests.helpers import adult_frame, make_project
+from mlops.serving.model import Column, ServedModel
+from mlops.stack.processes import free_port
+from tests.fixtures import trained_project
+from tests.helpers import caller_rows as _rows
 
 pytestmark = pytest.mark.integration
-
-INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
 
 
 @pytest.fixture(scope="module")
 def registered(local_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, int]:
+    """A model of this module's own: one test here alters its stored artifacts."""
     root = tmp_path_factory.mktemp("serving-project")
-    name = f"serving-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(3000), model_name=name)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    try:
-        version = training(pipeline=str(pipeline), trigger="test").version
-    finally:
-        mp.undo()
-    return name, version
-
-
-def _rows(n: int = 20) -> list[dict[str, Any]]:
-    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
-    frame[INTS] = frame[INTS].astype(int)
-    return [{k: (None if v is None else v) for k, v in r.items()} for r in frame.to_dict("records")]
+    with trained_project(root, "serving") as built:
+        return built.name, built.versions[0]
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +200,8 @@ def test_only_valid_rows_reach_the_log_and_labels_join_by_request_id(
     log = read_log(server["log"])
     assert (log["fnlwgt"] == marker).sum() == 1
     assert not (log["fnlwgt"] == marker + 1).any(), "a refused row must not be logged"
-    mine = read_labelled(server["log"]).query("request_id == @ok['request_id']")
+    window = read_prediction_window(server["log"], None, datetime.now(UTC), [], 1_000_000)
+    mine = window.rows.query("request_id == @ok['request_id']")
     assert len(mine) == 2 and set(mine["label"]) == {1}
     assert math.isclose(
         float(mine.loc[mine["row"] == 0, "probability"].iloc[0]), ok["probabilities"][0]

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from examples.adult.traffic import shift_adult
 from mlops.adapters.prediction_log import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
@@ -20,12 +21,12 @@ from mlops.adapters.prediction_log import (
     PredictionLog,
     file_name,
 )
+from mlops.adapters.prediction_window import SETTLE, read_prediction_window
 from mlops.core.config import load_pipeline_config
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, read_snapshot
-from mlops.ml.monitoring import SETTLE, drift_report, judge_drift, judge_performance, read_window
-from mlops.ml.production_data import labelled_rows
-from mlops.traffic import shift_adult
+from mlops.ml.monitoring import detect_drift, measure_live_performance, render_drift_report
+from mlops.ml.production_data import MAX_ROWS, labelled_rows
 from tests.helpers import EXAMPLE, adult_frame
 
 pytestmark = pytest.mark.unit
@@ -72,12 +73,12 @@ def clean(frame: pd.DataFrame) -> pd.DataFrame:
 def test_a_window_holds_the_rows_of_its_time_span_with_their_labels(tmp_path: Path) -> None:
     write_log(tmp_path, clean(adult_frame(300)))
     now = datetime.now(UTC)
-    window = read_window(
+    window = read_prediction_window(
         str(tmp_path), now - timedelta(minutes=5), now + timedelta(seconds=1), FEATURES, 10_000
     )
     assert len(window.rows) == len(clean(adult_frame(300))) and window.labelled == len(window.rows)
     assert window.problems == []
-    later = read_window(
+    later = read_prediction_window(
         str(tmp_path), now + timedelta(seconds=1), now + timedelta(minutes=1), FEATURES, 10_000
     )
     assert later.rows.empty and later.problems == []
@@ -85,9 +86,9 @@ def test_a_window_holds_the_rows_of_its_time_span_with_their_labels(tmp_path: Pa
 
 def test_an_empty_or_missing_log_is_an_empty_window_not_an_error(tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    window = read_window(str(tmp_path / "nothing-here"), None, now, FEATURES, 10_000)
+    window = read_prediction_window(str(tmp_path / "nothing-here"), None, now, FEATURES, 10_000)
     assert window.rows.empty and window.problems == []
-    verdict = judge_drift(window, adult_frame(2000), FEATURES, POLICY)
+    verdict = detect_drift(window, adult_frame(2000), FEATURES, POLICY)
     assert not verdict.judged and not verdict.detected
     assert "0 rows: too small to judge (needs 1000)" in verdict.reason
 
@@ -115,11 +116,11 @@ def test_rows_straddling_a_windows_end_are_judged_in_exactly_one_window(tmp_path
     late = _requests(1000, 50, datetime.now(UTC))
     log.append(PREDICTIONS, late)  # predicted before the first window ends, still buffered
     first_end = datetime.now(UTC)
-    first = read_window(str(tmp_path), None, first_end, FEATURES, 10_000)
+    first = read_prediction_window(str(tmp_path), None, first_end, FEATURES, 10_000)
     log.close()  # written after the first window was read
     second_end = datetime.now(UTC) + SETTLE
-    second = read_window(str(tmp_path), first_end, second_end, FEATURES, 10_000)
-    third = read_window(str(tmp_path), second_end, second_end + SETTLE, FEATURES, 10_000)
+    second = read_prediction_window(str(tmp_path), first_end, second_end, FEATURES, 10_000)
+    third = read_prediction_window(str(tmp_path), second_end, second_end + SETTLE, FEATURES, 10_000)
 
     assert all(r["time"] < first_end for r in late)
     assert _ids(first) == {r["request_id"] for r in early}
@@ -145,15 +146,18 @@ def test_a_late_written_row_keeps_the_label_that_arrived_before_it_was_written(
     log.append(PREDICTIONS, rows)
     log.close()  # committed now, three hours after the prediction and its label
 
-    window = read_window(
+    window = read_prediction_window(
         str(tmp_path), now - timedelta(minutes=1), datetime.now(UTC) + SETTLE, FEATURES, 10_000
     )
     assert len(window.rows) == len(rows) and window.labelled == len(rows), window.problems
     assert window.problems == []
     cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")  # retraining collects them all too
-    frame, problems = labelled_rows(str(tmp_path), now - timedelta(minutes=1), now + SETTLE, cfg)
+    collected = read_prediction_window(
+        str(tmp_path), now - timedelta(minutes=1), now + SETTLE, cfg.features.columns, MAX_ROWS
+    )
+    frame = labelled_rows(collected, cfg)
     assert len(frame) == len(rows) and set(frame[cfg.target.column]) == {cfg.target.positive}
-    assert problems == []
+    assert collected.problems == []
 
 
 def test_corrupt_files_missing_and_extra_columns_and_unknown_labels_are_reported(
@@ -172,7 +176,7 @@ def test_corrupt_files_missing_and_extra_columns_and_unknown_labels_are_reported
     bad.write_bytes(b"PAR1 this is not parquet")
     (partition / "copied-by-hand.parquet").write_bytes(b"no commit stamp: no window holds it")
 
-    window = read_window(
+    window = read_prediction_window(
         str(tmp_path), now - timedelta(minutes=1), now + timedelta(seconds=1), FEATURES, 10_000
     )
     assert len(window.rows) == len(frame)
@@ -191,20 +195,22 @@ def test_unshifted_windows_raise_no_drift_and_the_shifted_one_does(tmp_path: Pat
     for k, part in enumerate(np.array_split(live, 3)):  # repeated windows, none drifted
         root = tmp_path / f"window-{k}"
         write_log(root, part)
-        window = read_window(
+        window = read_prediction_window(
             str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
         )
-        verdict = judge_drift(window, reference, FEATURES, POLICY)
+        verdict = detect_drift(window, reference, FEATURES, POLICY)
         assert verdict.judged and not verdict.detected, verdict.reason
     root = tmp_path / "shifted"
     write_log(root, shift_adult(live))
-    window = read_window(
+    window = read_prediction_window(
         str(root), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    verdict = judge_drift(window, reference, FEATURES, POLICY)
+    verdict = detect_drift(window, reference, FEATURES, POLICY)
     assert verdict.detected and set(verdict.drifted) == {"age", "hours_per_week"}, verdict.reason
     assert "2 of 14 columns drifted (14%; limit 10%): age, hours_per_week" in verdict.reason
-    path, differ = drift_report(window, reference, FEATURES, POLICY, verdict, tmp_path / "r.html")
+    path, differ = render_drift_report(
+        window, reference, FEATURES, POLICY, verdict, tmp_path / "r.html"
+    )
     assert Path(path).stat().st_size > 10_000 and differ == []  # the report decides alike
 
 
@@ -245,23 +251,23 @@ def test_live_performance_is_judged_on_the_serving_version_once_enough_labels_ar
 ) -> None:
     data = clean(adult_frame(1500))
     write_log(tmp_path, data.iloc[:50], version=1)
-    window = read_window(
+    window = read_prediction_window(
         str(tmp_path), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    few = judge_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    few = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY)
     assert not few.judged and "50 labelled rows (needs 100)" in few.reason
 
     write_log(tmp_path / "more", data, version=1)
-    window = read_window(
+    window = read_prediction_window(
         str(tmp_path / "more"), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    fine = judge_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    fine = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY)
     assert fine.judged and not fine.degraded and fine.live is not None and fine.live > 0.9
-    worse = judge_performance(window, 1, {"roc_auc": fine.live + 0.1}, POLICY)
+    worse = measure_live_performance(window, 1, {"roc_auc": fine.live + 0.1}, POLICY)
     assert worse.judged and worse.degraded and "worse by 0.100; limit 0.050" in worse.reason
-    unknown = judge_performance(window, 1, {}, POLICY)
+    unknown = measure_live_performance(window, 1, {}, POLICY)
     assert not unknown.judged and "no holdout roc_auc" in unknown.reason
-    other_version = judge_performance(window, 2, {"roc_auc": 0.9}, POLICY)
+    other_version = measure_live_performance(window, 2, {"roc_auc": 0.9}, POLICY)
     assert not other_version.judged and "0 labelled rows" in other_version.reason
 
 

@@ -1,6 +1,6 @@
-"""Production traffic for the demo and the tests: rows posted to a model endpoint one request each,
-their true labels sent back through ``/feedback`` as they would arrive later; and the worked
-example's documented shift of the world."""
+"""Production traffic for the Adult demo and the tests: rows posted to a model endpoint one request
+each, their true labels sent back through ``/feedback`` as they would arrive later; and the
+example's documented shift of the world (its column names are the Adult data's)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
-"""The closed-loop demo (`mlops demo`, `make demo`): the product's main job on one machine.
+"""The closed-loop demo of the Adult example (`mlops demo`, `make demo`): the product's main job on
+one machine.
 
 A champion is trained, judged and released; production traffic flows through the router with
-its labels arriving later; then the world shifts (``mlops.traffic.shift_adult``), monitoring
-sees it, a Prefect automation launches retraining on the work pool, and the new version goes
-through the gates and a canary into production, with no step taken by hand after the shift.
+its labels arriving later; then the world shifts (``examples.adult.traffic.shift_adult``),
+monitoring sees it, a Prefect automation launches retraining on the work pool, and the new
+version goes through the gates and a canary into production, with no step taken by hand after
+the shift.
 Everything runs through the deployments of ``prefect.yaml`` on the local stack's worker.
 """
 
@@ -20,11 +22,11 @@ from typing import Any
 
 import pandas as pd
 
+from examples.adult.traffic import send_traffic, shift_adult
 from mlops.core.config import PipelineConfig, load_pipeline_config
 from mlops.core.errors import MlopsError
 from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.core.settings import Settings
-from mlops.traffic import send_traffic, shift_adult
 
 Out = Callable[[str], None]
 
@@ -219,7 +221,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
 
     out(
         "\n== 3. the world shifts: everyone 8 years older, 15 % fewer hours, and nobody aged 45+ "
-        "working under 40 hours earns >50K any more (mlops.traffic.shift_adult) =="
+        "working under 40 hours earns >50K any more (examples/adult/traffic.py: shift_adult) =="
     )
     shift_at = datetime.now(UTC)
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
