@@ -30,8 +30,8 @@ SETTINGS: Settings = use_private_stack(PROJECT, STATE)
 @contextmanager
 def local_stack() -> Iterator[Settings]:
     """Prefect and MLflow servers on free ports for the benchmark's lifetime; data pulled."""
+    from mlops.adapters.dvc import pull_dataset
     from mlops.core.config import load_pipeline_config
-    from mlops.ml.data import pull_dataset
 
     stack = LocalStack(SETTINGS, out=lambda _m: None)
     try:

@@ -2,9 +2,9 @@
 
 1,000,000 reference rows and 100,000 current rows of 30 columns (20 numeric, 10 categorical;
 seeded), a third of them shifted by amounts from slight to strong so that per-column decisions
-are not all alike. "Ours" is `tasks.monitoring.judge_drift` as the monitoring flow runs it: the
+are not all alike. "Ours" is `mlops.ml.monitoring.detect_drift` as the monitoring flow runs it: the
 reference sampled to the policy's `reference_rows`, the window cut to its newest `max_rows`, then
-Evidently's own per-column tests called directly (`tasks.drift.drift_tests`; the flow renders the
+Evidently's own per-column tests called directly (`mlops.ml.drift.drift_tests`; the flow renders the
 HTML report after its events are out). "Plain" is `Report([DataDriftPreset()])` on the full frames.
 Each runs in its own process, so each peak memory (max RSS) is its own.
 
@@ -66,7 +66,7 @@ def run(which: str, reference: int, current: int) -> dict[str, object]:
 
     from mlops.core.policy import MonitoringPolicy
     from mlops.ml.drift import read_snapshot
-    from mlops.ml.monitoring import Window, judge_drift
+    from mlops.ml.monitoring import Window, detect_drift
 
     started = time.perf_counter()
     if which == "plain":
@@ -75,7 +75,7 @@ def run(which: str, reference: int, current: int) -> dict[str, object]:
     else:
         policy = MonitoringPolicy()
         window = Window(None, pd.Timestamp.now(tz="UTC"), cur.tail(policy.max_rows))
-        verdict = judge_drift(window, ref, columns, policy)
+        verdict = detect_drift(window, ref, columns, policy)
         decisions = {c: c in verdict.drifted for c in verdict.scores}
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -6,6 +6,7 @@ import contextlib
 from dataclasses import asdict
 from datetime import UTC, datetime
 
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import FailedRun, FlowPauseTimeout
@@ -14,7 +15,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from mlops.adapters.gate_report import gate_report, gate_table
-from mlops.adapters.registry import registry_client
+from mlops.adapters.registry import parse_registered_uri, registry_client, verified_model_folder
 from mlops.ml import gates
 from mlops.ml.gates import GateResult
 from mlops.release.approval import (
@@ -31,7 +32,14 @@ check_metric_thresholds = step(gates.check_metric_thresholds, name="check-metric
 compare_with_champion = step(gates.compare_with_champion, name="compare-with-champion")
 check_fairness = step(gates.check_fairness, name="check-fairness")
 check_training_data = step(gates.check_training_data, name="check-training-data")
-check_model_contract = step(gates.check_model_contract, name="check-model-contract")
+
+
+@step(name="check-model-contract")
+def check_model_contract(model_uri: str, tracking_uri: str, holdout: pd.DataFrame) -> GateResult:
+    """Gate: the registered model, fetched and verified, answers through pyfunc and enforces its
+    signature."""
+    name, version = parse_registered_uri(model_uri)
+    return gates.check_model_contract(verified_model_folder(tracking_uri, name, version), holdout)
 
 
 @step(name="publish-gate-report")

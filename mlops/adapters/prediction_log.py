@@ -1,7 +1,8 @@
 """The prediction log: every answered row, appended in batches to Parquet files partitioned by hour.
 
-Written under a local folder or any fsspec URL (``s3://bucket/prefix``); read back by monitoring,
-with labels that arrive later (``POST /feedback``) joined by request id.
+Written under a local folder or any fsspec URL (``s3://bucket/prefix``); read back by monitoring
+(``mlops.adapters.prediction_window``), with labels that arrive later (``POST /feedback``) joined
+by request id.
 
 Nothing answered is lost to a bad day. ``append`` only buffers (no I/O on the caller's thread);
 one flusher thread writes full or aged batches. A batch the root does not take after bounded
@@ -11,8 +12,9 @@ exactly once. A row that cannot be encoded is dropped alone and counted. Every o
 
 File names carry their **commit stamp**, taken right before the one move that makes the file
 visible (``part-<UTC stamp, microseconds>Z-<batch id>.parquet`` under ``date=/hour=`` of that
-stamp): monitoring windows are cut by it (``tasks.monitoring.read_window``), so a row that waited
-in the buffer, in retries or in a spill file belongs to the window in which it became readable.
+stamp): monitoring windows are cut by it (``prediction_window.read_prediction_window``), so a
+row that waited in the buffer, in retries or in a spill file belongs to the window in which it
+became readable.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-import pandas as pd
 import platformdirs
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -71,6 +72,9 @@ _LOG_FIELDS = [
     pa.field("prediction", pa.int64()),
     pa.field("probability", pa.float64()),
 ]
+
+#: Columns the model server writes beside the features.
+LOG_COLUMNS = frozenset(f.name for f in _LOG_FIELDS)
 
 FEEDBACK_SCHEMA = pa.schema(
     [pa.field("request_id", pa.string()), pa.field("label", pa.int64()), pa.field("time", _TIME)]
@@ -689,23 +693,3 @@ class _LogCollector:
         for kind, n in sorted(stats["spill_waiting"].items()):
             waiting.add_metric([kind], n)
         return iter([rows, failures, buffered, waiting])
-
-
-def read_log(root: str, kind: str = PREDICTIONS) -> pd.DataFrame:
-    """All records of one kind under ``root`` (empty frame when there are none)."""
-    fs, path = fsspec.core.url_to_fs(f"{root.rstrip('/')}/{kind}")
-    fs.invalidate_cache(path)
-    files = sorted(fs.glob(f"{path}/**/*.parquet"))
-    if not files:
-        return pd.DataFrame()
-    return pd.concat([pd.read_parquet(fs.open(f, "rb")) for f in files], ignore_index=True)
-
-
-def read_labelled(root: str) -> pd.DataFrame:
-    """Predictions with the labels that arrived for them (``label`` is missing where none did)."""
-    predictions = read_log(root, PREDICTIONS)
-    feedback = read_log(root, FEEDBACK)
-    if predictions.empty or feedback.empty:
-        return predictions.assign(label=pd.NA) if not predictions.empty else predictions
-    labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
-    return predictions.merge(labels, on="request_id", how="left")

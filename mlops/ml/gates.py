@@ -1,12 +1,14 @@
 """Validation gates: what a challenger must pass before it may replace the champion.
 
 Each gate is a plain function returning a typed ``GateResult`` (with a human reason and the
-figures behind it) behind a thin task; the promotion flow collects them and decides.
+figures behind it), wrapped by a task of the same name (``tasks.gates``); the promotion flow
+collects them and decides. A gate judges what it is given: fetching a model is the task's.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -19,7 +21,8 @@ from fairlearn.metrics import (
     true_positive_rate,
 )
 
-from mlops.core.policy import KNOWN_METRICS, ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
+from mlops.core.metrics import KNOWN_METRICS
+from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
 from mlops.ml.drift import drift_tests
 from mlops.ml.evaluation import METRICS
 
@@ -48,8 +51,8 @@ class GateFailed(Exception):
 
 
 # metric thresholds ------------------------------------------------------------------------------
-def metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
-    """Every holdout metric the policy names meets its threshold."""
+def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
+    """Gate: every holdout metric the policy names meets its threshold."""
     failures = []
     for name, threshold in policy.metrics.items():
         value = metrics.get(name)
@@ -70,13 +73,13 @@ def metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
 
 
 # champion vs challenger -------------------------------------------------------------------------
-def compare_models(
+def _paired_bootstrap(
     challenger: ProbabilisticModel,
     champion: ProbabilisticModel | None,
     X: pd.DataFrame,
     y: np.ndarray,
     policy: ComparisonPolicy,
-    champion_label: str = "champion",
+    champion_label: str,
 ) -> GateResult:
     """Paired bootstrap of (challenger - champion) on the same holdout rows.
 
@@ -144,15 +147,44 @@ def unseen_rows(holdout: pd.DataFrame, champion_training: pd.DataFrame | None) -
 MIN_COMPARISON_ROWS = 200
 
 
-# fairness ---------------------------------------------------------------------------------------
-def fairness(
-    predictions: np.ndarray, frame: pd.DataFrame, y: np.ndarray, policy: FairnessPolicy
+def compare_with_champion(
+    challenger: ProbabilisticModel,
+    champion: ProbabilisticModel | None,
+    holdout: pd.DataFrame,
+    target: str,
+    policy: ComparisonPolicy,
+    champion_label: str,
+    champion_training: pd.DataFrame | None = None,
 ) -> GateResult:
-    """Demographic parity and equal opportunity differences per sensitive column (fairlearn).
+    """Gate: the challenger is not worse than the champion beyond the margin (paired bootstrap),
+    on the holdout rows the champion never trained on."""
+    rows = unseen_rows(holdout, champion_training)
+    if len(rows) < MIN_COMPARISON_ROWS:
+        rows = holdout  # too few to judge by: say so
+        champion_label += (
+            f" on all {len(holdout)} holdout rows (fewer than {MIN_COMPARISON_ROWS} it never saw)"
+        )
+    elif champion_training is not None:
+        champion_label += f" on the {len(rows)} of {len(holdout)} holdout rows it never trained on"
+    X = rows.drop(columns=[target])
+    return _paired_bootstrap(
+        challenger, champion, X, rows[target].to_numpy(), policy, champion_label
+    )
+
+
+# fairness ---------------------------------------------------------------------------------------
+def check_fairness(
+    model: ProbabilisticModel, holdout: pd.DataFrame, target: str, policy: FairnessPolicy
+) -> GateResult:
+    """Gate: demographic parity and equal opportunity differences per sensitive column
+    (fairlearn) stay within the policy's limits.
 
     Groups smaller than ``min_group_size`` are listed in the details but left out of the
     differences: their rates are too noisy to judge a model by.
     """
+    frame = holdout.drop(columns=[target])
+    predictions = (model.predict_proba(frame)[:, 1] >= 0.5).astype(int)
+    y = holdout[target].to_numpy()
     failures: list[str] = []
     details: dict[str, Any] = {}
     for column in policy.sensitive:
@@ -222,11 +254,11 @@ def fairness(
 
 
 # training data ----------------------------------------------------------------------------------
-def training_data(
-    current: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
+def check_training_data(
+    training: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
 ) -> GateResult:
-    """Missing values per column and drift against the champion's training data (Evidently)."""
-    sample = current.sample(min(len(current), policy.sample_rows), random_state=0)
+    """Gate: missing values per column and drift against the champion's training data (Evidently)."""
+    sample = training.sample(min(len(training), policy.sample_rows), random_state=0)
     if reference is not None:
         reference = reference.sample(min(len(reference), policy.sample_rows), random_state=0)
     reading = drift_tests(sample, reference)
@@ -260,20 +292,18 @@ def training_data(
 
 
 # integration ------------------------------------------------------------------------------------
-def model_contract(model_uri: str, tracking_uri: str, good: pd.DataFrame) -> GateResult:
-    """The model, loaded back through MLflow's pyfunc flavour from its verified folder, answers a
-    batch matching its signature and refuses one that does not."""
-    import mlflow.pyfunc
+def check_model_contract(model_folder: Path, holdout: pd.DataFrame) -> GateResult:
+    """Gate: the model in ``model_folder`` (verified by the caller), loaded back through MLflow's
+    pyfunc flavour, answers a batch of ``holdout`` matching its signature and refuses one that
+    does not."""
+    import mlflow.pyfunc  # slow to import, and only this gate needs it
 
-    from mlops.adapters.registry import parse_registered_uri, verified_model_folder
-
-    name, version = parse_registered_uri(model_uri)
-    model = mlflow.pyfunc.load_model(str(verified_model_folder(tracking_uri, name, version)))
+    model = mlflow.pyfunc.load_model(str(model_folder))
     schema = model.metadata.get_input_schema()
     if schema is None:
         return GateResult("model-contract", False, "the model has no input signature")
     columns = schema.input_names()
-    batch = good[columns].head(50)
+    batch = holdout[columns].head(50)
     try:
         answers = np.asarray(model.predict(batch))
     except Exception as exc:  # any failure here is the finding
@@ -294,53 +324,3 @@ def model_contract(model_uri: str, tracking_uri: str, good: pd.DataFrame) -> Gat
     return GateResult(
         "model-contract", False, f"accepted a batch without the required column {columns[0]!r}"
     )
-
-
-# tasks ------------------------------------------------------------------------------------------
-def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
-    """Gate: the holdout metrics meet the policy's thresholds."""
-    return metric_thresholds(metrics, policy)
-
-
-def compare_with_champion(
-    challenger: ProbabilisticModel,
-    champion: ProbabilisticModel | None,
-    holdout: pd.DataFrame,
-    target: str,
-    policy: ComparisonPolicy,
-    champion_label: str,
-    champion_training: pd.DataFrame | None = None,
-) -> GateResult:
-    """Gate: the challenger is not worse than the champion beyond the margin (paired bootstrap),
-    on the holdout rows the champion never trained on."""
-    rows = unseen_rows(holdout, champion_training)
-    if len(rows) < MIN_COMPARISON_ROWS:
-        rows = holdout  # too few to judge by: say so
-        champion_label += (
-            f" on all {len(holdout)} holdout rows (fewer than {MIN_COMPARISON_ROWS} it never saw)"
-        )
-    elif champion_training is not None:
-        champion_label += f" on the {len(rows)} of {len(holdout)} holdout rows it never trained on"
-    X = rows.drop(columns=[target])
-    return compare_models(challenger, champion, X, rows[target].to_numpy(), policy, champion_label)
-
-
-def check_fairness(
-    model: ProbabilisticModel, holdout: pd.DataFrame, target: str, policy: FairnessPolicy
-) -> GateResult:
-    """Gate: group fairness differences stay within the policy's limits."""
-    X = holdout.drop(columns=[target])
-    predictions = (model.predict_proba(X)[:, 1] >= 0.5).astype(int)
-    return fairness(predictions, X, holdout[target].to_numpy(), policy)
-
-
-def check_training_data(
-    training: pd.DataFrame, reference: pd.DataFrame | None, policy: DataPolicy
-) -> GateResult:
-    """Gate: data quality and drift of the training data (Evidently)."""
-    return training_data(training, reference, policy)
-
-
-def check_model_contract(model_uri: str, tracking_uri: str, holdout: pd.DataFrame) -> GateResult:
-    """Gate: the registered model answers through pyfunc and enforces its signature."""
-    return model_contract(model_uri, tracking_uri, holdout)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,8 @@ import pandas as pd
 
 from mlops.core.config import PipelineConfig
 from mlops.core.errors import ConfigError
-from mlops.ml.monitoring import read_window
+from mlops.ml.contract import split_by_contract
+from mlops.ml.monitoring import Window
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class ProductionData:
 
 #: How many of the latest labelled rows say what share of positives production has now.
 RECENT_ROWS = 1000
+
+#: The rows of a collection's window: all of them in practice (the bound keeps memory finite).
+MAX_ROWS = 10_000_000
 
 
 def negative_label(cfg: PipelineConfig) -> str:
@@ -49,16 +52,13 @@ def negative_label(cfg: PipelineConfig) -> str:
 REQUEST = "request_id"
 
 
-def labelled_rows(
-    log_root: str, since: datetime | None, until: datetime, cfg: PipelineConfig
-) -> tuple[pd.DataFrame, list[str]]:
-    """Served rows with arrived labels, as dataset rows (features + target in its own values),
-    oldest first, with the request each came from in a last ``request_id`` column."""
+def labelled_rows(window: Window, cfg: PipelineConfig) -> pd.DataFrame:
+    """The window's served rows with arrived labels, as dataset rows (features + target in its own
+    values), oldest first, with the request each came from in a last ``request_id`` column."""
     features = cfg.features.columns
-    window = read_window(log_root, since, until, features, max_rows=10_000_000)
     rows = window.rows
     if rows.empty or "label" not in rows:
-        return pd.DataFrame(columns=[*features, cfg.target.column, REQUEST]), window.problems
+        return pd.DataFrame(columns=[*features, cfg.target.column, REQUEST])
     # missing feature values are the contract's to judge (nullable columns allow them)
     rows = rows[rows["label"].notna()]
     # a request may carry several rows; one label per (request, row) is what was served
@@ -68,7 +68,7 @@ def labelled_rows(
     frame = rows.reindex(columns=features).assign(
         **{cfg.target.column: target, REQUEST: rows[REQUEST].astype(str)}
     )
-    return frame.reset_index(drop=True), window.problems
+    return frame.reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,23 @@ class CollectedRows:
     data: ProductionData | None
     rejected: RejectedRows
     kept: int
+    offered: int = 0  # the labelled rows judged
+    report: str = ""  # the contract's markdown report of the rows left out; empty when none
+
+    def markdown(self) -> str:
+        """What the collection's artifact says: how many rows joined, and why the others did not."""
+        text = (
+            f"# Labelled production rows\n\n{self.kept} of {self.offered} rows meet the data "
+            "contract and join the training data.\n\n"
+        )
+        if self.rejected.count:
+            examples = json.dumps(self.rejected.examples, indent=1)
+            text += f"{self.report}\n```json\n{examples}\n```\n"
+        return text
+
+    def summary(self) -> str:
+        """One line: what was left out, or that every row was in contract."""
+        return self.rejected.summary() or f"{self.kept} labelled production rows, all in contract"
 
 
 #: Refused rows quoted in the audit entry and the artifact; the count and checks cover them all.
@@ -116,3 +133,17 @@ def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
     """The frame and the md5 of the file as it is now (what lineage records)."""
     raw = Path(path).read_bytes()
     return pd.read_parquet(path), hashlib.md5(raw).hexdigest()
+
+
+def collect_production_data(window: Window, cfg: PipelineConfig, path: Path) -> CollectedRows:
+    """The window's labelled rows that meet the data contract, written to ``path`` as Parquet
+    (none written when no row does); the others counted and described."""
+    frame = labelled_rows(window, cfg)
+    requests = frame.pop(REQUEST)
+    verdict = split_by_contract(frame, cfg.contract, "labelled production rows")
+    failed = verdict.failed_rows.assign(**{REQUEST: requests.reindex(verdict.failed_rows.index)})
+    rejected = _rejected(failed, verdict.checks)
+    kept = verdict.kept.reset_index(drop=True)
+    data = write_production_data(kept, path, cfg.target.positive) if len(kept) else None
+    report = verdict.report if len(failed) else ""
+    return CollectedRows(data, rejected, len(kept), len(frame), report)

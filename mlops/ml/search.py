@@ -38,16 +38,16 @@ def candidates(base: ModelConfig, search: SearchConfig) -> list[ModelConfig]:
     return configs
 
 
-def score(
+def score_candidate(
     split: Split,
     features: FeatureConfig,
     config: ModelConfig,
     search: SearchConfig,
     threads: int | None = None,
 ) -> CandidateScore:
-    """Cross-validated score of one candidate on the training split (seeded folds: every runner
-    scores a candidate alike). ``threads`` caps the estimator's OpenMP threads, so that parallel
-    candidates do not fight over the cores."""
+    """One candidate of the search, scored by cross-validation on the training split (seeded
+    folds: every runner scores a candidate alike). ``threads`` caps the estimator's OpenMP
+    threads, so that parallel candidates do not fight over the cores."""
     from threadpoolctl import threadpool_limits
 
     model = build_pipeline(features, config)
@@ -63,14 +63,3 @@ def score(
         float(scores.std()),
         time.perf_counter() - started,
     )
-
-
-def score_candidate(
-    split: Split,
-    features: FeatureConfig,
-    config: ModelConfig,
-    search: SearchConfig,
-    threads: int | None = None,
-) -> CandidateScore:
-    """One candidate of the search, scored by cross-validation."""
-    return score(split, features, config, search, threads)

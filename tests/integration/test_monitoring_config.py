@@ -15,12 +15,8 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlops.ml.monitoring import (
-    DriftVerdict,
-    MonitoringOutcome,
-    PerformanceVerdict,
-    write_prometheus,
-)
+from mlops.adapters.prometheus import write_prometheus
+from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, PerformanceVerdict
 from mlops.serving.app import Metrics
 from tests.helpers import PROJECT
 

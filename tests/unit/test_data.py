@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlops.adapters.dvc import configure_remote, pull_dataset
 from mlops.core.errors import DataLoadError, DataVersionError
-from mlops.ml.data import configure_remote, pull_dataset
 from tasks.data import load_dataset, resolve_data_version
 from tests.helpers import adult_frame, git, make_project
 

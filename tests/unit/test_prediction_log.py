@@ -21,8 +21,8 @@ from mlops.adapters.prediction_log import (
     PredictionLog,
     commit_time,
     prediction_schema,
-    read_log,
 )
+from mlops.adapters.prediction_window import read_log
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Production rows judged one by one against the data contract (tasks.validation.split_by_contract):
+"""Production rows judged one by one against the data contract (mlops.ml.contract.split_by_contract):
 frame-level checks never refuse a row, a bad row is named with its failed check."""
 
 from __future__ import annotations
