@@ -6,24 +6,27 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.variables import Variable
 
+from mlops.adapters.events import emit_model_event
 from mlops.adapters.locks import held, lock_name
-from mlops.adapters.registry import lookup_model_version
+from mlops.adapters.prediction_window import SETTLE
+from mlops.adapters.prometheus import write_prometheus
+from mlops.adapters.registry import RegisteredVersion, lookup_model_version
 from mlops.adapters.tracking import load_run_frame
-from mlops.core.config import load_pipeline_config
-from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, emit_model_event
-from mlops.core.policy import load_policy
+from mlops.core.context import RunContext
+from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from mlops.core.lineage import CHAMPION_ALIAS
 from mlops.core.settings import Settings
 from mlops.ml.monitoring import (
-    SETTLE,
     DriftVerdict,
     MonitoringOutcome,
     PerformanceVerdict,
+    Window,
     evidence,
-    write_prometheus,
 )
 from tasks.monitoring import (
     detect_drift,
@@ -53,80 +56,103 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
         and is not consumed: the next run judges it with the rows that arrived since. A window
         holds the rows committed to the log since the watermark until ``SETTLE`` before now.
     """
-    log = get_run_logger()
-    settings = Settings()
-    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
-    policy, _ = load_policy(cfg.policy, set(cfg.contract.columns))
-    rules = policy.monitoring
-    uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
-    features = cfg.features.columns
+    ctx = RunContext.load(Settings(), pipeline)
     # One run per model at a time: two runs reading the same watermark would judge one window
     # twice (a scheduled run beside `mlops monitor`).
-    with held(lock_name("monitoring", name), timeout_seconds=600):
-        # files committed in the last moments may not be readable yet: the window ends before them,
-        # and the next one starts exactly there (the watermark), so no row is skipped or judged twice
-        until = datetime.now(UTC) - SETTLE
-        mark = watermark_name(name)
-        start = datetime.fromisoformat(since) if since else _watermark(mark)
-        champion = lookup_model_version(uri, name, "champion")
-        window = read_prediction_window(
-            settings.prediction_log(name), start, until, features, rules.max_rows
-        )
-        run_id = str(flow_run.get_id() or "local")
-
-        if champion is None:
-            drift = DriftVerdict(
-                False, False, "no champion: nothing serves, nothing to compare with"
-            )
-            perf = PerformanceVerdict(False, False, "no champion", rules.performance_metric)
-        else:
-            reference = load_run_frame(uri, champion.run_id, "training")
-            drift = detect_drift(window, reference, features, rules)
-            perf = measure_live_performance(window, champion.version, champion.metrics, rules)
-
-        outcome = MonitoringOutcome(
-            name,
-            champion.version if champion else None,
-            start.isoformat() if start else None,
-            until.isoformat(),
-            len(window.rows),
-            drift,
-            perf,
-            window.problems,
-            {},
-        )
-        events: dict[str, str] = {}
-        run_url = f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"
-        if drift.judged and drift.detected:
-            payload = evidence(outcome, "drift") | {"flow_run": run_url}
-            events[DRIFT_DETECTED] = emit_model_event(DRIFT_DETECTED, name, payload) or ""
-        if perf.judged and perf.degraded:
-            payload = evidence(outcome, "performance") | {"flow_run": run_url}
-            events[PERFORMANCE_DEGRADED] = (
-                emit_model_event(PERFORMANCE_DEGRADED, name, payload) or ""
-            )
-        outcome = replace(outcome, events=events)
-        if drift.judged and champion is not None:  # the report for people, once the events are out
-            html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
-            report = render_drift_report(window, reference, features, rules, drift, html)
-            drift = replace(drift, report=report)
-            outcome = replace(outcome, drift=drift)
-
-        report_url = log_monitoring_run(
-            uri, f"{cfg.experiment}-monitoring", asdict(outcome), drift.report
-        )
-        publish_monitoring_report(outcome, report_url)
-        write_prometheus(
-            outcome,
-            settings.state_dir / "metrics" / f"monitoring-{name}.prom",
-            settings.pushgateway_url,
-        )
-        if drift.judged and not since:
-            Variable.set(mark, until.isoformat(), overwrite=True)
-    for problem in window.problems:
+    with held(lock_name("monitoring", ctx.model_name), timeout_seconds=600):
+        outcome = _judge_window(ctx, since)
+    log = get_run_logger()
+    for problem in outcome.problems:
         log.warning(problem)
-    log.info("%s: drift %s; performance %s", name, drift.reason, perf.reason)
+    log.info(
+        "%s: drift %s; performance %s",
+        ctx.model_name,
+        outcome.drift.reason,
+        outcome.performance.reason,
+    )
     return outcome
+
+
+def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
+    """Judge one window, emit its events, report it, and move the watermark past it."""
+    settings, rules, name = ctx.settings, ctx.policy.monitoring, ctx.model_name
+    features = ctx.config.features.columns
+    # files committed in the last moments may not be readable yet: the window ends before them,
+    # and the next one starts exactly there (the watermark), so no row is skipped or judged twice
+    until = datetime.now(UTC) - SETTLE
+    mark = watermark_name(name)
+    start = datetime.fromisoformat(since) if since else _watermark(mark)
+    champion = lookup_model_version(ctx.tracking_uri, name, CHAMPION_ALIAS)
+    window = read_prediction_window(
+        settings.prediction_log(name), start, until, features, rules.max_rows
+    )
+    run_id = str(flow_run.get_id() or "local")
+    reference = load_run_frame(ctx.tracking_uri, champion.run_id, "training") if champion else None
+    drift, perf = _verdicts(ctx, window, reference, champion)
+    outcome = MonitoringOutcome(
+        name,
+        champion.version if champion else None,
+        start.isoformat() if start else None,
+        until.isoformat(),
+        len(window.rows),
+        drift,
+        perf,
+        window.problems,
+        {},
+    )
+    outcome = replace(outcome, events=_emit_events(ctx, outcome, run_id))
+    if drift.judged and reference is not None:  # the report for people, once the events are out
+        html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
+        report = render_drift_report(window, reference, features, rules, drift, html)
+        outcome = replace(outcome, drift=replace(drift, report=report))
+
+    report_url = log_monitoring_run(
+        ctx.tracking_uri,
+        f"{ctx.config.experiment}-monitoring",
+        asdict(outcome),
+        outcome.drift.report,
+    )
+    publish_monitoring_report(outcome, report_url)
+    write_prometheus(
+        outcome,
+        settings.state_dir / "metrics" / f"monitoring-{name}.prom",
+        settings.pushgateway_url,
+    )
+    if drift.judged and not since:
+        Variable.set(mark, until.isoformat(), overwrite=True)
+    return outcome
+
+
+def _verdicts(
+    ctx: RunContext,
+    window: Window,
+    reference: pd.DataFrame | None,
+    champion: RegisteredVersion | None,
+) -> tuple[DriftVerdict, PerformanceVerdict]:
+    """Drift against the champion's training data, and its live performance where labelled."""
+    rules = ctx.policy.monitoring
+    if champion is None or reference is None:
+        return (
+            DriftVerdict(False, False, "no champion: nothing serves, nothing to compare with"),
+            PerformanceVerdict(False, False, "no champion", rules.performance_metric),
+        )
+    drift = detect_drift(window, reference, ctx.config.features.columns, rules)
+    perf = measure_live_performance(window, champion.version, champion.metrics, rules)
+    return drift, perf
+
+
+def _emit_events(ctx: RunContext, outcome: MonitoringOutcome, run_id: str) -> dict[str, str]:
+    """The drift and performance events the verdicts call for: event name -> event id."""
+    name, drift, perf = ctx.model_name, outcome.drift, outcome.performance
+    link = {"flow_run": ctx.flow_run_url(run_id)}
+    events: dict[str, str] = {}
+    if drift.judged and drift.detected:
+        payload = evidence(outcome, "drift") | link
+        events[DRIFT_DETECTED] = emit_model_event(DRIFT_DETECTED, name, payload) or ""
+    if perf.judged and perf.degraded:
+        payload = evidence(outcome, "performance") | link
+        events[PERFORMANCE_DEGRADED] = emit_model_event(PERFORMANCE_DEGRADED, name, payload) or ""
+    return events
 
 
 def _watermark(name: str) -> datetime | None:

@@ -1,7 +1,7 @@
 """The retraining flow: what an automation launches when a model's production data drifts, its
 live performance decays, or its policy changes. It records why, trains on the current data
 version and the labelled production data, and hands a passing version to the gates and the
-release; anything that fails on the way leaves the champion serving."""
+release (the ``delivery`` flow); anything that fails on the way leaves the champion serving."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ from typing import Any, cast
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.training import training
-from mlops.adapters.registry import lookup_model_version
+from flows.delivery import HandOver, delivery
+from flows.model_version import TrainingRequest
+from mlops.adapters.registry import RegisteredVersion, lookup_model_version
 from mlops.adapters.tracking import load_run_frame
-from mlops.core.config import load_pipeline_config
+from mlops.core.context import RunContext
 from mlops.core.events import POLICY_UPDATED
-from mlops.core.policy import load_policy
+from mlops.core.lineage import CHAMPION_ALIAS
 from mlops.core.settings import Settings
 from mlops.ml.gates import ProbabilisticModel
-from mlops.ml.production_data import CollectedRows
+from mlops.ml.production_data import CollectedRows, ProductionData
 from mlops.ml.retraining import RetrainingOutcome
 from mlops.release.promotion import current_champion
 from tasks.gates import check_fairness, check_metric_thresholds
@@ -49,27 +50,19 @@ def retraining(
         The champion before and after. On a policy change, a champion that still meets the
         policy is kept and nothing is trained.
     """
-    log = get_run_logger()
-    settings = Settings()
-    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
-    policy, digest = load_policy(cfg.policy, set(cfg.contract.columns))
-    uri, name = str(settings.mlflow_tracking_uri), cfg.model_name
-    champion = lookup_model_version(uri, name, "champion")
+    ctx = RunContext.load(Settings(), pipeline)
+    name = ctx.model_name
+    champion = lookup_model_version(ctx.tracking_uri, name, CHAMPION_ALIAS)
     before = champion.version if champion else None
     run_id = str(flow_run.get_id() or "local")
     trigger = f"{reason} (event {event_id})" if event_id else reason
-    context = AuditContext(
-        uri,
-        name,
-        "automation" if event_id else "retraining",
-        trigger,
-        before,
-        policy.version,
-        digest,
-        links={"prefect_flow_run": f"{settings.prefect_ui_url}/runs/flow-run/{run_id}"},
-    )
+    actor = "automation" if event_id else "retraining"
+    audit = AuditContext(
+        ctx.tracking_uri, name, actor, trigger, before, ctx.policy.version, ctx.policy_digest,
+        links={"prefect_flow_run": ctx.flow_run_url(run_id)},
+    )  # fmt: skip
     payload = evidence or {}
-    context.record(
+    audit.record(
         before or 0,
         "retraining-triggered",
         str(payload.get("reason") or reason),
@@ -77,58 +70,68 @@ def retraining(
         event_id=event_id,
         evidence=payload,
     )
+    if reason == POLICY_UPDATED and champion is not None and _meets_policy(ctx, champion):
+        note = f"champion v{before} meets policy v{ctx.policy.version}: nothing to retrain"
+        audit.record(before or 0, "retraining-skipped", note)
+        get_run_logger().info(note)
+        return RetrainingOutcome(name, reason, event_id, before, None, before, note)
 
-    if reason == POLICY_UPDATED and champion is not None:
-        model = cast(ProbabilisticModel, load_model_version(uri, name, champion.version))
-        holdout = load_run_frame(uri, champion.run_id, "holdout")
-        verdicts = [
-            check_metric_thresholds(champion.metrics, policy),
-            check_fairness(model, holdout, cfg.target.column, policy.fairness),
-        ]
-        failed = [v for v in verdicts if not v.passed]
-        if not failed:
-            note = f"champion v{before} meets policy v{policy.version}: nothing to retrain"
-            context.record(before or 0, "retraining-skipped", note)
-            log.info(note)
-            return RetrainingOutcome(name, reason, event_id, before, None, before, note)
-        log.warning(
-            "champion v%s fails policy v%s: %s",
-            before,
-            policy.version,
-            "; ".join(v.reason for v in failed),
-        )
-
-    now = datetime.now(UTC)
-    collected = collect_production_data(
-        settings.prediction_log(name),
-        now - timedelta(days=production_days),
-        now,
-        cfg,
-        settings.state_dir / "retraining" / run_id / "production.parquet",
+    production = _collect(ctx, audit, before or 0, production_days, run_id)
+    request = TrainingRequest(
+        trigger=f"retraining: {trigger}", production_data=production.path if production else None
     )
-    _record_collection(context, before or 0, collected)
-    production = collected.data
+    hand_over = HandOver("release", production.recent_positive_rate if production else None)
     try:
-        trained = training(
-            pipeline=pipeline,
-            trigger=f"retraining: {trigger}",
-            hand_over="release",
-            production_data=production.path if production else None,
-            expected_positive_rate=production.recent_positive_rate if production else None,
-        )
+        trained = delivery(ctx, request, hand_over)
     except Exception as exc:  # a gate, the release, anything: recorded, then the run fails with it
-        context.record(before or 0, "retraining-failed", f"champion v{before} keeps serving: {exc}")
+        audit.record(before or 0, "retraining-failed", f"champion v{before} keeps serving: {exc}")
         raise
-    after = current_champion(uri, name)
+    after = current_champion(ctx.tracking_uri, name)
     note = (
         f"v{trained.version} trained on {production.rows if production else 0} labelled production "
         f"rows beside the data version; champion v{before} -> v{after}"
     )
-    log.info(note)
+    get_run_logger().info(note)
     return RetrainingOutcome(name, reason, event_id, before, trained.version, after, note)
 
 
-def _record_collection(context: AuditContext, version: int, collected: CollectedRows) -> None:
+def _meets_policy(ctx: RunContext, champion: RegisteredVersion) -> bool:
+    """Whether the champion passes the (changed) policy's metric and fairness gates."""
+    uri, name = ctx.tracking_uri, ctx.model_name
+    model = cast(ProbabilisticModel, load_model_version(uri, name, champion.version))
+    holdout = load_run_frame(uri, champion.run_id, "holdout")
+    verdicts = [
+        check_metric_thresholds(champion.metrics, ctx.policy),
+        check_fairness(model, holdout, ctx.config.target.column, ctx.policy.fairness),
+    ]
+    failed = [v for v in verdicts if not v.passed]
+    if failed:
+        get_run_logger().warning(
+            "champion v%s fails policy v%s: %s",
+            champion.version,
+            ctx.policy.version,
+            "; ".join(v.reason for v in failed),
+        )
+    return not failed
+
+
+def _collect(
+    ctx: RunContext, audit: AuditContext, version: int, days: float, run_id: str
+) -> ProductionData | None:
+    """The labelled production rows of the last ``days`` that meet the contract, audited."""
+    now = datetime.now(UTC)
+    collected = collect_production_data(
+        ctx.settings.prediction_log(ctx.model_name),
+        now - timedelta(days=days),
+        now,
+        ctx.config,
+        ctx.settings.state_dir / "retraining" / run_id / "production.parquet",
+    )
+    _record_collection(audit, version, collected)
+    return collected.data
+
+
+def _record_collection(audit: AuditContext, version: int, collected: CollectedRows) -> None:
     """The audit entry of what production data joins the training, and what was left out why."""
     rejected = collected.rejected
     reason = f"{collected.kept} labelled production rows meet the data contract" + (
@@ -136,7 +139,7 @@ def _record_collection(context: AuditContext, version: int, collected: Collected
     )
     if rejected.count:
         get_run_logger().warning(reason)
-    context.record(
+    audit.record(
         version,
         "production-data-collected",
         reason,

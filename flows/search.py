@@ -1,6 +1,6 @@
 """The hyper-parameter search flow: the grid's candidates fanned out as tasks on Dask (prefect-dask:
 a local cluster, or an existing one at MLOPS_DASK_ADDRESS), scored by cross-validation on the
-training split; the best candidate is trained by the training flow and goes through the gates."""
+training split; the best candidate is trained by the delivery flow and goes through the gates."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.training import training
-from mlops.core.config import FeatureConfig, ModelConfig, SearchConfig, load_pipeline_config
+from flows.delivery import HandOver, HandOverTo, delivery
+from flows.model_version import TrainingRequest
+from mlops.core.config import FeatureConfig, ModelConfig, SearchConfig
+from mlops.core.context import RunContext
 from mlops.core.errors import ConfigError
+from mlops.core.lineage import DataVersion
 from mlops.core.settings import Settings
 from mlops.ml.search import CandidateScore, candidates
 from mlops.ml.split import Split
@@ -76,7 +79,7 @@ def hyperparameter_search(
     pipeline: str | None = None,
     data_rev: str | None = None,
     runner: Runner = "dask",
-    hand_over: Literal["none", "promotion", "release"] = "promotion",
+    hand_over: HandOverTo = "promotion",
     trigger: str = "manual",
 ) -> dict[str, object]:
     """Search the pipeline's grid, then train the best candidate and hand it over.
@@ -92,9 +95,8 @@ def hyperparameter_search(
     Returns:
         The candidates' scores, the best parameters and the registered version.
     """
-    log = get_run_logger()
-    settings = Settings()
-    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
+    ctx = RunContext.load(Settings(), pipeline)
+    cfg, settings = ctx.config, ctx.settings
     if cfg.search is None:
         raise ConfigError(f"{cfg.source}: no `search:` section (grid, folds, metric) to search")
     configs = candidates(cfg.model, cfg.search)  # unknown parameters fail here, before any fit
@@ -110,37 +112,15 @@ def hyperparameter_search(
     with environ_restored():
         scores = fan_out(split, cfg.features, configs, cfg.search, threads)
     best = max(scores, key=lambda s: s.mean)
-    log.info(
-        "best of %d candidates: %s (%s %.4f)",
-        len(scores),
-        best.params,
-        cfg.search.metric,
-        best.mean,
-    )
-    create_table_artifact(
-        key=f"search-{cfg.model_name}".lower().replace("_", "-"),
-        table=[
-            {
-                **s.params,
-                cfg.search.metric: round(s.mean, 4),
-                "std": round(s.std, 4),
-                "seconds": round(s.seconds, 1),
-                "best": s is best,
-            }
-            for s in scores
-        ],
-        description=f"{cfg.model_name}: hyper-parameter search on {data.path}@{data.short} ({runner})",
-    )
+    _publish_scores(ctx, scores, best, data, runner)
     search_run = log_search_runs(
-        str(settings.mlflow_tracking_uri), cfg.experiment, scores, best, cfg.search.metric, runner
+        ctx.tracking_uri, cfg.experiment, scores, best, cfg.search.metric, runner
     )
     changed = {k: v for k, v in best.params.items() if cfg.model.params.get(k) != v}
-    registered = training(
-        pipeline=pipeline,
-        data_rev=data_rev,
-        trigger=f"search {search_run} ({trigger})",
-        hand_over=hand_over,
-        model_params=changed or None,
+    registered = delivery(
+        ctx.with_model_params(changed),
+        TrainingRequest(data_rev=data_rev, trigger=f"search {search_run} ({trigger})"),
+        HandOver(hand_over),
     )
     return {
         "scores": [s.__dict__ for s in scores],
@@ -148,3 +128,32 @@ def hyperparameter_search(
         "version": registered.version,
         "search_run": search_run,
     }
+
+
+def _publish_scores(
+    ctx: RunContext,
+    scores: list[CandidateScore],
+    best: CandidateScore,
+    data: DataVersion,
+    runner: Runner,
+) -> None:
+    """The candidates' scores as a table artifact of the run (and the best one in the log)."""
+    name, search = ctx.model_name, ctx.config.search
+    assert search is not None  # checked at the flow's entry
+    get_run_logger().info(
+        "best of %d candidates: %s (%s %.4f)", len(scores), best.params, search.metric, best.mean
+    )
+    create_table_artifact(
+        key=f"search-{name}".lower().replace("_", "-"),
+        table=[
+            {
+                **s.params,
+                search.metric: round(s.mean, 4),
+                "std": round(s.std, 4),
+                "seconds": round(s.seconds, 1),
+                "best": s is best,
+            }
+            for s in scores
+        ],
+        description=f"{name}: hyper-parameter search on {data.path}@{data.short} ({runner})",
+    )

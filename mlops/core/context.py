@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mlops.core.config import PipelineConfig, load_pipeline_config
 from mlops.core.policy import Policy, load_policy
@@ -32,6 +34,21 @@ class RunContext:
         config = load_pipeline_config(path)
         policy, digest = load_policy(config.policy, set(config.contract.columns))
         return cls(settings=settings, config=config, policy=policy, policy_digest=digest)
+
+    def with_model_params(self, params: Mapping[str, Any] | None) -> RunContext:
+        """This context with ``params`` over the config's model parameters (a search's best).
+
+        They join the version's fingerprint and config snapshot like any configured value.
+        """
+        if not params:
+            return self
+        model = self.config.model
+        model = model.model_copy(update={"params": model.params | dict(params)})
+        return replace(self, config=self.config.model_copy(update={"model": model}))
+
+    def flow_run_url(self, flow_run_id: object) -> str:
+        """The Prefect UI page of a flow run (the link audit entries and events carry)."""
+        return f"{self.settings.prefect_ui_url}/runs/flow-run/{flow_run_id}"
 
     @property
     def tracking_uri(self) -> str:
