@@ -11,12 +11,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mlops.core.settings import Settings
 from mlops.stack.local import use_private_stack
 from tests.helpers import PROJECT
+
+if TYPE_CHECKING:
+    from tests.fixtures import TrainedProject
 
 _STATE = Path(tempfile.mkdtemp(prefix="mlops-test-"))
 use_private_stack(PROJECT, _STATE, MLOPS_WORK_POOL="test-pool")
@@ -49,8 +53,8 @@ def local_stack(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def adult_data(settings: Settings) -> Path:
     """The example dataset present in the workspace (pulled, or seeded from the shipped copy)."""
+    from mlops.adapters.dvc import pull_dataset
     from mlops.core.config import load_pipeline_config
-    from mlops.ml.data import pull_dataset
 
     cfg = load_pipeline_config(settings.pipeline)
     pull_dataset(settings.project_dir, cfg.data.path, cfg.data.seed)
@@ -58,11 +62,23 @@ def adult_data(settings: Settings) -> Path:
 
 
 @pytest.fixture(scope="session")
+def registered_model(
+    local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> TrainedProject:
+    """One small model trained and registered once a session, for tests that only read it
+    (serve it, package it); a test that changes a version's artifacts or aliases trains its own."""
+    from tests.fixtures import trained_project
+
+    with trained_project(tmp_path_factory.mktemp("registered"), "served", rows=1500) as built:
+        return built
+
+
+@pytest.fixture(scope="session")
 def aws() -> Iterator[str]:
     """moto's server on a free loopback port: an EMULATION of the AWS APIs over HTTP (no AWS account
     is reachable here). Yields its endpoint URL; tests reset it with POST /moto-api/reset."""
     from mlops.release.smoke import wait_until_ready
-    from mlops.stack.local import console_script, free_port, spawn, stop_process_group
+    from mlops.stack.processes import console_script, free_port, spawn, stop_process_group
 
     port = free_port()
     proc = spawn(
@@ -86,7 +102,7 @@ def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     """A user's shell: its own state folder and ports, nothing inherited from the test session."""
     import os
 
-    from mlops.stack.local import free_port
+    from mlops.stack.processes import free_port
     from tests.helpers import BIN, mlops
 
     state = tmp_path_factory.mktemp("user-stack")

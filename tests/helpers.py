@@ -5,10 +5,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXAMPLE = PROJECT / "examples" / "adult"
@@ -17,6 +22,32 @@ EXAMPLE = PROJECT / "examples" / "adult"
 def adult_frame(rows: int = 1500) -> pd.DataFrame:
     """The first ``rows`` rows of the shipped example, as the CSV holds them."""
     return pd.read_csv(EXAMPLE / "adult.csv.gz", nrows=rows, dtype=str, keep_default_na=False)
+
+
+INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
+
+
+def caller_rows(n: int = 200) -> list[dict[str, Any]]:
+    """Rows of the example as a caller posts them (no label, no missing values as "?")."""
+    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
+    frame[INTS] = frame[INTS].astype(int)
+    return frame.to_dict("records")
+
+
+def copy_version(client: MlflowClient, name: str, version: int, drop: Iterable[str] = ()) -> int:
+    """A new version of ``name`` made of ``version``'s artifacts, run and tags (less ``drop``)."""
+    mv = client.get_model_version(name, str(version))
+    left_out = set(drop)
+    return int(
+        client.create_model_version(
+            name,
+            mv.source,
+            mv.run_id,
+            tags={k: v for k, v in mv.tags.items() if k not in left_out},
+            description=mv.description,
+            model_id=mv.model_id or mv.source.removeprefix("models:/"),
+        ).version
+    )
 
 
 def git(root: Path, *args: str) -> str:

@@ -20,10 +20,11 @@ RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mlops/project
-# dependencies first: rebuilt only when the pins change
+# dependencies first: rebuilt only when the pins change (an empty `mlops` stands in for the
+# library, which is the one package pyproject.toml installs; tasks/ and flows/ run from here)
 COPY pyproject.toml constraints.txt README.md ./
-RUN mkdir -p mlops tasks flows serving targets && touch mlops/__init__.py \
-    && pip install -c constraints.txt . && pip uninstall -y mlops
+RUN mkdir mlops && touch mlops/__init__.py \
+    && pip install -c constraints.txt . && pip uninstall -y mlops && rm -rf mlops build
 COPY . .
 RUN pip install --no-deps -c constraints.txt . \
     && useradd --create-home --uid 10001 mlops && chown -R mlops /opt/mlops

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog, prediction_schema, read_log
+from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog, prediction_schema
+from mlops.adapters.prediction_window import read_log
 
 pytestmark = pytest.mark.fault
 

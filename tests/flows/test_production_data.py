@@ -15,9 +15,8 @@ import pytest
 from mlflow import MlflowClient
 
 from mlops.core.settings import Settings
-from mlops.release.targets.local import LocalTarget
-from mlops.stack.local import free_port
-from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
+from tests.fixtures import trained_project
+from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.flows
 
@@ -27,19 +26,9 @@ def project(
     local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("production-data")
-    name = f"prod-rows-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(3000), model_name=name)
-    lenient_policy(pipeline, release={"ready_timeout_seconds": 60})
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
-    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
-    settings = Settings()
-    try:
-        yield {"name": name, "pipeline": str(pipeline), "settings": settings}
-    finally:
-        LocalTarget(settings, name).stop()
-        mp.undo()
+    policy = {"release": {"ready_timeout_seconds": 60}}
+    with trained_project(root, "prod-rows", policy=policy, versions=0, router=True) as built:
+        yield {"name": built.name, "pipeline": str(built.pipeline), "settings": built.settings}
 
 
 def _write_log(log_root: str, rows: pd.DataFrame, target: str) -> list[str]:

@@ -1,13 +1,14 @@
 """Schemathesis against a real model server process: generated requests from its own OpenAPI.
 
 The server is ``mlops serve`` (uvicorn, its own process, a bearer token as outside local mode)
-for a small model trained and registered in the session's MLflow. Cases are drawn from the
-document the server publishes, both schema-valid (must be answered) and schema-breaking (must be
-refused with a 4xx), with a fixed seed and a fixed budget per operation. Every response goes
-through schemathesis's checks (no 5xx, status, content type and body as documented, valid data
-accepted, invalid data refused) and this project's own (a 4xx names the problem and each bad
-field). Afterwards the server still answers, and once it has stopped, its prediction log holds
-exactly the rows the 200s answered and the labels the 202s accepted.
+for the small model the session trains and registers once (``registered_model``). Cases are
+drawn from the document the server publishes, both schema-valid (must be answered) and
+schema-breaking (must be refused with a 4xx), with a fixed seed and a fixed budget per
+operation. Every response goes through schemathesis's checks (no 5xx, status, content type and
+body as documented, valid data accepted, invalid data refused) and this project's own (a 4xx
+names the problem and each bad field). Afterwards the server still answers, and once it has
+stopped, its prediction log holds exactly the rows the 200s answered and the labels the 202s
+accepted.
 
 Why schemathesis's Python API and not its CLI: the test must count the rows each answer
 returned and compare them with the log; here every response passes through this code.
@@ -33,19 +34,13 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from schemathesis import Case, GenerationMode, Response
 from schemathesis.specs.openapi.checks import ignored_auth
 
-from flows.training import training
-from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS, read_log
+from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS
+from mlops.adapters.prediction_window import read_log
 from mlops.core.settings import Settings
 from mlops.release.smoke import wait_until_ready
-from mlops.stack.local import (
-    console_script,
-    free_port,
-    service_env,
-    spawn,
-    stop_process_group,
-    tail,
-)
-from tests.helpers import adult_frame, make_project
+from mlops.stack.local import service_env
+from mlops.stack.processes import console_script, free_port, spawn, stop_process_group, tail
+from tests.fixtures import TrainedProject
 
 pytestmark = [
     pytest.mark.fuzz,
@@ -95,18 +90,12 @@ class Tally:
 
 @pytest.fixture(scope="module")
 def model_server(
-    local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+    local_stack: Settings,
+    registered_model: TrainedProject,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    """A small model trained and registered, served by ``mlops serve`` in its own process."""
-    root = tmp_path_factory.mktemp("fuzz-project")
-    name = f"fuzz-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(1500), model_name=name)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    try:
-        version = training(pipeline=str(pipeline), trigger="test").version
-    finally:
-        mp.undo()
+    """The session's registered model, served by ``mlops serve`` in its own process."""
+    name, version, root = registered_model.name, registered_model.versions[0], registered_model.root
     work = tmp_path_factory.mktemp("fuzz-server")
     port, log_root, out = free_port(), str(work / "log"), work / "server.log"
     env = os.environ | service_env(local_stack) | {"MLOPS_ENV": "local"}

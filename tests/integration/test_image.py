@@ -18,7 +18,6 @@ import pandas as pd
 import pytest
 
 from flows.packaging import packaging
-from flows.training import training
 from mlops.adapters.registry import registry_client
 from mlops.adapters.tracking import tracking_server
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG, ModelIntegrityError
@@ -30,15 +29,14 @@ from mlops.release.packaging import (
     registry_digest,
 )
 from mlops.release.smoke import wait_until_ready
-from mlops.stack.local import free_port
+from mlops.stack.processes import free_port
 from tasks.packaging import assemble_build_context
 from tasks.registry import resolve_model_version
 from tests.engine import Engine, container_engine
-from tests.helpers import adult_frame, make_project
+from tests.fixtures import TrainedProject
+from tests.helpers import caller_rows
 
 pytestmark = pytest.mark.integration
-
-INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
 
 
 @pytest.fixture(scope="module")
@@ -48,21 +46,20 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="module")
-def project(
-    local_stack: Settings, engine: Engine, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("image-project")
-    name = f"image-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(3000), model_name=name)
+def project(registered_model: TrainedProject, engine: Engine) -> Iterator[dict[str, Any]]:
+    """The session's registered model, packaged from its project with this module's engine."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
+    mp.setenv("MLOPS_PROJECT_DIR", str(registered_model.root))
     mp.setenv("MLOPS_IMAGE_REGISTRY", f"{engine.registry}/mlops")
     mp.setenv("MLOPS_IMAGE_REGISTRY_INSECURE", "true")
     mp.setenv("MLOPS_BASE_IMAGE", engine.base_image)
     mp.setenv("DOCKER_HOST", engine.docker_host)
     try:
-        version = training(pipeline=str(pipeline), trigger="test").version
-        yield {"name": name, "version": version, "root": root}
+        yield {
+            "name": registered_model.name,
+            "version": registered_model.versions[0],
+            "root": registered_model.root,
+        }
     finally:
         mp.undo()
 
@@ -70,12 +67,6 @@ def project(
 @pytest.fixture(scope="module")
 def packaged(project: dict[str, Any]) -> Any:
     return packaging(version=str(project["version"]), model=project["name"])
-
-
-def _rows(n: int) -> list[dict[str, Any]]:
-    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
-    frame[INTS] = frame[INTS].astype(int)
-    return frame.to_dict("records")
 
 
 def _run(client: Any, image: str, port: int, **env: str) -> Any:
@@ -111,7 +102,7 @@ def test_image_pulled_by_digest_serves_the_models_predictions_and_metrics(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, 120, container_exited(container))
-        rows = _rows(40)
+        rows = caller_rows(40)
         refused = httpx.post(f"{base}/predict", json={"rows": rows})
         assert refused.status_code == 401  # outside local mode a token is required
         answer = httpx.post(
@@ -144,6 +135,22 @@ def test_image_refuses_to_start_in_prod_without_a_token(packaged: Any) -> None:
         assert "set MLOPS_SERVING_TOKEN" in container.logs().decode()
     finally:
         container.remove(force=True)
+
+
+def test_the_image_runs_the_installed_library_and_nothing_of_the_pipeline(packaged: Any) -> None:
+    """The server is the mlops wheel installed in the image's venv (no source folder on a
+    PYTHONPATH), and the pipeline's packages are not there at all."""
+    client = docker.from_env(timeout=600)
+    env = client.images.get(packaged.reference).attrs["Config"]["Env"] or []
+    assert not [e for e in env if e.startswith("PYTHONPATH=")], env
+    code = (
+        "import importlib.util as u, mlops.serving; print(mlops.serving.__file__); "
+        "print(*[m for m in ('prefect', 'dvc', 'evidently', 'tasks', 'flows') if u.find_spec(m)])"
+    )
+    out = client.containers.run(packaged.reference, ["python", "-c", code], remove=True)
+    where, pipeline = out.decode().splitlines()
+    assert where.startswith("/opt/venv/lib/") and "/site-packages/mlops/serving/" in where, where
+    assert pipeline == "", pipeline
 
 
 def test_a_version_whose_artifacts_changed_is_not_packaged(
