@@ -20,7 +20,7 @@ from mlops.release.targets.gitops import GitOpsTarget
 from mlops.release.targets.kserve import KServeTarget
 from tests.helpers import git
 from tests.k8s_api import EmulatedKubernetes
-from tests.unit.test_manifests import release_steps
+from tests.unit.release.test_manifests import release_steps
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,7 @@ from typing import cast
 
 import pytest
 
+from mlops.adapters.audit import Action, AuditEntry
 from mlops.adapters.prediction_log import SYNTHETIC_HEADER
 from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion
 from mlops.core.files import write_atomic
@@ -24,8 +25,15 @@ from mlops.release.approval import (
     APPROVED,
     REFUSED,
 )
-from mlops.release.canary import judge, quantile
-from mlops.release.promotion import GATES_FAILED, GATES_PASSED, GATES_TAG, release_eligibility
+from mlops.release.canary import ReleaseFailed, judge, quantile, traffic_steps
+from mlops.release.promotion import (
+    GATES_FAILED,
+    GATES_PASSED,
+    GATES_TAG,
+    interrupted_release,
+    release_eligibility,
+    settlement_refusal,
+)
 from mlops.release.router import SLOTS, RouterError, Traffic, render_dynamic
 from mlops.release.targets.base import SlotSample
 from mlops.release.targets.local import LocalTarget, parse_router_metrics
@@ -221,6 +229,47 @@ def test_failed_gates_or_an_incomplete_registration_are_not_eligible(
     approved = {APPROVAL_DECISION_TAG: APPROVED}
     reason = release_eligibility(_version(**tags, **approved), _policy(require_approval=False))
     assert reason is not None and fragment in reason
+
+
+# the strategies and the repair of an alias a killed release left behind -----------------------
+def test_each_strategy_watches_its_own_steps_before_all_traffic_moves() -> None:
+    canary = traffic_steps("canary", (5, 25, 100), "blue", "green")
+    assert canary == [
+        ("at 5%", Traffic({"blue": 95, "green": 5})),
+        ("at 25%", Traffic({"blue": 75, "green": 25})),
+    ]
+    assert traffic_steps("blue-green", (5, 100), "blue", "green") == [
+        ("after the switch", Traffic.only("green"))
+    ]
+    assert traffic_steps("shadow", (5, 100), "blue", "green") == [
+        ("in shadow", Traffic({"blue": 100}, mirror="green"))
+    ]
+    with pytest.raises(ReleaseFailed, match=r"unknown strategy 'big-bang' \(blue-green, canary"):
+        traffic_steps("big-bang", (100,), "blue", "green")
+
+
+def _entry(version: int, action: Action) -> AuditEntry:
+    return AuditEntry(model="m", version=version, action=action, actor="a", trigger="t", reason="r")
+
+
+def test_an_interrupted_release_is_one_started_and_never_ended() -> None:
+    ended = [_entry(2, "release-started"), _entry(2, "released")]
+    assert interrupted_release(ended, 2) is None
+    started = [*ended, _entry(3, "release-started"), _entry(2, "release-started")]
+    assert interrupted_release(started, 2) == started[-1]
+    assert interrupted_release([*started, _entry(2, "gate-decision")], 2) == started[-1]
+    assert interrupted_release(started, 4) is None
+
+
+def test_the_alias_follows_the_traffic_only_for_an_eligible_interrupted_release() -> None:
+    policy, started = _policy(require_approval=False), _entry(2, "release-started")
+    assert settlement_refusal(None, policy, started, 2) == "it is not registered"
+    assert settlement_refusal(_version(), policy, started, 3) is None
+    assert settlement_refusal(_version(), policy, None, 2) is None  # the candidate itself
+    unstarted = settlement_refusal(_version(), policy, None, 3)
+    assert unstarted == "no release of it is recorded as started and unfinished"
+    failed = settlement_refusal(_version(**{GATES_TAG: GATES_FAILED}), policy, started, 2)
+    assert failed is not None and "has not passed the gates" in failed
 
 
 # the router ------------------------------------------------------------------------------------

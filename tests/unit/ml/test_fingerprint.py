@@ -17,7 +17,7 @@ from mlops.ml.fingerprint import MODEL_CODE, code_fingerprint, module_closure
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
