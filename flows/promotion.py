@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict
-from typing import Any, cast
+from typing import cast
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
-from prefect.transactions import transaction
 
-from mlops.adapters.audit import Action, AuditTrail
+from flows.release import release
+from mlops.adapters.audit import AuditTrail
+from mlops.adapters.locks import held
 from mlops.adapters.registry import RegisteredVersion, lookup_model_version, registry_client
 from mlops.adapters.tracking import load_run_frame
-from mlops.core.config import load_pipeline_config
-from mlops.core.policy import load_policy
-from mlops.core.settings import Settings
+from mlops.core.context import RunContext
 from mlops.ml.gates import GateFailed, GateResult, ProbabilisticModel
 from mlops.release.approval import ApprovalRejected
+from mlops.release.canary import ReleaseOutcome
 from mlops.release.promotion import (
+    CHAMPION,
     GATES_FAILED,
     GATES_PASSED,
     GATES_TAG,
@@ -29,7 +29,7 @@ from mlops.release.promotion import (
     PromotionFailed,
     PromotionOutcome,
     current_user,
-    ensure_promotion_lock,
+    promotion_lock_name,
     release_eligibility,
 )
 from tasks.gates import (
@@ -43,7 +43,7 @@ from tasks.gates import (
     request_approval,
 )
 from tasks.registry import load_model_version, resolve_model_version
-from tasks.release import AuditContext, move_champion_alias, tag_promoted_version
+from tasks.release import AuditContext, promote_to_champion
 from tasks.reporting import write_model_card
 
 
@@ -55,6 +55,7 @@ def promotion(
     actor: str | None = None,
     go_live: bool = False,
     expected_positive_rate: float | None = None,
+    context: RunContext | None = None,
 ) -> PromotionOutcome:
     """Run the gates on a model version and promote it to champion if they all pass.
 
@@ -67,141 +68,45 @@ def promotion(
             together with production traffic (the policy's strategy and target), instead of
             moving the alias alone.
         expected_positive_rate: handed to the release (see there).
+        context: the calling run's settings, pipeline config and policy (then ``pipeline`` is
+            not read again); handed to the release too.
 
     Returns:
         What happened. A failed gate, a refused approval or a champion that changed meanwhile
         fail the flow run with the reason; the champion is then untouched.
     """
     log = get_run_logger()
-    settings = Settings()
-    cfg = load_pipeline_config(settings.project_dir / pipeline if pipeline else settings.pipeline)
-    policy, policy_digest = load_policy(cfg.policy, set(cfg.contract.columns))
-    uri = str(settings.mlflow_tracking_uri)
-    name = cfg.model_name
+    ctx = context or RunContext.load(pipeline=pipeline)
+    uri, name = ctx.tracking_uri, ctx.model_name
     actor = actor or current_user()
-    run_url = f"{settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
 
     candidate = resolve_model_version(uri, name, version)
-    champion = lookup_model_version(uri, name, "champion")
+    champion = lookup_model_version(uri, name, CHAMPION)
     previous = champion.version if champion else None
     if previous == candidate.version:
         log.info("%s v%s is the champion already; nothing to judge", name, candidate.version)
         if go_live:  # make sure it serves (a stopped target is started again)
-            released = _release(candidate.version, pipeline, trigger, actor, expected_positive_rate)
+            released = _hand_over(
+                ctx, candidate.version, pipeline, trigger, actor, expected_positive_rate
+            )
             return PromotionOutcome(name, candidate.version, False, previous, released.reason, [])
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
 
-    context = AuditContext(
-        uri,
-        name,
-        actor,
-        trigger,
-        previous,
-        policy.version,
-        policy_digest,
-        links={"prefect_flow_run": run_url, "mlflow_run": candidate.run_id},
-    )
-
-    def audit(action: Action, reason: str, **evidence: object) -> None:
-        context.record(candidate.version, action, reason, **evidence)
-
-    target = cfg.target.column
-    holdout = load_run_frame(uri, candidate.run_id, "holdout")
-    # Prefect types a task returning Any as possibly a coroutine; these are sync sklearn models.
-    challenger_model = cast(ProbabilisticModel, load_model_version(uri, name, candidate.version))
-    champion_model = (
-        cast(ProbabilisticModel, load_model_version(uri, name, previous)) if previous else None
-    )
-    reference = load_run_frame(uri, champion.run_id, "training") if champion else None
-    results = [
-        check_metric_thresholds(candidate.metrics, policy),
-        compare_with_champion(
-            challenger_model,
-            champion_model,
-            holdout,
-            target,
-            policy.comparison,
-            f"champion v{previous}",
-            reference,
-        ),
-        check_fairness(challenger_model, holdout, target, policy.fairness),
-        check_training_data(
-            load_run_frame(uri, candidate.run_id, "training").drop(columns=[target]),
-            reference.drop(columns=[target]) if reference is not None else None,
-            policy.data,
-        ),
-        check_model_contract(
-            f"models:/{name}/{candidate.version}", uri, holdout.drop(columns=[target])
-        ),
-    ]
-    publish_gate_report(uri, name, candidate.version, candidate.run_id, previous, results)
-    passed = all(r.passed for r in results)
-    audit(
-        "gate-decision",
-        "all gates pass" if passed else str(GateFailed(results)),
-        gates=[asdict(r) for r in results],
-    )
-    client = registry_client(uri)
-    client.set_model_version_tag(
-        name, str(candidate.version), GATES_TAG, GATES_PASSED if passed else GATES_FAILED
-    )
-    if not passed:
-        failure = GateFailed(results)
-        audit("rejected", str(failure))
-        raise failure
-
-    if policy.require_approval:
-        decision = request_approval(
-            f"Promote {name} v{candidate.version} to champion (now v{previous})? "
-            f"Gates: {'; '.join(r.reason for r in results)}",
-            policy.approval_timeout_seconds,
-        )
-        # On the version itself, where every path to production reads it (release_eligibility).
-        record_approval(uri, name, candidate.version, decision)
-        audit("approval", decision.reason, approve=decision.approve, approver=decision.approver)
-        if not decision.approve:
-            reason = f"not approved by {decision.approver}: {decision.reason}"
-            audit("rejected", reason)
-            raise ApprovalRejected(f"{name} v{candidate.version}: {reason}")
-        actor = decision.approver
-        context = dataclasses.replace(context, actor=actor)
-
-    # The release applies the same rule by itself; the alias moved here must meet it too.
-    refused = release_eligibility(resolve_model_version(uri, name, str(candidate.version)), policy)
-    if refused:
-        audit("rejected", refused)
-        raise NotEligible(refused)
+    audit = _audit(ctx, candidate, previous, actor, trigger)
+    results = _judge(ctx, audit, candidate, champion)
+    audit = _clear(ctx, audit, candidate, results)
 
     if go_live:
-        released = _release(candidate.version, pipeline, trigger, actor, expected_positive_rate)
+        released = _hand_over(
+            ctx, candidate.version, pipeline, trigger, audit.actor, expected_positive_rate
+        )
         log.info("%s v%s %s", name, candidate.version, released.reason)
         _card(uri, name, candidate, results)
         return PromotionOutcome(
             name, candidate.version, released.serving, previous, released.reason, results
         )
 
-    # One promotion of a model at a time (a Prefect global concurrency limit of one); inside it,
-    # the champion must still be the one the gates judged against, and alias, tags and audit
-    # entry change together or not at all.
-    try:
-        lock = ensure_promotion_lock(name)
-        with (
-            concurrency(lock, occupy=1, strict=True, timeout_seconds=600, lease_duration=60),
-            transaction(),
-        ):
-            move_champion_alias(uri, name, candidate.version, expected=previous)
-            tag_promoted_version(uri, name, candidate.version, actor, previous)
-            audit("promoted", f"champion v{previous} replaced" if previous else "first champion")
-    except PromotionConflict as exc:
-        audit("rejected", str(exc))
-        raise
-    except Exception as exc:  # MLflow down or refusing: alias and tags are back; say so
-        reason = f"promotion failed: {type(exc).__name__}: {exc}; champion stays " + (
-            f"v{previous}" if previous else "unset"
-        )
-        unwritten = context.record_or_report(candidate.version, "rejected", reason)
-        raise PromotionFailed(reason + (f"; {unwritten}" if unwritten else "")) from exc
-
+    _promote(audit, candidate.version)
     _card(uri, name, candidate, results)
     log.info(
         "%s v%s is champion (was %s)",
@@ -210,6 +115,147 @@ def promotion(
         f"v{previous}" if previous else "none",
     )
     return PromotionOutcome(name, candidate.version, True, previous, "promoted", results)
+
+
+def _judge(
+    ctx: RunContext,
+    audit: AuditContext,
+    candidate: RegisteredVersion,
+    champion: RegisteredVersion | None,
+) -> list[GateResult]:
+    """Every gate on ``candidate`` (against ``champion``), reported, recorded in the audit trail
+    and on the version; a failure rejects it (``GateFailed``)."""
+    uri, name, target = ctx.tracking_uri, ctx.model_name, ctx.config.target.column
+    previous = champion.version if champion else None
+    holdout = load_run_frame(uri, candidate.run_id, "holdout")
+    # Prefect types a task returning Any as possibly a coroutine; these are sync sklearn models.
+    challenger_model = cast(ProbabilisticModel, load_model_version(uri, name, candidate.version))
+    champion_model = (
+        cast(ProbabilisticModel, load_model_version(uri, name, previous)) if previous else None
+    )
+    reference = load_run_frame(uri, champion.run_id, "training") if champion else None
+    results = [
+        check_metric_thresholds(candidate.metrics, ctx.policy),
+        compare_with_champion(
+            challenger_model,
+            champion_model,
+            holdout,
+            target,
+            ctx.policy.comparison,
+            f"champion v{previous}",
+            reference,
+        ),
+        check_fairness(challenger_model, holdout, target, ctx.policy.fairness),
+        check_training_data(
+            load_run_frame(uri, candidate.run_id, "training").drop(columns=[target]),
+            reference.drop(columns=[target]) if reference is not None else None,
+            ctx.policy.data,
+        ),
+        check_model_contract(
+            f"models:/{name}/{candidate.version}", uri, holdout.drop(columns=[target])
+        ),
+    ]
+    publish_gate_report(uri, name, candidate.version, candidate.run_id, previous, results)
+    passed = all(r.passed for r in results)
+    audit.record(
+        candidate.version,
+        "gate-decision",
+        "all gates pass" if passed else str(GateFailed(results)),
+        gates=[asdict(r) for r in results],
+    )
+    registry_client(uri).set_model_version_tag(
+        name, str(candidate.version), GATES_TAG, GATES_PASSED if passed else GATES_FAILED
+    )
+    if not passed:
+        failure = GateFailed(results)
+        audit.record(candidate.version, "rejected", str(failure))
+        raise failure
+    return results
+
+
+def _audit(
+    ctx: RunContext, candidate: RegisteredVersion, previous: int | None, actor: str, trigger: str
+) -> AuditContext:
+    """What every audit entry of this promotion shares."""
+    run_url = f"{ctx.settings.prefect_ui_url}/runs/flow-run/{flow_run.get_id()}"
+    return AuditContext(
+        ctx.tracking_uri,
+        ctx.model_name,
+        actor,
+        trigger,
+        previous,
+        ctx.policy.version,
+        ctx.policy_digest,
+        links={"prefect_flow_run": run_url, "mlflow_run": candidate.run_id},
+    )
+
+
+def _clear(
+    ctx: RunContext, audit: AuditContext, candidate: RegisteredVersion, results: list[GateResult]
+) -> AuditContext:
+    """Clear a version whose gates passed for production: a person's decision where the policy
+    requires one, then the rule every path to production applies; returns the audit with the
+    approver as its actor. Raises ``ApprovalRejected`` or ``NotEligible`` with the reason."""
+    audit = _approve(ctx, audit, candidate, results)
+    # The release applies the same rule by itself; the alias moved here must meet it too.
+    refused = release_eligibility(
+        resolve_model_version(ctx.tracking_uri, ctx.model_name, str(candidate.version)),
+        ctx.policy,
+    )
+    if refused:
+        audit.record(candidate.version, "rejected", refused)
+        raise NotEligible(refused)
+    return audit
+
+
+def _approve(
+    ctx: RunContext, audit: AuditContext, candidate: RegisteredVersion, results: list[GateResult]
+) -> AuditContext:
+    """Where the policy requires it, a person's decision (``ApprovalRejected`` when it is no);
+    returns the audit with the approver as its actor."""
+    if not ctx.policy.require_approval:
+        return audit
+    name, version = audit.model, candidate.version
+    decision = request_approval(
+        f"Promote {name} v{version} to champion (now v{audit.previous_champion})? "
+        f"Gates: {'; '.join(r.reason for r in results)}",
+        ctx.policy.approval_timeout_seconds,
+    )
+    # On the version itself, where every path to production reads it (release_eligibility).
+    record_approval(audit.tracking_uri, name, version, decision)
+    audit.record(
+        version, "approval", decision.reason, approve=decision.approve, approver=decision.approver
+    )
+    if not decision.approve:
+        reason = f"not approved by {decision.approver}: {decision.reason}"
+        audit.record(version, "rejected", reason)
+        raise ApprovalRejected(f"{name} v{version}: {reason}")
+    return dataclasses.replace(audit, actor=decision.approver)
+
+
+def _promote(audit: AuditContext, version: int) -> None:
+    """Make ``version`` champion over the one the gates judged against, or say why not."""
+    previous = audit.previous_champion
+    # One promotion of a model at a time (the promotion lock); inside it, the champion must
+    # still be the one the gates judged against (else PromotionConflict).
+    try:
+        with held(promotion_lock_name(audit.model), timeout_seconds=600):
+            promote_to_champion(
+                audit,
+                version,
+                previous,
+                "promoted",
+                f"champion v{previous} replaced" if previous else "first champion",
+            )
+    except PromotionConflict as exc:
+        audit.record(version, "rejected", str(exc))
+        raise
+    except Exception as exc:  # MLflow down or refusing: alias and tags are back; say so
+        reason = f"promotion failed: {type(exc).__name__}: {exc}; champion stays " + (
+            f"v{previous}" if previous else "unset"
+        )
+        unwritten = audit.record_or_report(version, "rejected", reason)
+        raise PromotionFailed(reason + (f"; {unwritten}" if unwritten else "")) from exc
 
 
 def _card(uri: str, name: str, candidate: RegisteredVersion, results: list[GateResult]) -> None:
@@ -221,15 +267,20 @@ def _card(uri: str, name: str, candidate: RegisteredVersion, results: list[GateR
     )
 
 
-def _release(
-    version: int, pipeline: str | None, trigger: str, actor: str, rate: float | None
-) -> Any:
-    from flows.release import release
-
+def _hand_over(
+    ctx: RunContext,
+    version: int,
+    pipeline: str | None,
+    trigger: str,
+    actor: str,
+    expected_positive_rate: float | None,
+) -> ReleaseOutcome:
+    """The release of ``version`` (it moves the champion alias together with the traffic)."""
     return release(
         version=str(version),
         pipeline=pipeline,
         trigger=f"promotion ({trigger})",
         actor=actor,
-        expected_positive_rate=rate,
+        expected_positive_rate=expected_positive_rate,
+        context=ctx,
     )

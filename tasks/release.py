@@ -1,39 +1,39 @@
-"""Release steps: deploy, smoke-test, shift, watch, promote or roll back, the champion alias."""
+"""Release steps: deploy, smoke-test, shift, watch, promote or roll back, the champion alias.
+
+``promote_to_champion`` is the one act every path to a new champion takes (the promotion flow,
+the release, the release's repair of an alias left behind by a killed release)."""
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from uuid import UUID
+from pathlib import Path
 
 import httpx
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.orchestration import get_client
-from prefect.concurrency._leases import maintain_concurrency_lease
-from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
 from prefect.transactions import Transaction, get_transaction, transaction
 
 from mlops.adapters.audit import Action, AuditEntry, AuditTrail
-from mlops.adapters.registry import lookup_model_version, registry_client
+from mlops.adapters.registry import download_model, lookup_model_version, registry_client
 from mlops.core.policy import Policy, ReleasePolicy
 from mlops.release import promotion
-from mlops.release.canary import Settlement, Verdict, _interrupted_release, judge
+from mlops.release.canary import Verdict, judge
 from mlops.release.promotion import (
     CHAMPION,
-    LOCK_LEASE_SECONDS,
     PROMOTION_TAGS,
     PromotionConflict,
+    Settlement,
     current_champion,
-    ensure_promotion_lock,
-    release_eligibility,
+    interrupted_release,
+    settlement_refusal,
 )
 from mlops.release.router import Traffic
-from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, warm_up
+from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, known_batch, warm_up
 from mlops.release.targets.base import Deployed, ReleaseTarget, SlotSample
 from tasks import step
 
@@ -43,36 +43,6 @@ record_audit_entry = step(
     retries=4,
     retry_delay_seconds=[1, 4, 15, 40],
 )
-
-
-@contextlib.contextmanager
-def promotion_lock(model: str, timeout_seconds: float) -> Iterator[UUID]:
-    """Hold ``model``'s promotion lock (``ensure_promotion_lock``); yields the lease's id.
-
-    As Prefect's ``concurrency`` does (renewed while held, released at the end), but the lease id
-    is handed out: a release's guard frees it when the release's process is killed, so the next
-    release need not wait for the lease to run out (Prefect's ``concurrency`` keeps it private).
-    """
-    acquired = acquire_concurrency_slots_with_lease(
-        [ensure_promotion_lock(model)],
-        1,
-        timeout_seconds=timeout_seconds,
-        strict=True,
-        lease_duration=LOCK_LEASE_SECONDS,
-    )
-    try:
-        with maintain_concurrency_lease(
-            acquired.lease_id, LOCK_LEASE_SECONDS, raise_on_lease_renewal_failure=True
-        ):
-            yield acquired.lease_id
-    finally:
-        release_lock_lease(acquired.lease_id)
-
-
-def release_lock_lease(lease: UUID) -> None:
-    """Free a promotion lock's lease (the server ignores a lease that is gone already)."""
-    with get_client(sync_client=True) as client:
-        client.release_concurrency_slots_with_lease(lease)
 
 
 @step(name="move-champion-alias")
@@ -178,12 +148,46 @@ class AuditContext:
         )
 
 
+def promote_to_champion(
+    audit: AuditContext,
+    version: int,
+    expected: int | None,
+    action: Action,
+    reason: str,
+    actor: str | None = None,
+    **evidence: object,
+) -> None:
+    """Make ``version`` the champion as one recorded act: the `champion` alias (if it still
+    points at ``expected``; a conflict raises ``PromotionConflict``), the promotion tags (by
+    ``actor``, default the audit's) and the audit entry ``action`` change together or not at all.
+
+    Inside a caller's transaction (the release's, with the traffic switch) it is undone with it.
+    """
+    with transaction():
+        if version != expected:
+            move_champion_alias(audit.tracking_uri, audit.model, version, expected=expected)
+            tag_promoted_version(
+                audit.tracking_uri, audit.model, version, actor or audit.actor, expected
+            )
+        audit.record(version, action, reason, **evidence)
+
+
 def _artifact(model: str, title: str, lines: list[str]) -> None:
     create_markdown_artifact(
         key=f"release-{model}".lower().replace("_", "-"),
         markdown="\n".join([f"## {title}", "", *lines]),
         description=title,
     )
+
+
+@step(name="load-known-batch")
+def load_known_batch(
+    tracking_uri: str, model: str, version: int, checksum: str | None
+) -> KnownBatch:
+    """The rows the candidate must answer as it does in process, from its verified artifacts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = download_model(tracking_uri, model, version, Path(tmp) / "model")
+        return known_batch(folder, model, version, checksum)
 
 
 @step(name="deploy-candidate")
@@ -306,25 +310,22 @@ def roll_back_traffic(target: ReleaseTarget, model: str, stable: str | None, rea
 
 
 def settle_champion(
-    context: AuditContext, policy: Policy, serving: int, candidate: int, target: str
+    audit: AuditContext, policy: Policy, serving: int, candidate: int, target: str
 ) -> Settlement:
     """Move the champion alias to ``serving``, the version all traffic goes to, if it is eligible
     and its release got that far before it died (or it is the ``candidate`` being released
-    again); otherwise say why not. Alias, tags and audit entry move together or not at all.
+    again); otherwise say why not (``settlement_refusal``). One act (``promote_to_champion``).
 
-    Call it holding the model's promotion lock; ``context.previous_champion`` is the alias now.
+    Call it holding the model's promotion lock; ``audit.previous_champion`` is the alias now.
     """
-    uri, name, champion = context.tracking_uri, context.model, context.previous_champion
+    uri, name, champion = audit.tracking_uri, audit.model, audit.previous_champion
     where = f"the {target} target serves v{serving} but the champion alias is " + (
         f"v{champion}" if champion is not None else "unset"
     )
-    started: AuditEntry | None = None
     try:
         version = lookup_model_version(uri, name, str(serving))
-        refused = release_eligibility(version, policy) if version else "it is not registered"
-        started = _interrupted_release(AuditTrail(uri).entries(name, serving), serving)
-        if refused is None and started is None and serving != candidate:
-            refused = "no release of it is recorded as started and unfinished"
+        started = interrupted_release(AuditTrail(uri).entries(name, serving), serving)
+        refused = settlement_refusal(version, policy, started, candidate)
         if refused:
             return Settlement(False, f"{where}: not repaired, as {refused}", champion)
         finished = (
@@ -333,12 +334,8 @@ def settle_champion(
             else "finished its release"
         )
         reason = f"{where}: {finished}; champion v{champion} -> v{serving}"
-        with transaction():
-            move_champion_alias(uri, name, serving, expected=champion)
-            tag_promoted_version(
-                uri, name, serving, started.actor if started else context.actor, champion
-            )
-            context.record(serving, "released", reason, repaired=True)
+        by = started.actor if started else None
+        promote_to_champion(audit, serving, champion, "released", reason, by, repaired=True)
     except Exception as exc:  # MLflow refusing or away: report, the release goes on judging
         return Settlement(False, f"{where}: repair failed: {type(exc).__name__}: {exc}", champion)
     return Settlement(True, reason, champion)

@@ -1,16 +1,18 @@
-"""Release steps: deploy beside the champion, smoke-test, shift traffic while watching, promote or
-roll back. Each leaves a Prefect artifact so the UI shows where a release stands."""
+"""What a release decides by: the traffic of each step of its strategy, and whether the candidate
+breached the policy while taking it (canary analysis against the champion). No Prefect here:
+the release flow's steps (``tasks/release.py``) call these."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from scipy.stats import binomtest
 
-from mlops.adapters.audit import AuditEntry
 from mlops.core.errors import MlopsError
 from mlops.core.policy import ReleasePolicy
+from mlops.release.router import Traffic
 from mlops.release.targets.base import SlotSample
 
 
@@ -26,6 +28,34 @@ class ReleaseOutcome:
     previous_champion: int | None
     reason: str
     strategy: str
+
+
+#: How a release moves traffic onto the candidate (``traffic_steps``).
+STRATEGIES = ("blue-green", "canary", "shadow")
+
+
+def check_strategy(strategy: str) -> None:
+    """Refuse a strategy the release does not know, naming the ones it does."""
+    if strategy not in STRATEGIES:
+        raise ReleaseFailed(f"unknown strategy {strategy!r} ({', '.join(STRATEGIES)})")
+
+
+def traffic_steps(
+    strategy: str, canary_steps: Sequence[int], stable: str, candidate: str
+) -> list[tuple[str, Traffic]]:
+    """The traffic of each step ``strategy`` watches the candidate in beside the stable slot,
+    each with the words a breach there is reported with; the last step (all traffic on the
+    candidate) is the promotion's, not in this list."""
+    check_strategy(strategy)
+    if strategy == "canary":
+        return [
+            (f"at {step}%", Traffic({stable: 100 - step, candidate: step}))
+            for step in canary_steps[:-1]
+        ]
+    if strategy == "blue-green":
+        # one atomic switch; the old slot stays warm, so a breach switches straight back
+        return [("after the switch", Traffic.only(candidate))]
+    return [("in shadow", Traffic({stable: 100}, mirror=candidate))]
 
 
 @dataclass(frozen=True)
@@ -136,19 +166,3 @@ def judge(
                     f"(allowed ±{policy.max_positive_rate_shift:.0%})"
                 )
     return Verdict(bool(reasons), reasons, figures)
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What became of a champion alias that disagreed with the version serving all traffic."""
-
-    repaired: bool
-    reason: str
-    previous: int | None  # the champion before
-
-
-def _interrupted_release(entries: list[AuditEntry], version: int) -> AuditEntry | None:
-    """The `release-started` entry of ``version``'s last release, if that release never ended."""
-    ends = ("release-started", "released", "release-rolled-back")
-    mine = [e for e in entries if e.version == version and e.action in ends]
-    return mine[-1] if mine and mine[-1].action == "release-started" else None

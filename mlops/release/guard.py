@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from uuid import UUID
 
+from mlops.adapters.locks import release_lock_lease
 from mlops.core.files import write_atomic
 from mlops.core.settings import Settings
-from mlops.stack.local import process_alive, service_env, spawn, started_at, stop_process_group
+from mlops.stack.local import service_env
+from mlops.stack.processes import process_alive, spawn, started_at, stop_process_group
 
 
 def start_guard(
@@ -61,7 +63,7 @@ def stop_guard(record: Path) -> None:
 def main(argv: list[str]) -> int:
     state_dir, model, kind = Path(argv[0]), argv[1], argv[2]
     pid, started = int(argv[3]), float(argv[4])
-    from mlops.release.targets.base import make_target
+    from mlops.release.targets import make_target
 
     while process_alive(pid, started):
         time.sleep(0.2)
@@ -69,8 +71,6 @@ def main(argv: list[str]) -> int:
     what = target.recover()
     print(what or "the release ended with traffic on one slot; nothing to do", flush=True)
     if len(argv) > 5:  # traffic first: the lock only lets the next release in
-        from tasks.release import release_lock_lease
-
         release_lock_lease(UUID(argv[5]))
         print(f"freed the promotion lock lease {argv[5]} of the dead release", flush=True)
     return 0

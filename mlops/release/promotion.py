@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from mlflow.exceptions import MlflowException
 
 from mlops.adapters.audit import AuditEntry, AuditTrail
-from mlops.adapters.locks import ensure_limit
+from mlops.adapters.locks import lock_name
 from mlops.adapters.registry import RegisteredVersion, registration_complete, registry_client
 from mlops.core.errors import MlopsError
+from mlops.core.lineage import CHAMPION_ALIAS as CHAMPION  # defined once, in core
 from mlops.core.policy import Policy
 from mlops.ml.gates import GateResult
 from mlops.release.approval import (
@@ -21,8 +22,6 @@ from mlops.release.approval import (
     APPROVED,
     REFUSED,
 )
-
-CHAMPION = "champion"
 
 PROMOTION_TAGS = ("mlops.promoted.at", "mlops.promoted.by", "mlops.promoted.previous")
 
@@ -58,8 +57,8 @@ def release_eligibility(version: RegisteredVersion, policy: Policy) -> str | Non
 
     The one rule every path to production applies (``mlops promote``, ``mlops release``, the
     release deployment, training's hand-over): the gates passed, the registration is complete
-    (``tasks.registry.registration_complete``: its checksum recorded, so that every load is
-    verified), and, where the policy requires it, a person approved it.
+    (``mlops.adapters.registry.registration_complete``: its checksum recorded, so that every
+    load is verified), and, where the policy requires it, a person approved it.
     """
     label = f"{version.name} v{version.version}"
     tags = version.tags
@@ -98,19 +97,13 @@ def current_user() -> str:
 
 
 def promotion_lock_name(model: str) -> str:
-    return f"mlops-promote-{model}"
-
-
-def ensure_promotion_lock(model: str) -> str:
-    """A Prefect global concurrency limit of one, so promotions of one model run one at a time."""
-    return ensure_limit(promotion_lock_name(model))
-
-
-#: Prefect's shortest lease: a holder that dies without a guard blocks the next one this long.
-LOCK_LEASE_SECONDS = 60
+    """The lock every change of ``model``'s champion holds, so that promotions and releases of
+    one model run one at a time (``mlops.adapters.locks``)."""
+    return lock_name("promote", model)
 
 
 def current_champion(tracking_uri: str, model: str) -> int | None:
+    """The version the `champion` alias of ``model`` points at; None while there is none."""
     try:
         mv = registry_client(tracking_uri).get_model_version_by_alias(model, CHAMPION)
     except MlflowException:
@@ -122,3 +115,36 @@ def current_champion(tracking_uri: str, model: str) -> int | None:
 def record_audit_entry(tracking_uri: str, entry: AuditEntry) -> str:
     """Append one entry to the model's audit trail."""
     return AuditTrail(tracking_uri).append(entry)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What became of a champion alias that disagreed with the version serving all traffic."""
+
+    repaired: bool
+    reason: str
+    previous: int | None  # the champion before
+
+
+def interrupted_release(entries: list[AuditEntry], version: int) -> AuditEntry | None:
+    """The `release-started` entry of ``version``'s last release, if that release never ended."""
+    ends = ("release-started", "released", "release-rolled-back")
+    mine = [e for e in entries if e.version == version and e.action in ends]
+    return mine[-1] if mine and mine[-1].action == "release-started" else None
+
+
+def settlement_refusal(
+    serving: RegisteredVersion | None,
+    policy: Policy,
+    started: AuditEntry | None,
+    candidate: int,
+) -> str | None:
+    """Why the champion alias may not be moved to ``serving``, the version all traffic goes to;
+    None when it may: it is eligible, and its release got that far before it died (``started``)
+    or it is the ``candidate`` being released again."""
+    if serving is None:
+        return "it is not registered"
+    refused = release_eligibility(serving, policy)
+    if refused is None and started is None and serving.version != candidate:
+        refused = "no release of it is recorded as started and unfinished"
+    return refused

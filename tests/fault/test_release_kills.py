@@ -15,82 +15,32 @@ import os
 import random
 import signal
 import subprocess
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from mlflow import MlflowClient
 
-from flows.promotion import promotion
-from flows.training import training
 from mlops.core.settings import Settings
 from mlops.release.router import Traffic
 from mlops.release.targets.local import LocalTarget
-from mlops.stack.local import free_port, process_alive
-from tests.helpers import BIN, adult_frame, lenient_policy, make_project
+from mlops.stack.processes import process_alive
+from tests.fixtures import Load, trained_project
+from tests.helpers import BIN
 
 pytestmark = pytest.mark.fault
 
 KILLS = 20
 SEED = 13
-INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
-PROMOTED = ("mlops.promoted.at", "mlops.promoted.by", "mlops.promoted.previous")
 
 
-@dataclass
-class Callers:
-    """Clients posting one row a request through the router until stopped (bounded)."""
-
-    url: str
-    clients: int = 2
-    pause: float = 0.02
-    statuses: Counter[int] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)  # non-200 answers and transport errors
-    unanswered: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, rows: list[dict[str, Any]]) -> None:
-        with httpx.Client(timeout=30) as client:
-            i = 0
-            while not self._stop.is_set() and i < 200_000:
-                try:
-                    r = client.post(f"{self.url}/predict", json={"row": rows[i % len(rows)]})
-                    self.statuses[r.status_code] += 1
-                    if r.status_code != 200:
-                        self.failures.append(f"{r.status_code}: {r.text[:120]}")
-                except httpx.TransportError as exc:
-                    self.unanswered += 1
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                i += 1
-                self._stop.wait(self.pause)
-
-    def __enter__(self) -> Callers:
-        frame = adult_frame(200).drop(columns=["income"]).replace("?", None)
-        frame[INTS] = frame[INTS].astype(int)
-        rows = frame.to_dict("records")
-        for _ in range(self.clients):
-            t = threading.Thread(target=self._run, args=(rows,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values()) + self.unanswered
+#: Callers of the router during the kills: slow and patient, and bounded.
+Callers = partial(Load, clients=2, pause=0.02, timeout=30, limit=200_000)
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +49,8 @@ def project(
 ) -> Iterator[dict[str, Any]]:
     """One trained champion and a second version of the same artifacts (a release of either is
     a real release; training two models would only cost time)."""
-    root = tmp_path_factory.mktemp("kill-project")
-    name = f"kills-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(1500), model_name=name)
-    lenient_policy(
-        pipeline,
-        release={
+    policy = {
+        "release": {
             "strategy": "canary",
             "canary_steps": [50, 100],
             "bake_seconds": 1,
@@ -112,35 +58,24 @@ def project(
             "warmup_requests": 5,
             # availability is judged here; latency and predictions are unit-tested
             "min_requests": 100_000,
-        },
-    )
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
-    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
-    settings = Settings()
-    target = LocalTarget(settings, name)
-    try:
-        v1 = training(pipeline=str(pipeline), trigger="test").version
-        promotion(version=str(v1), pipeline=str(pipeline), trigger="test")
-        client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
-        mv = client.get_model_version(name, str(v1))
-        tags = {k: v for k, v in mv.tags.items() if k not in PROMOTED}
-        v2 = int(
-            client.create_model_version(
-                name,
-                mv.source,
-                mv.run_id,
-                tags=tags,
-                description=mv.description,
-                model_id=mv.model_id or mv.source.removeprefix("models:/"),
-            ).version
-        )
-        yield {"name": name, "pipeline": pipeline, "versions": (v1, v2), "target": target}
-    finally:
-        target.stop()
-        _stop_orphans(name)
-        mp.undo()
+        }
+    }
+    root = tmp_path_factory.mktemp("kill-project")
+    with trained_project(
+        root, "kills", rows=1500, policy=policy, versions=2, second="copy", promote=True,
+        router=True,
+    ) as built:  # fmt: skip
+        target = built.target
+        try:
+            yield {
+                "name": built.name,
+                "pipeline": built.pipeline,
+                "versions": built.versions,
+                "target": target,
+            }
+        finally:
+            target.stop()
+            _stop_orphans(built.name)  # after the target has stopped the servers it recorded
 
 
 def _stop_orphans(model: str) -> None:

@@ -7,10 +7,7 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +15,6 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
 from mlops.adapters.audit import AuditEntry, AuditTrail
@@ -36,109 +32,40 @@ from mlops.release.approval import (
 from mlops.release.canary import ReleaseFailed
 from mlops.release.router import Traffic
 from mlops.release.targets.local import LocalTarget
-from mlops.stack.local import free_port
-from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
+from tests.fixtures import Load, trained_project
+from tests.helpers import caller_rows, edit_yaml
 
 pytestmark = pytest.mark.flows
-
-INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
-
-
-def caller_rows(n: int = 200) -> list[dict[str, Any]]:
-    """Rows of the example as a caller posts them (no label, no missing values as "?")."""
-    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
-    frame[INTS] = frame[INTS].astype(int)
-    return frame.to_dict("records")
-
-
-@dataclass
-class Load:
-    """Clients posting one row at a time through the router until stopped."""
-
-    url: str
-    clients: int = 3
-    pause: float = 0.01
-    statuses: Counter[int] = field(default_factory=Counter)
-    connection_errors: list[str] = field(default_factory=list)
-    versions: Counter[int] = field(default_factory=Counter)
-    first_error_at: float | None = None
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self, rows: list[dict[str, Any]]) -> None:
-        with httpx.Client(timeout=10) as client:
-            i = 0
-            while not self._stop.is_set():
-                try:
-                    r = client.post(f"{self.url}/predict", json={"row": rows[i % len(rows)]})
-                    self.statuses[r.status_code] += 1
-                    if r.status_code == 200:
-                        self.versions[r.json()["model"]["version"]] += 1
-                    elif self.first_error_at is None:
-                        self.first_error_at = time.monotonic()
-                except httpx.TransportError as exc:
-                    self.connection_errors.append(f"{type(exc).__name__}: {exc}")
-                i += 1
-                time.sleep(self.pause)
-
-    def __enter__(self) -> Load:
-        rows = caller_rows()
-        for _ in range(self.clients):
-            t = threading.Thread(target=self._run, args=(rows,), daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=15)
-
-    @property
-    def total(self) -> int:
-        return sum(self.statuses.values()) + len(self.connection_errors)
-
-    @property
-    def success_rate(self) -> float:
-        return self.statuses[200] / self.total if self.total else 0.0
 
 
 @pytest.fixture(scope="module")
 def project(
     local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    root = tmp_path_factory.mktemp("release-project")
-    name = f"release-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(3000), model_name=name)
-    lenient_policy(
-        pipeline,
+    """v1 the champion, v2 trained with other parameters (its gates judged elsewhere)."""
+    policy = {
         # availability is what these tests judge; latency and prediction breaches are unit-tested
         # (p99 of a cold server on a busy 2-core machine is noise)
-        release={
+        "release": {
             "bake_seconds": 3,
             "analysis_interval_seconds": 0.25,
             "min_requests": 10,
             "max_p99_latency_ratio": 50,
             "max_positive_rate_shift": 0.5,
-        },
-    )
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
-    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
-    settings = Settings()
-    try:
-        v1 = training(pipeline=str(pipeline), trigger="test").version
-        promotion(version=str(v1), pipeline=str(pipeline), trigger="test")  # gates pass: champion
-        edit_yaml(pipeline, model={"params": {"max_iter": 40}})
-        v2 = training(pipeline=str(pipeline), trigger="test").version
-        client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
-        client.set_model_version_tag(name, str(v2), "mlops.gates", "passed")  # judged elsewhere
-        target = LocalTarget(settings, name)
-        yield {"name": name, "pipeline": pipeline, "v1": v1, "v2": v2, "target": target}
-        target.stop()
-    finally:
-        mp.undo()
+        }
+    }
+    root = tmp_path_factory.mktemp("release-project")
+    with trained_project(
+        root, "release", policy=policy, versions=2, promote=True, router=True
+    ) as built:
+        v1, v2 = built.versions
+        yield {
+            "name": built.name,
+            "pipeline": built.pipeline,
+            "v1": v1,
+            "v2": v2,
+            "target": built.target,
+        }
 
 
 def _champion(name: str) -> int:
