@@ -94,6 +94,8 @@ def make_project(
     pipeline["data"].pop("seed")
     pipeline["model"]["params"]["max_iter"] = 20
     (conf_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    for layer in ("flows", "tasks"):  # the project layer: the CLI runs the project's own flows
+        (root / layer).symlink_to(PROJECT / layer, target_is_directory=True)
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "data v1")
     return conf_dir / "pipeline.yaml"

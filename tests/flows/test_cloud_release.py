@@ -22,12 +22,14 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.release import release
-from flows.training import training
 from mlops.adapters.audit import AuditTrail
+from mlops.adapters.registry import registry_client
 from mlops.core.integrity import IMAGE_TAG
 from mlops.core.settings import Settings
 from mlops.release.canary import ReleaseFailed
-from tests.helpers import adult_frame, edit_yaml, git, lenient_policy, make_project
+from mlops.release.promotion import GATES_TAG
+from tests.fixtures import trained_project
+from tests.helpers import git
 from tests.k8s_api import EmulatedKubernetes
 
 pytestmark = pytest.mark.flows
@@ -46,32 +48,23 @@ def project(
     local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """Two trained versions of one model that passed the gates, each with its image reference."""
-    root = tmp_path_factory.mktemp("cloud-release")
-    name = f"cloud-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(3000), model_name=name)
-    lenient_policy(
-        pipeline,
-        release={
+    policy = {
+        "release": {
             "canary_steps": [5, 25, 50, 100],
             "bake_seconds": 1,
             "analysis_interval_seconds": 0.25,
             "ready_timeout_seconds": 20,
-        },
-    )
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    try:
-        v1 = training(pipeline=str(pipeline), trigger="test").version
-        edit_yaml(pipeline, model={"params": {"max_iter": 40}})
-        v2 = training(pipeline=str(pipeline), trigger="test").version
-        uri = Settings().mlflow_tracking_uri
-        client = MlflowClient(uri, uri)
+        }
+    }
+    with trained_project(
+        tmp_path_factory.mktemp("cloud-release"), "cloud", policy=policy, versions=2
+    ) as p:
+        name, (v1, v2) = p.name, p.versions
+        client = registry_client(p.settings.mlflow_tracking_uri)
+        client.set_model_version_tag(name, str(v1), GATES_TAG, "passed")  # judged elsewhere
         for v in (v1, v2):
-            client.set_model_version_tag(name, str(v), "mlops.gates", "passed")  # judged elsewhere
             client.set_model_version_tag(name, str(v), IMAGE_TAG, image(name, v))
-        yield {"name": name, "pipeline": str(pipeline), "v1": v1, "v2": v2, "root": root}
-    finally:
-        mp.undo()
+        yield {"name": name, "pipeline": str(p.pipeline), "v1": v1, "v2": v2, "root": p.root}
 
 
 def _release(project: dict[str, Any], version: int, target: str, **kw: Any) -> Any:

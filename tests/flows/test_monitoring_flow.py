@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,15 @@ import pytest
 
 from examples.adult.traffic import send_traffic, shift_adult
 from flows.monitoring import monitoring, watermark_name
-from flows.promotion import promotion
 from flows.release import release
-from flows.training import training
 from mlops.adapters.events import emit_model_event
 from mlops.adapters.prediction_window import SETTLE
 from mlops.core.events import DRIFT_DETECTED, POLICY_UPDATED
 from mlops.core.settings import Settings
 from mlops.release.targets.local import LocalTarget
 from mlops.stack.local import LocalStack, service_env
-from mlops.stack.processes import free_port
-from tests.helpers import EXAMPLE, adult_frame, lenient_policy, make_project
+from tests.fixtures import trained_project
+from tests.helpers import EXAMPLE
 
 pytestmark = pytest.mark.flows
 
@@ -44,30 +41,23 @@ def production(
     local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """A champion released on the local target, answering through the router."""
-    root = tmp_path_factory.mktemp("monitoring-project")
-    name = f"monitored-{uuid.uuid4().hex[:6]}"
-    pipeline = make_project(root, adult_frame(8000), model_name=name)
-    lenient_policy(pipeline, monitoring={"min_rows": 900, "min_labelled_rows": 200})
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLOPS_PROJECT_DIR", str(root))
-    mp.setenv("MLOPS_ROUTER_PORT", str(free_port()))
-    mp.setenv("MLOPS_ROUTER_ADMIN_PORT", str(free_port()))
-    settings = Settings()
-    target = LocalTarget(settings, name)
-    try:
-        v1 = training(pipeline=str(pipeline), trigger="test").version
-        promotion(version=str(v1), pipeline=str(pipeline), trigger="test")
-        release(version=str(v1), pipeline=str(pipeline), trigger="test")
+    with trained_project(
+        tmp_path_factory.mktemp("monitoring-project"),
+        "monitored",
+        rows=8000,
+        policy={"monitoring": {"min_rows": 900, "min_labelled_rows": 200}},
+        promote=True,
+        router=True,
+    ) as p:
+        (v1,) = p.versions
+        release(version=str(v1), pipeline=str(p.pipeline), trigger="test")
         yield {
-            "name": name,
-            "pipeline": str(pipeline),
+            "name": p.name,
+            "pipeline": str(p.pipeline),
             "v1": v1,
-            "url": target.router.url,
-            "settings": settings,
+            "url": p.target.router.url,
+            "settings": p.settings,
         }
-    finally:
-        target.stop()
-        mp.undo()
 
 
 def _send(production: dict[str, Any], rows: pd.DataFrame) -> None:
