@@ -67,7 +67,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def exited(proc: subprocess.Popen) -> Callable[[], str | None]:
-    """For ``tasks.smoke.wait_until_ready``: why ``proc`` is gone, or None while it runs."""
+    """For ``mlops.release.smoke.wait_until_ready``: why ``proc`` is gone, or None while it runs."""
     return lambda: None if proc.poll() is None else f"server exited: {proc.args}"
 
 

@@ -4,7 +4,7 @@ It serves what kubectl and the Kubernetes Python client need to talk to a cluste
 KServe and Knative CRDs: discovery (so ``kubectl apply --dry-run=client`` resolves the kinds), and
 create / read / replace of custom objects with ``resourceVersion`` conflicts and ``generation``.
 (kubectl's client-side schema validation reads OpenAPI v2 as protobuf, which this does not serve:
-the schema check is ``targets.manifests.validate_manifest`` against the same CRDs.) A small controller plays KServe:
+the schema check is ``mlops.release.manifests.validate_manifest`` against the same CRDs.) A small controller plays KServe:
 after a delay it marks each InferenceService generation ready (a new revision per predictor
 change, the canary share routed as ``canaryTrafficPercent`` says), or failed when its image is
 in ``failing``. It is no KServe: nothing runs, and the revision URLs point nowhere.

@@ -4,7 +4,7 @@ SageMaker's contract: the `train` channel's files under SM_CHANNEL_TRAIN (defaul
 /opt/ml/input/data/train), hyper-parameters as JSON at /opt/ml/input/config/hyperparameters.json,
 and the model to write under SM_MODEL_DIR (/opt/ml/model), which SageMaker uploads as
 model.tar.gz. Here the channel holds the training split (`train.parquet`, the label in column
-`__label__`) and `config.json` (the feature and model configs); the fit is tasks.training's own.
+`__label__`) and `config.json` (the feature and model configs); the fit is mlops.ml.training's own.
 
     python -m mlops.adapters.sagemaker_entry
 """

@@ -136,7 +136,7 @@ def log_training_run(
                 input_example=example,
                 pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
                 # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and
-                # every loader refuses any format but this one (mlops.integrity)
+                # every loader refuses any format but this one (mlops.core.integrity)
                 serialization_format=SERIALIZATION_FORMAT,
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
                 params=None,

@@ -18,21 +18,21 @@ from mlops.core.errors import MlopsError
 CHECKSUM_TAG = "mlops.model.sha256"
 
 # How CHECKSUM_TAG was computed. Versions registered before the manifest digest carry none: their
-# digest is honoured once, when a training run reuses them and upgrades the record (tasks.registry).
+# digest is honoured once, when a training run reuses them and upgrades the record (mlops.adapters.registry).
 CHECKSUM_ALGORITHM_TAG = "mlops.model.sha256.algorithm"
 
 CHECKSUM_ALGORITHM = "manifest-v1"
 
 IMAGE_TAG = "mlops.image"  # the model server image, repository:tag@sha256:digest (packaging)
 
-# The one way the project serializes a model (tasks.tracking logs it so). Pickle formats run any
+# The one way the project serializes a model (mlops.adapters.tracking logs it so). Pickle formats run any
 # code the file names when loaded, so a model in any other format is refused, never loaded.
 SERIALIZATION_FORMAT = "skops"
 
 PYFUNC_LOADER = "mlflow.sklearn"
 
 # skops refuses to load types it does not know. These are the node stores of the tree models in
-# tasks.training.ESTIMATORS and numpy dtypes. MLflow reads the list from the MLmodel file itself,
+# mlops.ml.training.ESTIMATORS and numpy dtypes. MLflow reads the list from the MLmodel file itself,
 # so a model asking to trust anything beyond it is refused.
 SKOPS_TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",

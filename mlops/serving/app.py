@@ -217,7 +217,7 @@ def create_app(
     metrics = Metrics(model_name, model_ref)
     metrics.registry.register(log.collector())  # rows written, spilled, dropped; buffered
     # One batch through the model at a time, as when it ran on the event loop: the model's
-    # OpenMP limit (serving.model) is process-wide, and overlapping limit/restore pairs from
+    # OpenMP limit (mlops.serving.model) is process-wide, and overlapping limit/restore pairs from
     # two threads could leave it at one thread for good.
     model_lock = threading.Lock()
 
@@ -353,7 +353,7 @@ def create_app(
             started,
         )
 
-    @app.post("/predict", include_in_schema=False)  # described by serving.openapi once loaded
+    @app.post("/predict", include_in_schema=False)  # described by mlops.serving.openapi once loaded
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         try:
