@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from mlops.core.settings import Settings
+from mlops.release.promotion import GATES_PASSED, GATES_TAG, PROMOTION_TAGS
 from tests.helpers import (
     adult_frame,
     caller_rows,
@@ -25,9 +26,6 @@ from tests.helpers import (
     lenient_policy,
     make_project,
 )
-
-#: Tags a version copied from a promoted one must not carry (it was never promoted itself).
-PROMOTED = ("mlops.promoted.at", "mlops.promoted.by", "mlops.promoted.previous")
 
 
 @dataclass(frozen=True)
@@ -100,11 +98,13 @@ def trained_project(
         if versions >= 2:
             client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
             if second == "copy":
-                trained.append(copy_version(client, name, trained[0], drop=PROMOTED))
+                trained.append(
+                    copy_version(client, name, trained[0], drop=PROMOTION_TAGS)
+                )  # v2 was never promoted itself
             else:
                 edit_yaml(pipeline, model={"params": {"max_iter": 40}})
                 trained.append(training(pipeline=str(pipeline), trigger="test").version)
-                client.set_model_version_tag(name, str(trained[1]), "mlops.gates", "passed")
+                client.set_model_version_tag(name, str(trained[1]), GATES_TAG, GATES_PASSED)
         yield TrainedProject(name, root, pipeline, tuple(trained), settings)
     finally:
         if router:
