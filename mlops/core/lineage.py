@@ -75,38 +75,19 @@ class Lineage:
     def to_tags(self) -> dict[str, str]:
         """The lineage as MLflow tags (the order is the one the registry shows)."""
         return {
-            FINGERPRINT_TAG: self.fingerprint,
-            CODE_TAG: self.code,
-            DATA_PATH_TAG: self.data_path,
-            DATA_MD5_TAG: self.data_md5,
-            DATA_REV_TAG: self.data_rev,
-            GIT_COMMIT_TAG: self.git_commit,
-            GIT_DIRTY_TAG: str(self.git_dirty).lower(),
-            FLOW_RUN_TAG: self.flow_run_id,
-            POLICY_VERSION_TAG: self.policy_version,
-            POLICY_DIGEST_TAG: self.policy_digest,
-            TRIGGER_TAG: self.trigger,
+            tag: str(getattr(self, name)).lower() if name == "git_dirty" else getattr(self, name)
+            for name, tag in _FIELD_TAGS.items()
         }
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> Lineage:
         """The lineage a run or version's tags record; KeyError names a tag that is missing."""
-        missing = [t for t in _TAGS if t not in tags]
+        missing = [tag for tag in _FIELD_TAGS.values() if tag not in tags]
         if missing:
             raise KeyError(f"not a training lineage: no tag {', '.join(missing)}")
-        return cls(
-            fingerprint=tags[FINGERPRINT_TAG],
-            code=tags[CODE_TAG],
-            data_path=tags[DATA_PATH_TAG],
-            data_md5=tags[DATA_MD5_TAG],
-            data_rev=tags[DATA_REV_TAG],
-            git_commit=tags[GIT_COMMIT_TAG],
-            git_dirty=tags[GIT_DIRTY_TAG] == "true",
-            flow_run_id=tags[FLOW_RUN_TAG],
-            policy_version=tags[POLICY_VERSION_TAG],
-            policy_digest=tags[POLICY_DIGEST_TAG],
-            trigger=tags[TRIGGER_TAG],
-        )
+        values: dict[str, Any] = {name: tags[tag] for name, tag in _FIELD_TAGS.items()}
+        values["git_dirty"] = values["git_dirty"] == "true"
+        return cls(**values)
 
     @classmethod
     def of(
@@ -135,19 +116,20 @@ class Lineage:
         )
 
 
-_TAGS = (
-    FINGERPRINT_TAG,
-    CODE_TAG,
-    DATA_PATH_TAG,
-    DATA_MD5_TAG,
-    DATA_REV_TAG,
-    GIT_COMMIT_TAG,
-    GIT_DIRTY_TAG,
-    FLOW_RUN_TAG,
-    POLICY_VERSION_TAG,
-    POLICY_DIGEST_TAG,
-    TRIGGER_TAG,
-)
+#: Each field of ``Lineage`` and the tag that carries it, in the order the registry shows.
+_FIELD_TAGS: dict[str, str] = {
+    "fingerprint": FINGERPRINT_TAG,
+    "code": CODE_TAG,
+    "data_path": DATA_PATH_TAG,
+    "data_md5": DATA_MD5_TAG,
+    "data_rev": DATA_REV_TAG,
+    "git_commit": GIT_COMMIT_TAG,
+    "git_dirty": GIT_DIRTY_TAG,
+    "flow_run_id": FLOW_RUN_TAG,
+    "policy_version": POLICY_VERSION_TAG,
+    "policy_digest": POLICY_DIGEST_TAG,
+    "trigger": TRIGGER_TAG,
+}
 
 
 def run_fingerprint(data_md5: str, code: str, config: dict[str, Any]) -> str:
