@@ -11,6 +11,8 @@ from typing import Any, ParamSpec, TypeVar, overload
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from mlops.core.retries import only_connection_errors
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -27,3 +29,13 @@ def step(fn: Callable[P, R] | None = None, **options: Any) -> Any:
     overridden by ``options``; as ``step(fn, name=...)`` or as a decorator ``@step(name=...)``."""
     merged = DEFAULTS | options
     return task(fn, **merged) if fn is not None else task(**merged)
+
+
+def on_connection_errors(*delays: float) -> dict[str, Any]:
+    """Step options that retry, once per delay (in seconds), a run that could not reach a
+    service (``only_connection_errors``); any other failure fails at once."""
+    return {
+        "retries": len(delays),
+        "retry_delay_seconds": list(delays),
+        "retry_condition_fn": only_connection_errors,
+    }

@@ -10,17 +10,14 @@ from prefect.artifacts import create_markdown_artifact
 from mlops.adapters import dvc
 from mlops.core.config import DataContract
 from mlops.core.errors import DataContractError
-from mlops.core.retries import only_connection_errors
 from mlops.ml import split
 from mlops.ml.contract import check_contract
-from tasks import step
+from tasks import on_connection_errors, step
 
 resolve_data_version = step(
     dvc.resolve_data_version,
     name="resolve-data-version",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(1, 5),
 )
 load_dataset = step(dvc.load_dataset, name="load-dataset")
 locate_data_version = step(dvc.locate_data_version, name="locate-data-version")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from mlops.adapters import registry
-from mlops.core.retries import only_connection_errors
-from tasks import step
+from tasks import on_connection_errors, step
 
 find_model_version = step(
     registry.find_model_version,
     name="find-model-version",
-    retries=2,
-    retry_delay_seconds=[1, 5],
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(1, 5),
 )
 register_model_version = step(registry.register_model_version, name="register-model-version")
 resolve_model_version = step(registry.resolve_model_version, name="resolve-model-version")
@@ -19,6 +16,5 @@ set_model_alias = step(registry.set_model_alias, name="set-model-alias")
 load_model_version = step(
     registry.load_model_version,
     name="load-model-version",
-    retries=1,
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(0),
 )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from mlops.adapters import sagemaker, tracking
-from mlops.core.retries import only_connection_errors
 from mlops.ml import evaluation, search, training
-from tasks import step
+from tasks import on_connection_errors, step
 from tasks.caching import PIPELINE_CACHE
 
 train_model = step(
@@ -16,22 +15,16 @@ score_candidate = step(search.score_candidate, name="score-candidate")
 log_training_run = step(
     tracking.log_training_run,
     name="log-training-run",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(2, 10),
 )
 log_monitoring_run = step(
     tracking.log_monitoring_run,
     name="log-monitoring-run",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(2, 10),
 )
 log_search_runs = step(
     tracking.log_search_runs,
     name="log-search-runs",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=only_connection_errors,
+    **on_connection_errors(2, 2),
 )
 train_on_sagemaker = step(sagemaker.train_on_sagemaker, name="train-on-sagemaker")
