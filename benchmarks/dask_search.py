@@ -23,6 +23,7 @@ def main() -> None:
     from flows.search import environ_restored, score_candidates, task_runner
     from mlops.core.config import load_pipeline_config
     from mlops.ml.contract import conform
+    from mlops.ml.problems import problem_for
     from mlops.ml.search import candidates
     from tasks.data import load_dataset, resolve_data_version, split_dataset
 
@@ -33,7 +34,7 @@ def main() -> None:
         frame = conform(
             load_dataset.fn(SETTINGS.project_dir, data, cfg.data.na_values), cfg.contract
         )
-        split = split_dataset.fn(frame, cfg.features.columns, cfg.target, cfg.split)
+        split = split_dataset.fn(frame, cfg.features.columns, problem_for(cfg.target), cfg.split)
         configs = candidates(cfg.model, cfg.search)
         timings: dict[str, float] = {}
         scores: dict[str, list[float]] = {}

@@ -26,6 +26,7 @@ def plain_run(pipeline: str) -> int:
     from mlops.core.config import config_snapshot, load_pipeline_config
     from mlops.core.policy import load_policy
     from mlops.ml.fingerprint import training_fingerprint
+    from mlops.ml.problems import problem_for
     from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
     from tasks.registry import find_model_version, register_model_version
     from tasks.training import evaluate_model, log_training_run, train_model
@@ -39,7 +40,7 @@ def plain_run(pipeline: str) -> int:
     assert find_model_version.fn(uri, cfg.model_name, fingerprint[0]) is None
     frame = load_dataset.fn(s.project_dir, data, cfg.data.na_values)
     valid = validate_dataset.fn(frame, cfg.contract, data.path, s.reports_dir / "plain")
-    split = split_dataset.fn(valid, cfg.features.columns, cfg.target, cfg.split)
+    split = split_dataset.fn(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
     model = train_model.fn(split, cfg.features, cfg.model)
     metrics = evaluate_model.fn(model, split)
     tags = lineage_tags(s.project_dir, data, fingerprint, policy, digest, "plain", "benchmark")

@@ -31,6 +31,7 @@ from mlops.core.lineage import (
     DataVersion,
 )
 from mlops.ml.fingerprint import training_fingerprint
+from mlops.ml.problems import problem_for
 from mlops.ml.production_data import read_production_data
 from mlops.ml.split import Split
 from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
@@ -135,7 +136,7 @@ def _validated_split(
         frame = pd.concat([frame, extra.frame], ignore_index=True)
         source += f" + {len(extra.frame)} production rows @{extra.md5[:8]}"
     valid = validate_dataset(frame, cfg.contract, source, ctx.settings.reports_dir / run_id)
-    return split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
+    return split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
 
 
 def _fit(

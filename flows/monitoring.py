@@ -28,6 +28,7 @@ from mlops.ml.monitoring import (
     Window,
     evidence,
 )
+from mlops.ml.problems import problem_for
 from tasks.monitoring import (
     detect_drift,
     measure_live_performance,
@@ -137,7 +138,9 @@ def _verdicts(
             PerformanceVerdict(False, False, "no champion", rules.performance_metric),
         )
     drift = detect_drift(window, reference, ctx.config.features.columns, rules)
-    perf = measure_live_performance(window, champion.version, champion.metrics, rules)
+    perf = measure_live_performance(
+        window, champion.version, champion.metrics, rules, problem_for(ctx.config.target)
+    )
     return drift, perf
 
 

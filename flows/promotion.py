@@ -16,7 +16,8 @@ from mlops.adapters.locks import held
 from mlops.adapters.registry import RegisteredVersion, lookup_model_version, registry_client
 from mlops.adapters.tracking import load_run_frame
 from mlops.core.context import RunContext
-from mlops.ml.gates import GateFailed, GateResult, ProbabilisticModel
+from mlops.ml.gates import GateFailed, GateResult
+from mlops.ml.problems import Model, problem_for
 from mlops.release.approval import ApprovalRejected
 from mlops.release.canary import ReleaseOutcome
 from mlops.release.promotion import (
@@ -126,13 +127,12 @@ def _judge(
     """Every gate on ``candidate`` (against ``champion``), reported, recorded in the audit trail
     and on the version; a failure rejects it (``GateFailed``)."""
     uri, name, target = ctx.tracking_uri, ctx.model_name, ctx.config.target.column
+    problem = problem_for(ctx.config.target)
     previous = champion.version if champion else None
     holdout = load_run_frame(uri, candidate.run_id, "holdout")
     # Prefect types a task returning Any as possibly a coroutine; these are sync sklearn models.
-    challenger_model = cast(ProbabilisticModel, load_model_version(uri, name, candidate.version))
-    champion_model = (
-        cast(ProbabilisticModel, load_model_version(uri, name, previous)) if previous else None
-    )
+    challenger_model = cast(Model, load_model_version(uri, name, candidate.version))
+    champion_model = cast(Model, load_model_version(uri, name, previous)) if previous else None
     reference = load_run_frame(uri, champion.run_id, "training") if champion else None
     results = [
         check_metric_thresholds(candidate.metrics, ctx.policy),
@@ -140,12 +140,12 @@ def _judge(
             challenger_model,
             champion_model,
             holdout,
-            target,
+            problem,
             ctx.policy.comparison,
             f"champion v{previous}",
             reference,
         ),
-        check_fairness(challenger_model, holdout, target, ctx.policy.fairness),
+        check_fairness(challenger_model, holdout, problem, ctx.policy.fairness),
         check_training_data(
             load_run_frame(uri, candidate.run_id, "training").drop(columns=[target]),
             reference.drop(columns=[target]) if reference is not None else None,

@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from sklearn.pipeline import Pipeline
 
 from mlops.adapters.registry import RegisteredVersion
 from mlops.adapters.tracking import CONFIG_ARTIFACTS
@@ -23,6 +24,7 @@ from mlops.core.lineage import (
 from mlops.core.settings import Settings
 from mlops.ml.evaluation import Reproduction
 from mlops.ml.fingerprint import training_fingerprint
+from mlops.ml.problems import problem_for
 from tasks.data import load_dataset, locate_data_version, split_dataset, validate_dataset
 from tasks.registry import resolve_model_version
 from tasks.training import evaluate_model, train_model
@@ -47,8 +49,8 @@ def reproduction(model: str, version: int, tolerance: float = 1e-9) -> Reproduct
     )
     frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
     valid = validate_dataset(frame, cfg.contract, f"{data.path}@{data.short}", workdir / "reports")
-    split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
-    refit = train_model.with_options(refresh_cache=True)(split, cfg.features, cfg.model)
+    split = split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
+    refit: Pipeline = train_model.with_options(refresh_cache=True)(split, cfg.features, cfg.model)
     metrics = evaluate_model(refit, split)
 
     result = _compare(cfg, mv, data, metrics, tolerance)

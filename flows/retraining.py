@@ -19,7 +19,7 @@ from mlops.core.context import RunContext
 from mlops.core.events import POLICY_UPDATED
 from mlops.core.lineage import CHAMPION_ALIAS
 from mlops.core.settings import Settings
-from mlops.ml.gates import ProbabilisticModel
+from mlops.ml.problems import Model, problem_for
 from mlops.ml.production_data import CollectedRows, ProductionData
 from mlops.ml.retraining import RetrainingOutcome
 from mlops.release.promotion import current_champion
@@ -98,11 +98,11 @@ def retraining(
 def _meets_policy(ctx: RunContext, champion: RegisteredVersion) -> bool:
     """Whether the champion passes the (changed) policy's metric and fairness gates."""
     uri, name = ctx.tracking_uri, ctx.model_name
-    model = cast(ProbabilisticModel, load_model_version(uri, name, champion.version))
+    model = cast(Model, load_model_version(uri, name, champion.version))
     holdout = load_run_frame(uri, champion.run_id, "holdout")
     verdicts = [
         check_metric_thresholds(champion.metrics, ctx.policy),
-        check_fairness(model, holdout, ctx.config.target.column, ctx.policy.fairness),
+        check_fairness(model, holdout, problem_for(ctx.config.target), ctx.policy.fairness),
     ]
     failed = [v for v in verdicts if not v.passed]
     if failed:

@@ -20,6 +20,7 @@ from mlops.core.context import RunContext
 from mlops.core.errors import ConfigError
 from mlops.core.lineage import DataVersion
 from mlops.core.settings import Settings
+from mlops.ml.problems import problem_for
 from mlops.ml.search import CandidateScore, candidates
 from mlops.ml.split import Split
 from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
@@ -105,7 +106,7 @@ def hyperparameter_search(
     valid = validate_dataset(
         frame, cfg.contract, f"{data.path}@{data.short}", settings.reports_dir / "search"
     )
-    split = split_dataset(valid, cfg.features.columns, cfg.target, cfg.split)
+    split = split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
 
     threads = 1 if runner == "dask" else None  # parallel candidates: one core each
     fan_out = score_candidates.with_options(task_runner=task_runner(runner, settings))  # type: ignore[arg-type]

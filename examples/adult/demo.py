@@ -187,7 +187,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
 
     cfg = load_pipeline_config(settings.pipeline)
     name, uri = cfg.model_name, str(settings.mlflow_tracking_uri)
-    target, positive = cfg.target.column, cfg.target.positive
+    target, positive = cfg.target.column, str(cfg.target.positive)
     router = LocalTarget(settings, name).router.url
 
     out(f"\n== 1. train, judge and release: deployment {TRAINING} ==")

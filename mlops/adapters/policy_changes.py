@@ -11,11 +11,17 @@ from mlops.adapters.audit import AuditEntry, AuditTrail
 from mlops.adapters.events import emit_model_event
 from mlops.core.errors import ConfigError
 from mlops.core.events import POLICY_UPDATED
+from mlops.core.metrics import ProblemType
 from mlops.core.policy import load_policy
 
 
 def apply_policy(
-    tracking_uri: str, model: str, path: Path, columns: set[str], actor: str
+    tracking_uri: str,
+    model: str,
+    path: Path,
+    columns: set[str],
+    actor: str,
+    problem: ProblemType | None = None,
 ) -> tuple[str, str | None]:
     """Record the policy file as ``model``'s applied policy (audit trail, Prefect variable) and
     emit ``mlops.policy.updated``, which the retraining automation answers by judging the
@@ -23,7 +29,7 @@ def apply_policy(
 
     Returns what happened and the event id (None when the applied policy is this one already).
     """
-    policy, digest = load_policy(path, columns)
+    policy, digest = load_policy(path, columns, problem)
     key = f"mlops-policy-{model}"
     last = Variable.get(key, default=None)
     last_version = int(last["version"]) if isinstance(last, dict) else None

@@ -27,6 +27,7 @@ def main() -> int:
     import pandas as pd
 
     from mlops.core.config import FeatureConfig, ModelConfig
+    from mlops.ml.problems import Problem
     from mlops.ml.split import Split
     from mlops.ml.training import train_model
 
@@ -35,7 +36,8 @@ def main() -> int:
     config = json.loads((channel / "config.json").read_text())
     frame = pd.read_parquet(channel / "train.parquet")
     y = frame.pop(LABEL)
-    split = Split(frame, y, frame.iloc[0:0], y.iloc[0:0])
+    problem = Problem(config.get("problem", "binary"), tuple(config.get("classes", ())))
+    split = Split(frame, y, frame.iloc[0:0], y.iloc[0:0], problem)
     print(f"training {config['model']['family']} on {len(frame)} rows, {frame.shape[1]} features", flush=True)  # fmt: skip
     started = time.perf_counter()
     model = train_model(split, FeatureConfig(**config["features"]), ModelConfig(**config["model"]))

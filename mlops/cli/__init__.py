@@ -223,6 +223,7 @@ def policy_apply(pipeline: PipelineOption = None) -> None:
             cfg.policy,
             set(cfg.contract.columns),
             current_user(),
+            cfg.target.kind,
         )
     typer.echo(what + (f"; event mlops.policy.updated {event}" if event else ""))
 

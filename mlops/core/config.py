@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mlops.core.errors import ConfigError
+from mlops.core.metrics import CLASSIFIERS, ProblemType
 
 ModelFamily = Literal[
     "logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"
@@ -67,8 +68,30 @@ class DataConfig(_Strict):
 
 
 class TargetConfig(_Strict):
+    """The column a model predicts and what kind of problem that makes.
+
+    ``problem`` may be left out: ``load_pipeline_config`` infers it from the target's contract
+    (``infer_problem``) and says so in ``inferred``. ``classes`` are filled from the contract
+    there too: a classifier predicts one of them, and its labels are their positions (binary:
+    the negative class, then ``positive``).
+    """
+
     column: str
-    positive: str = Field(description="The label value counted as the positive class.")
+    problem: ProblemType | None = None
+    positive: str | None = Field(
+        None, description="Binary only: the label value counted as the positive class."
+    )
+    classes: tuple[str, ...] = Field(
+        (), description="Classifiers: the labels in order (from the data contract when empty)."
+    )
+    inferred: str | None = Field(None, description="How the problem type was inferred, if it was.")
+
+    @property
+    def kind(self) -> ProblemType:
+        """The problem type (set by load_pipeline_config)."""
+        if self.problem is None:
+            raise ConfigError("load the pipeline config with load_pipeline_config()")
+        return self.problem
 
 
 class FeatureConfig(_Strict):
@@ -183,7 +206,79 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
     missing = [c for c in needed if c not in contract.columns]
     if missing:
         raise ConfigError(f"{path}: columns {missing} are used but not declared in {contract_path}")
-    return cfg
+    target = resolve_target(cfg.target, contract.columns[cfg.target.column], f"{path}: target")
+    return cfg.model_copy(update={"target": target})
+
+
+def infer_problem(column: ColumnContract) -> tuple[ProblemType, str]:
+    """The problem type a target column's contract suggests, and why: a category of two values is
+    binary, of more multiclass; a bool binary; an int or float regression."""
+    if column.type == "bool":
+        return "binary", "the target is a bool column"
+    if column.type == "category":
+        n = len(column.values or ())
+        kind: ProblemType = "binary" if n == 2 else "multiclass"
+        return kind, f"the target is a category column of {n} values"
+    if column.type in ("int", "float"):
+        return "regression", f"the target is an {column.type} column"
+    raise ConfigError(
+        "a string target without categories: declare target.problem, or make the column a "
+        "category with its values in the contract"
+    )
+
+
+def resolve_target(target: TargetConfig, column: ColumnContract, where: str) -> TargetConfig:
+    """The target with its problem type (declared or inferred) and, for a classifier, its classes
+    in label order; anything that does not fit is a ConfigError naming ``where``."""
+    update: dict[str, Any] = {}
+    problem = target.problem
+    if problem is None:
+        problem, why = infer_problem(column)
+        update["inferred"] = f"{problem} (inferred: {why}; declare target.problem to choose)"
+    update["problem"] = problem
+    if problem == "regression":
+        if column.type not in ("int", "float"):
+            raise ConfigError(f"{where}: a regression target must be an int or float column, "
+                              f"not {column.type}")  # fmt: skip
+        if target.positive is not None or target.classes:
+            raise ConfigError(f"{where}: `positive` and `classes` apply to classifiers only")
+        return target.model_copy(update=update)
+    assert problem in CLASSIFIERS
+    classes = tuple(target.classes) or _contract_classes(column)
+    if not classes:
+        raise ConfigError(
+            f"{where}: a {problem} target needs its classes: list them in target.classes or make "
+            "the column a category with its values in the contract"
+        )
+    if len(set(classes)) != len(classes):
+        raise ConfigError(f"{where}: classes {list(classes)} repeat a value")
+    if problem == "binary":
+        if len(classes) != 2:
+            raise ConfigError(f"{where}: a binary target has two classes, not {list(classes)}")
+        positive = target.positive
+        if positive is None:
+            positive = classes[-1]
+            note = f"{classes[-1]!r} taken as the positive class (set target.positive to choose)"
+            update["inferred"] = "; ".join(filter(None, [update.get("inferred"), note]))
+        if positive not in classes:
+            raise ConfigError(f"{where}: positive {positive!r} is not one of {list(classes)}")
+        classes = (next(c for c in classes if c != positive), positive)
+        update["positive"] = positive
+    else:
+        if target.positive is not None:
+            raise ConfigError(f"{where}: `positive` applies to a binary target only")
+        if len(classes) < 3:
+            raise ConfigError(
+                f"{where}: a multiclass target needs three classes or more, not {list(classes)}"
+            )
+    update["classes"] = classes
+    return target.model_copy(update=update)
+
+
+def _contract_classes(column: ColumnContract) -> tuple[str, ...]:
+    if column.type == "bool":
+        return ("False", "True")
+    return tuple(column.values or ())
 
 
 def config_snapshot(cfg: PipelineConfig) -> dict[str, str]:

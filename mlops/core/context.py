@@ -32,7 +32,9 @@ class RunContext:
         settings = settings or Settings()
         path = settings.project_dir / pipeline if pipeline else settings.pipeline
         config = load_pipeline_config(path)
-        policy, digest = load_policy(config.policy, set(config.contract.columns))
+        policy, digest = load_policy(
+            config.policy, set(config.contract.columns), config.target.kind
+        )
         return cls(settings=settings, config=config, policy=policy, policy_digest=digest)
 
     def with_model_params(self, params: Mapping[str, Any] | None) -> RunContext:

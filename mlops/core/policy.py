@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mlops.core.config import load_yaml_model
 from mlops.core.errors import ConfigError
-from mlops.core.metrics import KNOWN_METRICS
+from mlops.core.metrics import DEFAULT_METRIC, KNOWN_METRICS, ProblemType, check_metric
 
 
 class _Strict(BaseModel):
@@ -43,7 +43,9 @@ class FairnessPolicy(_Strict):
 class ComparisonPolicy(_Strict):
     """How a challenger is compared with the champion on the same holdout."""
 
-    metric: str = "roc_auc"
+    metric: str = Field(
+        "roc_auc", description="Left out, the problem type's default (mlops.core.metrics)."
+    )
     margin: float = Field(
         0.005, ge=0, description="How much worse than the champion a challenger may score."
     )
@@ -129,7 +131,9 @@ class MonitoringPolicy(_Strict):
     min_labelled_rows: int = Field(
         200, ge=10, description="Labelled rows a window needs before live performance is judged."
     )
-    performance_metric: str = "roc_auc"
+    performance_metric: str = Field(
+        "roc_auc", description="Left out, the problem type's default (mlops.core.metrics)."
+    )
     max_metric_drop: float = Field(
         0.05, ge=0, le=1, description="Live metric below the champion's holdout figure by more."
     )
@@ -164,14 +168,45 @@ class Policy(_Strict):
             )
         return self
 
+    def for_problem(self, problem: ProblemType) -> Policy:
+        """This policy for a ``problem``: the metrics it leaves out become the problem's defaults,
+        and every metric it names must apply to the problem (a ConfigError lists each that does
+        not)."""
+        default = DEFAULT_METRIC[problem]
+        comparison, monitoring = self.comparison, self.monitoring
+        if "metric" not in comparison.model_fields_set:
+            comparison = comparison.model_copy(update={"metric": default})
+        if "performance_metric" not in monitoring.model_fields_set:
+            monitoring = monitoring.model_copy(update={"performance_metric": default})
+        problems = [
+            check_metric(name, problem, where)
+            for name, where in (
+                *((n, f"metrics.{n}") for n in self.metrics),
+                (comparison.metric, "comparison.metric"),
+                (monitoring.performance_metric, "monitoring.performance_metric"),
+            )
+        ]
+        found = [p for p in problems if p]
+        if found:
+            raise ConfigError("; ".join(found))
+        return self.model_copy(update={"comparison": comparison, "monitoring": monitoring})
+
     def check_metrics(self, metrics: dict[str, float]) -> dict[str, bool]:
         """Which thresholds the given holdout metrics pass, by metric name."""
         return {name: t.passes(metrics[name]) for name, t in self.metrics.items()}
 
 
-def load_policy(path: Path, columns: set[str] | None = None) -> tuple[Policy, str]:
-    """Load a policy and its content digest; refuse sensitive columns the dataset does not have."""
+def load_policy(
+    path: Path, columns: set[str] | None = None, problem: ProblemType | None = None
+) -> tuple[Policy, str]:
+    """Load a policy and its content digest; refuse sensitive columns the dataset does not have
+    and, given the ``problem``, metrics that do not apply to it (``Policy.for_problem``)."""
     policy = load_yaml_model(path, Policy)
+    if problem is not None:
+        try:
+            policy = policy.for_problem(problem)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc} (the pipeline's target is {problem})") from None
     if columns is not None:
         missing = sorted(set(policy.fairness.sensitive) - columns)
         if missing:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,11 +24,7 @@ from fairlearn.metrics import (
 from mlops.core.metrics import KNOWN_METRICS
 from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
 from mlops.ml.drift import drift_tests
-from mlops.ml.evaluation import METRICS
-
-
-class ProbabilisticModel(Protocol):
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+from mlops.ml.problems import Model, Problem
 
 
 @dataclass(frozen=True)
@@ -74,10 +70,11 @@ def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateRe
 
 # champion vs challenger -------------------------------------------------------------------------
 def _paired_bootstrap(
-    challenger: ProbabilisticModel,
-    champion: ProbabilisticModel | None,
+    challenger: Model,
+    champion: Model | None,
     X: pd.DataFrame,
     y: np.ndarray,
+    problem: Problem,
     policy: ComparisonPolicy,
     champion_label: str,
 ) -> GateResult:
@@ -91,19 +88,23 @@ def _paired_bootstrap(
         return GateResult(
             "champion-vs-challenger", True, "no champion yet: nothing to beat", {"metric": metric}
         )
-    p_new = challenger.predict_proba(X)[:, 1]
-    p_old = champion.predict_proba(X)[:, 1]
+    new, old = problem.predict(challenger, X), problem.predict(champion, X)
     sign = 1.0 if KNOWN_METRICS[metric] == "higher" else -1.0
-    value = METRICS[metric]
-    observed = sign * (value(y, p_new) - value(y, p_old))
+
+    def difference(idx: np.ndarray | None = None) -> float:
+        a, b, truth = (new, old, y) if idx is None else (new.take(idx), old.take(idx), y[idx])
+        return sign * (problem.score(metric, truth, a) - problem.score(metric, truth, b))
+
+    observed = difference()
     rng = np.random.default_rng(policy.seed)
     diffs = []
     n = len(y)
     for _ in range(policy.bootstrap_samples):
         idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
-            continue  # a resample with one class has no AUC
-        diffs.append(sign * (value(y[idx], p_new[idx]) - value(y[idx], p_old[idx])))
+        try:
+            diffs.append(difference(idx))
+        except ValueError:
+            continue  # undefined on this resample (a ROC AUC of one class): not counted
     alpha = (1 - policy.confidence) / 2
     lo, hi = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha]))
     details = {
@@ -148,10 +149,10 @@ MIN_COMPARISON_ROWS = 200
 
 
 def compare_with_champion(
-    challenger: ProbabilisticModel,
-    champion: ProbabilisticModel | None,
+    challenger: Model,
+    champion: Model | None,
     holdout: pd.DataFrame,
-    target: str,
+    problem: Problem,
     policy: ComparisonPolicy,
     champion_label: str,
     champion_training: pd.DataFrame | None = None,
@@ -166,15 +167,14 @@ def compare_with_champion(
         )
     elif champion_training is not None:
         champion_label += f" on the {len(rows)} of {len(holdout)} holdout rows it never trained on"
-    X = rows.drop(columns=[target])
-    return _paired_bootstrap(
-        challenger, champion, X, rows[target].to_numpy(), policy, champion_label
-    )
+    X = rows.drop(columns=[problem.column])
+    y = rows[problem.column].to_numpy()
+    return _paired_bootstrap(challenger, champion, X, y, problem, policy, champion_label)
 
 
 # fairness ---------------------------------------------------------------------------------------
 def check_fairness(
-    model: ProbabilisticModel, holdout: pd.DataFrame, target: str, policy: FairnessPolicy
+    model: Model, holdout: pd.DataFrame, problem: Problem, policy: FairnessPolicy
 ) -> GateResult:
     """Gate: demographic parity and equal opportunity differences per sensitive column
     (fairlearn) stay within the policy's limits.
@@ -182,9 +182,9 @@ def check_fairness(
     Groups smaller than ``min_group_size`` are listed in the details but left out of the
     differences: their rates are too noisy to judge a model by.
     """
-    frame = holdout.drop(columns=[target])
-    predictions = (model.predict_proba(frame)[:, 1] >= 0.5).astype(int)
-    y = holdout[target].to_numpy()
+    frame = holdout.drop(columns=[problem.column])
+    predictions = problem.predict(model, frame).values
+    y = holdout[problem.column].to_numpy()
     failures: list[str] = []
     details: dict[str, Any] = {}
     for column in policy.sensitive:

@@ -15,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlops.core.metrics import KNOWN_METRICS
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, evidently_report
-from mlops.ml.evaluation import METRICS
+from mlops.ml.problems import Predictions, Problem
 
 
 @dataclass
@@ -160,6 +161,7 @@ def measure_live_performance(
     version: int | None,
     baseline: dict[str, float],
     policy: MonitoringPolicy,
+    problem: Problem,
 ) -> PerformanceVerdict:
     """The serving version's live metric on the labels that arrived in the window, against its
     holdout figure."""
@@ -183,7 +185,9 @@ def measure_live_performance(
     y = labelled["label"].astype(int).to_numpy()
     if len(set(y)) < 2:
         return PerformanceVerdict(False, False, "labels hold one class only", metric, n, None, base)
-    live = METRICS[metric](y, labelled["probability"].astype(float).to_numpy())
+    p = labelled["probability"].astype(float).to_numpy()
+    answered = Predictions(labelled["prediction"].astype(int).to_numpy(), _binary(p))
+    live = problem.score(metric, y, answered)
     if base is None or math.isnan(base):
         return PerformanceVerdict(
             False, False, f"no holdout {metric} to compare with", metric, n, live, None
@@ -221,3 +225,7 @@ def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
         "baseline": p.baseline,
         "labelled_rows": p.labelled,
     }
+
+
+def _binary(p: np.ndarray) -> np.ndarray:
+    return np.column_stack([1 - p, p])

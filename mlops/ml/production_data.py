@@ -144,6 +144,6 @@ def collect_production_data(window: Window, cfg: PipelineConfig, path: Path) -> 
     failed = verdict.failed_rows.assign(**{REQUEST: requests.reindex(verdict.failed_rows.index)})
     rejected = _rejected(failed, verdict.checks)
     kept = verdict.kept.reset_index(drop=True)
-    data = write_production_data(kept, path, cfg.target.positive) if len(kept) else None
+    data = write_production_data(kept, path, str(cfg.target.positive)) if len(kept) else None
     report = verdict.report if len(failed) else ""
     return CollectedRows(data, rejected, len(kept), len(frame), report)

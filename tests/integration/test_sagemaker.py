@@ -35,6 +35,7 @@ from mlops.adapters.sagemaker import (
 )
 from mlops.core.config import ModelConfig, load_pipeline_config
 from mlops.core.settings import Settings
+from mlops.ml.problems import problem_for
 from mlops.ml.split import Split
 from tasks.data import split_dataset
 from tasks.training import train_model
@@ -64,7 +65,7 @@ def split() -> tuple[Split, object]:
     cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")
     raw = adult_frame(2000).to_csv(index=False)
     frame = pd.read_csv(io.StringIO(raw), na_values=["?"], skipinitialspace=True).dropna()
-    return split_dataset.fn(frame, cfg.features.columns, cfg.target, cfg.split), cfg
+    return split_dataset.fn(frame, cfg.features.columns, problem_for(cfg.target), cfg.split), cfg
 
 
 def clients(settings: Settings) -> tuple[object, object, object]:

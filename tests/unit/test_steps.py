@@ -13,8 +13,8 @@ from mlops.core.errors import ConfigError
 from mlops.core.lineage import run_fingerprint
 from mlops.ml.caching import stable_hash
 from mlops.ml.contract import check_contract
-from mlops.ml.evaluation import score
 from mlops.ml.fingerprint import MODEL_CODE, code_fingerprint, module_closure
+from mlops.ml.problems import Predictions, Problem, problem_for
 from mlops.ml.training import build_estimator
 from tasks.data import split_dataset
 from tasks.training import evaluate_model, train_model
@@ -35,21 +35,24 @@ def frame(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
 
 
 def test_split_is_deterministic_stratified_and_disjoint(frame: pd.DataFrame) -> None:
-    a = split_dataset.fn(frame, CFG.features.columns, CFG.target, CFG.split)
-    b = split_dataset.fn(frame, CFG.features.columns, CFG.target, CFG.split)
+    a = split_dataset.fn(frame, CFG.features.columns, problem_for(CFG.target), CFG.split)
+    b = split_dataset.fn(frame, CFG.features.columns, problem_for(CFG.target), CFG.split)
     pd.testing.assert_frame_equal(a.X_holdout, b.X_holdout)
     assert set(a.X_train.index).isdisjoint(a.X_holdout.index)
     assert len(a.X_holdout) == round(len(frame) * CFG.split.test_size)
     assert "income" not in a.X_train.columns
     assert abs(a.y_train.mean() - a.y_holdout.mean()) < 0.01, "stratified on the label"
     other = split_dataset.fn(
-        frame, CFG.features.columns, CFG.target, CFG.split.model_copy(update={"seed": 7})
+        frame,
+        CFG.features.columns,
+        problem_for(CFG.target),
+        CFG.split.model_copy(update={"seed": 7}),
     )
     assert not other.X_holdout.index.equals(a.X_holdout.index)
 
 
 def test_trained_model_beats_chance_and_tolerates_unseen_categories(frame: pd.DataFrame) -> None:
-    split = split_dataset.fn(frame, CFG.features.columns, CFG.target, CFG.split)
+    split = split_dataset.fn(frame, CFG.features.columns, problem_for(CFG.target), CFG.split)
     model = train_model.fn(split, CFG.features, SMALL)
     metrics = evaluate_model.fn(model, split)
     assert metrics["roc_auc"] > 0.8
@@ -68,14 +71,15 @@ def test_unknown_hyper_parameter_names_the_estimator() -> None:
 def test_score_matches_known_values() -> None:
     y = np.array([0, 0, 1, 1])
     p = np.array([0.1, 0.6, 0.4, 0.9])
-    s = score(y, p)
+    proba = np.column_stack([1 - p, p])
+    s = Problem("binary", ("no", "yes")).score_all(y, Predictions((p >= 0.5).astype(int), proba))
     assert s["roc_auc"] == pytest.approx(0.75)
     assert s["accuracy"] == pytest.approx(0.5)
     assert s["brier"] == pytest.approx((0.01 + 0.36 + 0.36 + 0.01) / 4)
 
 
 def test_stable_hash_survives_a_round_trip_and_sees_changes(frame: pd.DataFrame) -> None:
-    split = split_dataset.fn(frame, CFG.features.columns, CFG.target, CFG.split)
+    split = split_dataset.fn(frame, CFG.features.columns, problem_for(CFG.target), CFG.split)
     model = train_model.fn(split, CFG.features, SMALL)
     for obj in (frame, split, model, CFG.contract):
         assert stable_hash(pickle.loads(pickle.dumps(obj))) == stable_hash(obj)

@@ -14,6 +14,7 @@ from mlops.ml.gates import (
     check_training_data,
     compare_with_champion,
 )
+from mlops.ml.problems import Problem
 
 pytestmark = pytest.mark.unit
 
@@ -47,10 +48,11 @@ class Fixed:
 
 HOLDOUT = pd.DataFrame({"row": range(N), "y": Y})
 POLICY = ComparisonPolicy(bootstrap_samples=200, margin=0.005)
+BINARY = Problem("binary", ("no", "yes"), "y")
 
 
 def compare(challenger: Scores, champion: Scores | None, label: str = "champion") -> GateResult:
-    return compare_with_champion(challenger, champion, HOLDOUT, "y", POLICY, label)
+    return compare_with_champion(challenger, champion, HOLDOUT, BINARY, POLICY, label)
 
 
 def test_a_clearly_better_challenger_is_a_win() -> None:
@@ -92,7 +94,10 @@ def test_fairness_names_the_gap_and_the_groups() -> None:
     y = np.tile([0, 1], 500)
     pred = np.concatenate([np.zeros(500, int), y[500:]])  # F never selected; M perfectly
     r = check_fairness(
-        Fixed(pred), groups.assign(y=y), "y", FairnessPolicy(sensitive=("sex",), min_group_size=50)
+        Fixed(pred),
+        groups.assign(y=y),
+        BINARY,
+        FairnessPolicy(sensitive=("sex",), min_group_size=50),
     )
     assert not r.passed
     assert (
@@ -109,7 +114,10 @@ def test_fairness_leaves_small_groups_out_of_the_verdict() -> None:
     pred = y.copy()
     pred[-10:] = 0  # the tiny group is never selected
     r = check_fairness(
-        Fixed(pred), groups.assign(y=y), "y", FairnessPolicy(sensitive=("race",), min_group_size=50)
+        Fixed(pred),
+        groups.assign(y=y),
+        BINARY,
+        FairnessPolicy(sensitive=("race",), min_group_size=50),
     )
     assert r.passed
     assert r.details["race"]["too_small"] == ["C"]

@@ -26,6 +26,7 @@ from mlops.core.config import load_pipeline_config
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, read_snapshot
 from mlops.ml.monitoring import detect_drift, measure_live_performance, render_drift_report
+from mlops.ml.problems import Problem
 from mlops.ml.production_data import MAX_ROWS, labelled_rows
 from tests.helpers import EXAMPLE, adult_frame
 
@@ -36,6 +37,7 @@ FEATURES = [
     "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country",
 ]  # fmt: skip
 POLICY = MonitoringPolicy(min_rows=1000, min_labelled_rows=100)
+BINARY = Problem("binary", ("0", "1"), "label")
 
 
 def write_log(root: Path, frame: pd.DataFrame, version: int = 1, labels: bool = True) -> list[str]:
@@ -254,20 +256,20 @@ def test_live_performance_is_judged_on_the_serving_version_once_enough_labels_ar
     window = read_prediction_window(
         str(tmp_path), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    few = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    few = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY, BINARY)
     assert not few.judged and "50 labelled rows (needs 100)" in few.reason
 
     write_log(tmp_path / "more", data, version=1)
     window = read_prediction_window(
         str(tmp_path / "more"), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
     )
-    fine = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY)
+    fine = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY, BINARY)
     assert fine.judged and not fine.degraded and fine.live is not None and fine.live > 0.9
-    worse = measure_live_performance(window, 1, {"roc_auc": fine.live + 0.1}, POLICY)
+    worse = measure_live_performance(window, 1, {"roc_auc": fine.live + 0.1}, POLICY, BINARY)
     assert worse.judged and worse.degraded and "worse by 0.100; limit 0.050" in worse.reason
-    unknown = measure_live_performance(window, 1, {}, POLICY)
+    unknown = measure_live_performance(window, 1, {}, POLICY, BINARY)
     assert not unknown.judged and "no holdout roc_auc" in unknown.reason
-    other_version = measure_live_performance(window, 2, {"roc_auc": 0.9}, POLICY)
+    other_version = measure_live_performance(window, 2, {"roc_auc": 0.9}, POLICY, BINARY)
     assert not other_version.judged and "0 labelled rows" in other_version.reason
 
 
