@@ -18,6 +18,8 @@ from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
 from mlops.core.integrity import SERIALIZATION_FORMAT, SKOPS_TRUSTED_TYPES
+from mlops.core.lineage import PROBLEM_METADATA
+from mlops.ml.problems import Problem
 from mlops.ml.split import Split
 
 DATA_ARTIFACTS = "data"
@@ -69,6 +71,12 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     if isinstance(value, (list, tuple)):
         return {prefix: ",".join(str(v) for v in value)}
     return {prefix: value}
+
+
+def problem_metadata(problem: Problem) -> dict[str, Any]:
+    """What a server needs to answer for the model: the problem type, the target and its classes
+    in label order (a classifier's label i is ``classes[i]``)."""
+    return {"type": problem.kind, "target": problem.column, "classes": list(problem.classes)}
 
 
 def log_training_run(
@@ -140,6 +148,7 @@ def log_training_run(
                 serialization_format=SERIALIZATION_FORMAT,
                 skops_trusted_types=SKOPS_TRUSTED_TYPES,
                 params=None,
+                metadata={PROBLEM_METADATA: problem_metadata(split.problem)},
             )
         run_url = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
         return TrainingRun(

@@ -32,6 +32,10 @@ COMPUTE_TAG = "mlops.training.compute"  # absent for a fit in the flow run itsel
 SAGEMAKER_JOB_TAG = "mlops.sagemaker.job"
 
 #: The registry alias of the version in production, and of the newest registered candidate.
+#: The key of a model's MLmodel ``metadata`` saying what it answers: ``{"type": problem type,
+#: "target": column, "classes": labels in order}`` (written at training, read by the server).
+PROBLEM_METADATA = "mlops_problem"
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 
