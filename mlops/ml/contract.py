@@ -126,11 +126,36 @@ class RowVerdict:
         return {str(k): int(v) for k, v in named.value_counts().sort_index().items()}
 
 
+def as_text_categories(frame: pd.DataFrame, contract: DataContract) -> pd.DataFrame:
+    """``frame`` with the category and string columns the contract names as text: a CSV or Parquet
+    file holding category codes as numbers (``sex: 1``) is read as numbers, and the contract's
+    values are text (``"1"``). A whole-number float (a code column with gaps, read as 1.0) is its
+    integer's text; missing values stay missing. Other columns are untouched."""
+    out = frame
+    for name, spec in contract.columns.items():
+        if spec.type not in ("category", "string") or name not in frame:
+            continue
+        column = frame[name]
+        if column.dtype == object and all(isinstance(v, str) for v in column.dropna()):
+            continue
+        if out is frame:
+            out = frame.copy()
+        out[name] = column.map(_text, na_action="ignore").astype(object)
+    return out
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def split_by_contract(frame: pd.DataFrame, contract: DataContract, source: str) -> RowVerdict:
     """Rows of ``frame`` that meet ``row_schema(contract)``, and a report of those that do not.
 
     A failure that names no row (a missing or unexpected column) refuses every row.
     """
+    frame = as_text_categories(frame, contract)
     try:
         row_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:
@@ -225,6 +250,7 @@ def check_contract(
     Raises:
         DataContractError: naming the columns and checks that failed and where the report is.
     """
+    frame = as_text_categories(frame, contract)
     try:
         build_schema(contract).validate(frame, lazy=True)
     except SchemaErrors as exc:

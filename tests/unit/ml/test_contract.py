@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops.core.config import load_pipeline_config
+from mlops.core.config import ColumnContract, DataContract, load_pipeline_config
 from mlops.core.errors import DataContractError
 from mlops.ml.contract import check_contract
 from tests.helpers import EXAMPLE, adult_frame
@@ -119,3 +119,20 @@ def test_several_breaches_are_all_reported_at_once(tmp_path: Path) -> None:
         assert expected in str(err)
     cases = pd.read_csv(err.report.parent / "failure-cases.csv")
     assert {"column", "check", "failure_case", "index"} <= set(cases.columns)
+
+
+def test_category_codes_read_as_numbers_are_checked_as_their_text(tmp_path: Path) -> None:
+    """A CSV holding a category as codes (1, 2; 1.0 where pandas read a gap) meets a contract
+    whose values are "1" and "2"; a code outside them is still refused."""
+    contract = DataContract(
+        min_rows=1,
+        columns={
+            "sex": ColumnContract(type="category", values=("1", "2"), nullable=True),
+            "age": ColumnContract(type="int", min=0, max=120),
+        },
+    )
+    codes = pd.DataFrame({"sex": [1.0, 2.0, None], "age": [30, 40, 50]})
+    valid = check_contract(codes, contract, "codes", tmp_path)
+    assert valid["sex"].tolist()[:2] == ["1", "2"] and pd.isna(valid["sex"].iloc[2])
+    with pytest.raises(DataContractError, match=r"sex:known_categories"):
+        check_contract(codes.assign(sex=[1, 3, 2]), contract, "codes", tmp_path)
