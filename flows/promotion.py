@@ -17,6 +17,7 @@ from mlops.adapters.registry import RegisteredVersion, lookup_model_version, reg
 from mlops.adapters.tracking import load_run_frame
 from mlops.core.context import RunContext
 from mlops.ml.gates import GateFailed, GateResult
+from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.ml.problems import Model, problem_for
 from mlops.release.approval import ApprovalRejected
 from mlops.release.canary import ReleaseOutcome
@@ -55,7 +56,7 @@ def promotion(
     trigger: str = "manual",
     actor: str | None = None,
     go_live: bool = False,
-    expected_positive_rate: float | None = None,
+    expected_predictions: ExpectedPredictions | None = None,
     context: RunContext | None = None,
 ) -> PromotionOutcome:
     """Run the gates on a model version and promote it to champion if they all pass.
@@ -68,7 +69,7 @@ def promotion(
         go_live: hand a passing version to the release flow, which moves the champion alias
             together with production traffic (the policy's strategy and target), instead of
             moving the alias alone.
-        expected_positive_rate: handed to the release (see there).
+        expected_predictions: handed to the release (see there).
         context: the calling run's settings, pipeline config and policy (then ``pipeline`` is
             not read again); handed to the release too.
 
@@ -88,7 +89,7 @@ def promotion(
         log.info("%s v%s is the champion already; nothing to judge", name, candidate.version)
         if go_live:  # make sure it serves (a stopped target is started again)
             released = _hand_over(
-                ctx, candidate.version, pipeline, trigger, actor, expected_positive_rate
+                ctx, candidate.version, pipeline, trigger, actor, expected_predictions
             )
             return PromotionOutcome(name, candidate.version, False, previous, released.reason, [])
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
@@ -99,7 +100,7 @@ def promotion(
 
     if go_live:
         released = _hand_over(
-            ctx, candidate.version, pipeline, trigger, audit.actor, expected_positive_rate
+            ctx, candidate.version, pipeline, trigger, audit.actor, expected_predictions
         )
         log.info("%s v%s %s", name, candidate.version, released.reason)
         _card(uri, name, candidate, results)
@@ -152,10 +153,10 @@ def _judge(
             ctx.policy.data,
         ),
         check_model_contract(
-            f"models:/{name}/{candidate.version}", uri, holdout.drop(columns=[target])
+            f"models:/{name}/{candidate.version}", uri, holdout.drop(columns=[target]), problem
         ),
     ]
-    publish_gate_report(uri, name, candidate.version, candidate.run_id, previous, results)
+    publish_gate_report(uri, name, candidate.version, candidate.run_id, previous, results, problem)
     passed = all(r.passed for r in results)
     audit.record(
         candidate.version,
@@ -273,7 +274,7 @@ def _hand_over(
     pipeline: str | None,
     trigger: str,
     actor: str,
-    expected_positive_rate: float | None,
+    expected_predictions: ExpectedPredictions | None,
 ) -> ReleaseOutcome:
     """The release of ``version`` (it moves the champion alias together with the traffic)."""
     return release(
@@ -281,6 +282,6 @@ def _hand_over(
         pipeline=pipeline,
         trigger=f"promotion ({trigger})",
         actor=actor,
-        expected_positive_rate=expected_positive_rate,
+        expected_predictions=expected_predictions,
         context=ctx,
     )

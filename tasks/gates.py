@@ -16,8 +16,10 @@ from pydantic import Field
 
 from mlops.adapters.gate_report import gate_report, gate_table
 from mlops.adapters.registry import parse_registered_uri, registry_client, verified_model_folder
+from mlops.adapters.tracking import problem_metadata
 from mlops.ml import gates
 from mlops.ml.gates import GateResult
+from mlops.ml.problems import Problem
 from mlops.release.approval import (
     APPROVAL_AT_TAG,
     APPROVAL_BY_TAG,
@@ -35,11 +37,14 @@ check_training_data = step(gates.check_training_data, name="check-training-data"
 
 
 @step(name="check-model-contract")
-def check_model_contract(model_uri: str, tracking_uri: str, holdout: pd.DataFrame) -> GateResult:
-    """Gate: the registered model, fetched and verified, answers through pyfunc and enforces its
-    signature."""
+def check_model_contract(
+    model_uri: str, tracking_uri: str, holdout: pd.DataFrame, problem: Problem | None = None
+) -> GateResult:
+    """Gate: the registered model, fetched and verified, answers through pyfunc as its problem
+    type asks (the same as ``problem``'s, given one) and enforces its signature."""
     name, version = parse_registered_uri(model_uri)
-    return gates.check_model_contract(verified_model_folder(tracking_uri, name, version), holdout)
+    folder = verified_model_folder(tracking_uri, name, version)
+    return gates.check_model_contract(folder, holdout, problem)
 
 
 @step(name="publish-gate-report")
@@ -50,16 +55,24 @@ def publish_gate_report(
     run_id: str,
     champion: int | None,
     results: list[GateResult],
+    problem: Problem,
 ) -> None:
-    """The gate verdicts as Prefect artifacts and on the version's MLflow run (gates.json, gates.md)."""
-    report = gate_report(model, version, champion, results)
+    """The gate verdicts, with the problem type they judged, as Prefect artifacts and on the
+    version's MLflow run (gates.json, gates.md)."""
+    report = gate_report(model, version, champion, results, problem)
     create_table_artifact(
         key="gate-results", table=gate_table(results), description=f"{model} v{version}: gates"
     )
     create_markdown_artifact(key="gate-report", markdown=report, description=f"{model} v{version}")
     client = registry_client(tracking_uri)
     client.log_dict(
-        run_id, {"champion": champion, "gates": [asdict(r) for r in results]}, "gates.json"
+        run_id,
+        {
+            "champion": champion,
+            "problem": problem_metadata(problem),
+            "gates": [asdict(r) for r in results],
+        },
+        "gates.json",
     )
     client.log_text(run_id, report, "gates.md")
 

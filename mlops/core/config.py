@@ -2,18 +2,76 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mlops.core.errors import ConfigError
+from mlops.core.integrity import is_own_package
 from mlops.core.metrics import CLASSIFIERS, ProblemType
 
+#: The built-in model families (mlops.ml.training.FAMILIES: a classifier and/or a regressor each).
 ModelFamily = Literal[
-    "logistic_regression", "random_forest", "hist_gradient_boosting", "gradient_boosting"
+    "logistic_regression",
+    "linear_regression",
+    "random_forest",
+    "hist_gradient_boosting",
+    "gradient_boosting",
+    "xgboost",
+    "lightgbm",
 ]
+
+#: How a config names user code: ``package.module:function``, imported where the model trains.
+FACTORY_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+DataFormat = Literal["csv", "csv.gz", "parquet"]
+
+#: The data formats by the data file's ending: the same contract applies to each.
+DATA_SUFFIXES: dict[str, DataFormat] = {".csv": "csv", ".csv.gz": "csv.gz", ".parquet": "parquet"}
+
+
+def data_format(path: str) -> DataFormat:
+    """The format of a data file, by its name; any other ending is a ConfigError naming it."""
+    for suffix, fmt in DATA_SUFFIXES.items():
+        if path.lower().endswith(suffix):
+            return fmt
+    raise ConfigError(
+        f"{path}: unknown data format; the file must end with {', '.join(DATA_SUFFIXES)}"
+    )
+
+
+def _factory_path(value: str | None) -> str | None:
+    if value is not None and not FACTORY_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not a `package.module:function` reference")
+    return value
+
+
+def factory_module(factory: str | None) -> str | None:
+    """The module of a ``package.module:function`` reference."""
+    return factory.partition(":")[0] if factory else None
+
+
+def own_code_modules(model: ModelConfig, features: FeatureConfig) -> tuple[str, ...]:
+    """The modules of the user's own model and feature factories; a library's callable named as
+    a factory (``sklearn.ensemble:ExtraTreesClassifier``) is not the user's code."""
+    modules = (model.factory_module, features.factory_module)
+    return tuple(dict.fromkeys(m for m in modules if m and is_own_package(m.split(".")[0])))
+
+
+def own_code_packages(model: ModelConfig, features: FeatureConfig) -> tuple[str, ...]:
+    """The top-level packages of the user's own factories: the only packages whose types a
+    model may ask skops to trust beyond the built-in families' (mlops.core.integrity)."""
+    return tuple(dict.fromkeys(m.split(".")[0] for m in own_code_modules(model, features)))
 
 
 class _Strict(BaseModel):
@@ -58,13 +116,32 @@ class DataContract(_Strict):
 
 
 class DataConfig(_Strict):
-    path: str = Field(description="DVC-tracked dataset, relative to the project root.")
+    path: str = Field(
+        description="DVC-tracked dataset, relative to the project root: a .csv, .csv.gz or "
+        ".parquet file (the format is chosen by the ending; the same contract applies)."
+    )
     seed: Path | None = Field(
         None,
-        description="A shipped copy (gzip CSV) that seeds an empty DVC remote on a fresh machine.",
+        description="A shipped gzip copy of the data file that seeds an empty DVC remote on a "
+        "fresh machine.",
     )
-    na_values: tuple[str, ...] = ()
+    na_values: tuple[str, ...] = Field(
+        (), description="Values read as missing (CSV cells; text cells of a Parquet file)."
+    )
     contract: Path
+
+    @field_validator("path")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        try:
+            data_format(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def format(self) -> DataFormat:
+        return data_format(self.path)
 
 
 class TargetConfig(_Strict):
@@ -95,8 +172,31 @@ class TargetConfig(_Strict):
 
 
 class FeatureConfig(_Strict):
+    """The feature columns, and how they become model inputs: the default preprocessing
+    (mlops.ml.features), or the user's own ``factory``, called as
+    ``factory(numeric=[...], categorical=[...], **params)`` and returning a scikit-learn
+    transformer that takes the raw columns."""
+
     numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
+    factory: str | None = Field(
+        None, description="`package.module:function` returning the preprocessing transformer."
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments of `factory`."
+    )
+
+    _factory = field_validator("factory")(_factory_path)
+
+    @model_validator(mode="after")
+    def _params_need_a_factory(self) -> FeatureConfig:
+        if self.params and self.factory is None:
+            raise ValueError("`params` apply to a features `factory` only")
+        return self
+
+    @property
+    def factory_module(self) -> str | None:
+        return factory_module(self.factory)
 
     @property
     def columns(self) -> list[str]:
@@ -110,8 +210,40 @@ class SplitConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    family: ModelFamily
+    """The estimator: a built-in ``family`` (its classifier or its regressor, by the problem), or
+    the user's own ``factory`` (``package.module:function``, called with ``params`` as keyword
+    arguments), returning a scikit-learn compatible estimator or a whole Pipeline.
+
+    ``feature_pipeline`` says whether the feature pipeline (``features``) goes in front of the
+    model; unset, it does for an estimator, and not for a factory's Pipeline, which brings its own
+    preprocessing and takes the raw feature columns.
+    """
+
+    family: ModelFamily | None = None
+    factory: str | None = Field(
+        None, description="`package.module:function` returning the estimator or Pipeline."
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+    feature_pipeline: bool | None = Field(
+        None, description="Put the feature pipeline in front (unset: unless a Pipeline)."
+    )
+
+    _factory = field_validator("factory")(_factory_path)
+
+    @model_validator(mode="after")
+    def _family_or_factory(self) -> ModelConfig:
+        if (self.family is None) == (self.factory is None):
+            raise ValueError("give either `family` (a built-in one) or `factory`, not both or none")
+        return self
+
+    @property
+    def label(self) -> str:
+        """What the model is, in a sentence or a name: the family or the factory reference."""
+        return self.family or str(self.factory)
+
+    @property
+    def factory_module(self) -> str | None:
+        return factory_module(self.factory)
 
 
 class SearchConfig(_Strict):
@@ -120,7 +252,47 @@ class SearchConfig(_Strict):
 
     grid: dict[str, list[Any]] = Field(min_length=1, description="parameter -> values to try")
     folds: int = Field(3, ge=2, le=10)
-    metric: Literal["roc_auc", "average_precision", "accuracy", "f1", "neg_log_loss"] = "roc_auc"
+    metric: str | None = Field(
+        None,
+        description="A scikit-learn scorer name that fits the problem (SEARCH_METRICS); unset, "
+        "the problem's default (DEFAULT_SEARCH_METRIC). Filled in by load_pipeline_config.",
+    )
+
+    @property
+    def scorer(self) -> str:
+        """The scorer the candidates are compared by (set by load_pipeline_config)."""
+        if self.metric is None:
+            raise ConfigError("load the pipeline config with load_pipeline_config()")
+        return self.metric
+
+
+#: The scikit-learn scorers a search may compare candidates by, per problem (greater is better).
+SEARCH_METRICS: dict[ProblemType, tuple[str, ...]] = {
+    "binary": ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1",
+               "neg_log_loss", "neg_brier_score"),
+    "multiclass": ("f1_macro", "f1_weighted", "accuracy", "balanced_accuracy", "neg_log_loss",
+                   "roc_auc_ovr", "roc_auc_ovr_weighted"),
+    "regression": ("neg_root_mean_squared_error", "neg_mean_absolute_error", "r2",
+                   "neg_mean_absolute_percentage_error", "neg_mean_squared_error",
+                   "neg_median_absolute_error"),
+}  # fmt: skip
+
+DEFAULT_SEARCH_METRIC: dict[ProblemType, str] = {
+    "binary": "roc_auc",
+    "multiclass": "f1_macro",
+    "regression": "neg_root_mean_squared_error",
+}
+
+
+def resolve_search(search: SearchConfig, problem: ProblemType, where: str) -> SearchConfig:
+    """The search with its metric: the problem's default, or the named one if it fits."""
+    metric = search.metric or DEFAULT_SEARCH_METRIC[problem]
+    if metric not in SEARCH_METRICS[problem]:
+        raise ConfigError(
+            f"{where}: search.metric {metric!r} does not fit a {problem} problem; "
+            f"use one of {', '.join(SEARCH_METRICS[problem])}"
+        )
+    return search.model_copy(update={"metric": metric})
 
 
 class PipelineConfig(_Strict):
@@ -207,7 +379,8 @@ def load_pipeline_config(path: Path) -> PipelineConfig:
     if missing:
         raise ConfigError(f"{path}: columns {missing} are used but not declared in {contract_path}")
     target = resolve_target(cfg.target, contract.columns[cfg.target.column], f"{path}: target")
-    return cfg.model_copy(update={"target": target})
+    search = resolve_search(cfg.search, target.kind, str(path)) if cfg.search else None
+    return cfg.model_copy(update={"target": target, "search": search})
 
 
 def infer_problem(column: ColumnContract) -> tuple[ProblemType, str]:
@@ -220,7 +393,8 @@ def infer_problem(column: ColumnContract) -> tuple[ProblemType, str]:
         kind: ProblemType = "binary" if n == 2 else "multiclass"
         return kind, f"the target is a category column of {n} values"
     if column.type in ("int", "float"):
-        return "regression", f"the target is an {column.type} column"
+        article = "an" if column.type == "int" else "a"
+        return "regression", f"the target is {article} {column.type} column"
     raise ConfigError(
         "a string target without categories: declare target.problem, or make the column a "
         "category with its values in the contract"

@@ -31,13 +31,84 @@ class Threshold(_Strict):
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
 
 
+#: The fairness limits that judge each problem type, and their values where a policy leaves them
+#: out. A classifier's limits are gaps between groups' rates (0 to 1); a regression's are gaps
+#: between groups' means divided by the holdout target's standard deviation, so that one policy
+#: reads the same on prices and on ages.
+FAIRNESS_LIMITS: dict[ProblemType, dict[str, float]] = {
+    "binary": {
+        "max_demographic_parity_difference": 0.2,
+        "max_equal_opportunity_difference": 0.2,
+    },
+    "multiclass": {"max_selection_rate_difference": 0.2, "max_error_rate_difference": 0.15},
+    "regression": {"max_mean_error_difference": 0.25, "max_mean_prediction_difference": 0.5},
+}
+
+
 class FairnessPolicy(_Strict):
+    """Group fairness on the holdout (fairlearn), over each ``sensitive`` column.
+
+    Each problem type has its own limits (``FAIRNESS_LIMITS``): a limit left out (or null) takes
+    the type's default; a limit of another type is refused (``limits``, ``Policy.for_problem``).
+    """
+
     sensitive: tuple[str, ...] = ()
-    max_demographic_parity_difference: float = Field(0.2, ge=0, le=1)
-    max_equal_opportunity_difference: float = Field(0.2, ge=0, le=1)
+    max_demographic_parity_difference: float | None = Field(
+        None, ge=0, le=1, description="Binary: largest gap in selection rate between groups."
+    )
+    max_equal_opportunity_difference: float | None = Field(
+        None, ge=0, le=1, description="Binary: largest gap in true-positive rate between groups."
+    )
+    max_selection_rate_difference: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Multiclass: largest gap of any one class's selection rate between groups.",
+    )
+    max_error_rate_difference: float | None = Field(
+        None, ge=0, le=1, description="Multiclass: largest gap in error rate (1 - accuracy)."
+    )
+    max_mean_error_difference: float | None = Field(
+        None,
+        ge=0,
+        description="Regression: largest gap in mean error (prediction - truth) between groups, "
+        "in standard deviations of the holdout target.",
+    )
+    max_mean_prediction_difference: float | None = Field(
+        None,
+        ge=0,
+        description="Regression: largest gap in mean prediction between groups, in standard "
+        "deviations of the holdout target.",
+    )
     min_group_size: int = Field(
         100, ge=1, description="Groups smaller than this in the holdout are reported, not judged."
     )
+
+    def misfits(self, problem: ProblemType) -> list[str]:
+        """Why each limit this policy sets does not judge a ``problem`` (empty when all do)."""
+        applies = FAIRNESS_LIMITS[problem]
+        found = []
+        for limits in FAIRNESS_LIMITS.values():
+            for name in limits:
+                if name not in applies and getattr(self, name) is not None:
+                    kinds = [p for p, named in FAIRNESS_LIMITS.items() if name in named]
+                    found.append(
+                        f"fairness.{name}: does not apply to a {problem} problem (it applies to "
+                        f"{', '.join(kinds)}); use {', '.join(applies)}"
+                    )
+        return found
+
+    def limits(self, problem: ProblemType) -> dict[str, float]:
+        """The limits that judge a ``problem``, by field: as set, else the type's defaults. A
+        limit of another problem type is a ConfigError naming it."""
+        misfits = self.misfits(problem)
+        if misfits:
+            raise ConfigError("; ".join(misfits))
+        values = {name: getattr(self, name) for name in FAIRNESS_LIMITS[problem]}
+        return {
+            name: default if values[name] is None else float(values[name])
+            for name, default in FAIRNESS_LIMITS[problem].items()
+        }
 
 
 class ComparisonPolicy(_Strict):
@@ -96,11 +167,14 @@ class ReleasePolicy(_Strict):
     latency_slack_ms: float = Field(
         25, ge=0, description="p99 differences below this are never a breach (noise)."
     )
-    max_positive_rate_shift: float = Field(
+    max_prediction_shift: float = Field(
         0.15,
         ge=0,
         le=1,
-        description="Candidate share of positive predictions against the champion's.",
+        description="How far the candidate's predictions may lie from the champion's (or from "
+        "those expected): the largest difference of one class's share (classifiers; of two "
+        "classes, the change of the positive share), the Kolmogorov-Smirnov distance of the "
+        "predicted values' histograms (regression). mlops.release.canary.judge.",
     )
 
     @field_validator("canary_steps")
@@ -135,7 +209,19 @@ class MonitoringPolicy(_Strict):
         "roc_auc", description="Left out, the problem type's default (mlops.core.metrics)."
     )
     max_metric_drop: float = Field(
-        0.05, ge=0, le=1, description="Live metric below the champion's holdout figure by more."
+        0.05,
+        ge=0,
+        description="Live metric worse than the champion's holdout figure by more (in the "
+        "metric's own units: rmse and mae are in the target's, so no upper bound).",
+    )
+    max_prediction_shift: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="How far the serving model's predictions in a window may move from its own on "
+        "the holdout before drift is detected: the total variation distance of the predicted "
+        "class shares (classifiers), the Kolmogorov-Smirnov distance of the predicted values "
+        "(regression). None: the shift is reported, and only the feature drift share decides.",
     )
 
 
@@ -169,9 +255,9 @@ class Policy(_Strict):
         return self
 
     def for_problem(self, problem: ProblemType) -> Policy:
-        """This policy for a ``problem``: the metrics it leaves out become the problem's defaults,
-        and every metric it names must apply to the problem (a ConfigError lists each that does
-        not)."""
+        """This policy for a ``problem``: the metrics and fairness limits it leaves out become
+        the problem's defaults, and every metric and limit it names must apply to the problem (a
+        ConfigError lists each that does not)."""
         default = DEFAULT_METRIC[problem]
         comparison, monitoring = self.comparison, self.monitoring
         if "metric" not in comparison.model_fields_set:
@@ -186,10 +272,13 @@ class Policy(_Strict):
                 (monitoring.performance_metric, "monitoring.performance_metric"),
             )
         ]
-        found = [p for p in problems if p]
+        found = [p for p in problems if p] + self.fairness.misfits(problem)
         if found:
             raise ConfigError("; ".join(found))
-        return self.model_copy(update={"comparison": comparison, "monitoring": monitoring})
+        fairness = self.fairness.model_copy(update=self.fairness.limits(problem))
+        return self.model_copy(
+            update={"comparison": comparison, "monitoring": monitoring, "fairness": fairness}
+        )
 
     def check_metrics(self, metrics: dict[str, float]) -> dict[str, bool]:
         """Which thresholds the given holdout metrics pass, by metric name."""

@@ -7,22 +7,20 @@ collects them and decides. A gate judges what it is given: fetching a model is t
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import (
-    MetricFrame,
-    demographic_parity_difference,
-    equal_opportunity_difference,
-    selection_rate,
-    true_positive_rate,
-)
+from fairlearn.metrics import MetricFrame, mean_prediction, selection_rate, true_positive_rate
 
-from mlops.core.metrics import KNOWN_METRICS
-from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy
+from mlops.core.lineage import PROBLEM_METADATA
+from mlops.core.metrics import KNOWN_METRICS, PROBLEM_TYPES
+from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy, Threshold
 from mlops.ml.drift import drift_tests
 from mlops.ml.problems import Model, Problem
 
@@ -47,16 +45,26 @@ class GateFailed(Exception):
 
 
 # metric thresholds ------------------------------------------------------------------------------
+def _bound(threshold: Threshold) -> str:
+    if threshold.min is not None and threshold.max is not None:
+        return f"within [{threshold.min}, {threshold.max}]"
+    return f">= {threshold.min}" if threshold.min is not None else f"<= {threshold.max}"
+
+
 def check_metric_thresholds(metrics: dict[str, float], policy: Policy) -> GateResult:
-    """Gate: every holdout metric the policy names meets its threshold."""
+    """Gate: every holdout metric the policy names meets its threshold; a metric undefined on
+    the holdout (NaN: a ROC AUC of one class) meets none."""
     failures = []
     for name, threshold in policy.metrics.items():
         value = metrics.get(name)
         if value is None:
             failures.append(f"{name} was not measured")
+        elif math.isnan(value):
+            failures.append(
+                f"{name} is undefined on the holdout (NaN), so it cannot be {_bound(threshold)}"
+            )
         elif not threshold.passes(value):
-            bound = f">= {threshold.min}" if threshold.min is not None else f"<= {threshold.max}"
-            failures.append(f"{name} {value:.4f} is not {bound}")
+            failures.append(f"{name} {value:.4f} is not {_bound(threshold)}")
     checked = {k: metrics.get(k) for k in policy.metrics}
     if failures:
         return GateResult("metric-thresholds", False, "; ".join(failures), checked)
@@ -78,7 +86,8 @@ def _paired_bootstrap(
     policy: ComparisonPolicy,
     champion_label: str,
 ) -> GateResult:
-    """Paired bootstrap of (challenger - champion) on the same holdout rows.
+    """Paired bootstrap of the challenger's score minus the champion's on the same holdout rows
+    (champion minus challenger for a metric where lower is better: above zero is better).
 
     The challenger passes unless the interval's upper end lies below ``-margin`` (it is worse
     beyond the margin at the confidence level). A difference whose interval holds zero is a tie.
@@ -89,33 +98,54 @@ def _paired_bootstrap(
             "champion-vs-challenger", True, "no champion yet: nothing to beat", {"metric": metric}
         )
     new, old = problem.predict(challenger, X), problem.predict(champion, X)
-    sign = 1.0 if KNOWN_METRICS[metric] == "higher" else -1.0
-
-    def difference(idx: np.ndarray | None = None) -> float:
-        a, b, truth = (new, old, y) if idx is None else (new.take(idx), old.take(idx), y[idx])
-        return sign * (problem.score(metric, truth, a) - problem.score(metric, truth, b))
-
-    observed = difference()
+    # The difference is signed so that above zero is always the challenger doing better: for
+    # a metric where lower is better (rmse, log loss) it is champion minus challenger.
+    lower_is_better = KNOWN_METRICS[metric] == "lower"
+    sign = -1.0 if lower_is_better else 1.0
+    try:
+        scores = problem.score(metric, y, new), problem.score(metric, y, old)
+    except ValueError as exc:
+        return GateResult(
+            "champion-vs-challenger",
+            False,
+            f"{metric} is undefined on the {len(y)} holdout rows compared ({exc})",
+            {"metric": metric},
+        )
+    observed = sign * (scores[0] - scores[1])
     rng = np.random.default_rng(policy.seed)
     diffs = []
     n = len(y)
     for _ in range(policy.bootstrap_samples):
         idx = rng.integers(0, n, n)
+        a, b, truth = new.take(idx), old.take(idx), y[idx]
         try:
-            diffs.append(difference(idx))
+            diffs.append(sign * (problem.score(metric, truth, a) - problem.score(metric, truth, b)))
         except ValueError:
             continue  # undefined on this resample (a ROC AUC of one class): not counted
+    if not diffs:
+        return GateResult(
+            "champion-vs-challenger",
+            False,
+            f"{metric} is undefined on every one of {policy.bootstrap_samples} resamples",
+            {"metric": metric},
+        )
     alpha = (1 - policy.confidence) / 2
     lo, hi = (float(v) for v in np.quantile(diffs, [alpha, 1 - alpha]))
     details = {
         "metric": metric,
+        "challenger": round(scores[0], 5),
+        "champion": round(scores[1], 5),
         "difference": round(observed, 5),
         "interval": [round(lo, 5), round(hi, 5)],
         "confidence": policy.confidence,
         "margin": policy.margin,
         "samples": len(diffs),
     }
-    span = f"{metric} difference {observed:+.4f} ({policy.confidence:.0%} interval {lo:+.4f} to {hi:+.4f})"
+    which = " (champion minus challenger: lower is better)" if lower_is_better else ""
+    span = (
+        f"{metric} difference {observed:+.4f}{which} "
+        f"({policy.confidence:.0%} interval {lo:+.4f} to {hi:+.4f})"
+    )
     if hi < -policy.margin:
         return GateResult(
             "champion-vs-challenger",
@@ -173,84 +203,193 @@ def compare_with_champion(
 
 
 # fairness ---------------------------------------------------------------------------------------
+def _error_rate(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.asarray(y_true) != np.asarray(y_pred)))
+
+
+def _mean_error(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.asarray(y_pred, dtype=float) - np.asarray(y_true, dtype=float)))
+
+
+def _mean_absolute_error(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y_pred, dtype=float) - np.asarray(y_true, dtype=float))))
+
+
+@dataclass(frozen=True)
+class _Measure:
+    """A figure computed per group (a MetricFrame column) and what a person calls it."""
+
+    key: str
+    label: str
+    fn: Callable[..., float]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """One fairness limit: its policy field, what its gap is called (``label`` in a failure,
+    ``short`` in the passing summary) and the measures it spans: the gap is the largest spread
+    of any of them between the judged groups."""
+
+    field: str
+    label: str
+    short: str
+    measures: tuple[str, ...]
+
+
+def _fairness_rules(problem: Problem) -> tuple[list[_Measure], list[_Rule]]:
+    """What is measured per group for ``problem`` and which policy limits judge it."""
+    if problem.kind == "binary":
+        return [
+            _Measure("selection_rate", "selection rate", selection_rate),
+            _Measure("true_positive_rate", "true positive rate", true_positive_rate),
+        ], [
+            _Rule(
+                "max_demographic_parity_difference",
+                "demographic parity difference",
+                "DP",
+                ("selection_rate",),
+            ),
+            _Rule(
+                "max_equal_opportunity_difference",
+                "equal opportunity difference",
+                "EO",
+                ("true_positive_rate",),
+            ),
+        ]
+    if problem.kind == "multiclass":
+        shares = [
+            _Measure(
+                f"selection_rate[{name}]",
+                f"selection rate of {name!r}",
+                partial(selection_rate, pos_label=i),
+            )
+            for i, name in enumerate(problem.classes)
+        ]
+        return [*shares, _Measure("error_rate", "error rate", _error_rate)], [
+            _Rule(
+                "max_selection_rate_difference",
+                "selection rate difference",
+                "selection rate gap",
+                tuple(m.key for m in shares),
+            ),
+            _Rule(
+                "max_error_rate_difference",
+                "error rate difference",
+                "error rate gap",
+                ("error_rate",),
+            ),
+        ]
+    return [
+        _Measure("mean_error", "mean error", _mean_error),
+        _Measure("mean_absolute_error", "mean absolute error", _mean_absolute_error),
+        _Measure("mean_prediction", "mean prediction", mean_prediction),
+    ], [
+        _Rule(
+            "max_mean_error_difference", "mean error difference", "mean error gap", ("mean_error",)
+        ),
+        _Rule(
+            "max_mean_prediction_difference",
+            "mean prediction difference",
+            "mean prediction gap",
+            ("mean_prediction",),
+        ),
+    ]
+
+
+def _widest(rates: pd.DataFrame, measures: tuple[str, ...]) -> tuple[float, str] | None:
+    """The largest spread (max - min over groups) of any of ``measures``, and which; None when
+    fewer than two groups have a value for any of them."""
+    spreads = [
+        (float(column.max() - column.min()), m)
+        for m in measures
+        if len(column := rates[m].dropna()) >= 2
+    ]
+    return max(spreads) if spreads else None
+
+
 def check_fairness(
     model: Model, holdout: pd.DataFrame, problem: Problem, policy: FairnessPolicy
 ) -> GateResult:
-    """Gate: demographic parity and equal opportunity differences per sensitive column
-    (fairlearn) stay within the policy's limits.
+    """Gate: per sensitive column, the gaps between groups (fairlearn ``MetricFrame``) stay
+    within the policy's limits for the problem type (``FairnessPolicy.limits``):
+
+    - binary: selection rate (demographic parity) and true-positive rate (equal opportunity);
+    - multiclass: each class's selection rate (the widest gap of any class) and the error rate;
+    - regression: mean error (prediction - truth) and mean prediction, each gap divided by the
+      holdout target's standard deviation (population, ddof 0); the mean absolute error is
+      reported beside them.
 
     Groups smaller than ``min_group_size`` are listed in the details but left out of the
     differences: their rates are too noisy to judge a model by.
     """
+    limits = policy.limits(problem.kind)
+    measures, rules = _fairness_rules(problem)
     frame = holdout.drop(columns=[problem.column])
     predictions = problem.predict(model, frame).values
     y = holdout[problem.column].to_numpy()
+    scale, unit, short_unit = 1.0, "", ""
+    if not problem.is_classifier:
+        scale, unit, short_unit = float(np.std(y.astype(float))), " target SDs", " SD"
+        if not np.isfinite(scale) or scale == 0:
+            return GateResult(
+                "fairness",
+                False,
+                f"the holdout target {problem.column!r} does not vary: gaps relative to its "
+                "spread are undefined",
+            )
+    labels = {m.key: m.label for m in measures}
     failures: list[str] = []
+    summaries: list[str] = []
     details: dict[str, Any] = {}
     for column in policy.sensitive:
         groups = frame[column].fillna("(missing)").astype(str)
         sizes = groups.value_counts()
         judged = sizes[sizes >= policy.min_group_size].index
-        mask = groups.isin(judged).to_numpy()
         by_group = MetricFrame(
-            metrics={"selection_rate": selection_rate, "true_positive_rate": true_positive_rate},
+            metrics={m.key: m.fn for m in measures},
             y_true=y,
             y_pred=predictions,
             sensitive_features=groups,
         ).by_group
-        details[column] = {
+        column_details: dict[str, Any] = {
             "groups": {
                 g: {"rows": int(sizes[g]), **{k: round(float(v), 4) for k, v in row.items()}}
                 for g, row in by_group.iterrows()
             },
             "too_small": sorted(sizes[sizes < policy.min_group_size].index.tolist()),
         }
+        if unit:
+            column_details["target_std"] = round(scale, 4)
+        details[column] = column_details
         if len(judged) < 2:
-            details[column]["note"] = "fewer than two groups large enough to compare"
+            column_details["note"] = "fewer than two groups large enough to compare"
             continue
-        dp = float(
-            demographic_parity_difference(
-                y[mask], predictions[mask], sensitive_features=groups[mask]
-            )
-        )
-        eo = float(
-            equal_opportunity_difference(
-                y[mask], predictions[mask], sensitive_features=groups[mask]
-            )
-        )
-        details[column] |= {
-            "demographic_parity_difference": round(dp, 4),
-            "equal_opportunity_difference": round(eo, 4),
-        }
         rates = by_group.loc[list(judged)]
-        for label, value, limit, rate in (
-            (
-                "demographic parity difference",
-                dp,
-                policy.max_demographic_parity_difference,
-                "selection_rate",
-            ),
-            (
-                "equal opportunity difference",
-                eo,
-                policy.max_equal_opportunity_difference,
-                "true_positive_rate",
-            ),
-        ):
-            if value > limit:
-                hi, lo = rates[rate].idxmax(), rates[rate].idxmin()
+        gaps = []
+        for rule in rules:
+            widest = _widest(rates, rule.measures)
+            name = rule.field.removeprefix("max_")
+            if widest is None:
+                column_details[name] = None
+                gaps.append(f"{rule.short} undefined")
+                continue
+            gap, measure = widest[0] / scale, widest[1]
+            column_details[name] = round(gap, 4)
+            gaps.append(f"{rule.short} {gap:.3f}{short_unit}")
+            limit = limits[rule.field]
+            if gap > limit:
+                hi, lo = rates[measure].idxmax(), rates[measure].idxmin()
                 failures.append(
-                    f"{label} on {column} is {value:.3f} > {limit} "
-                    f"({rate.replace('_', ' ')} {hi} {rates[rate][hi]:.3f} vs {lo} {rates[rate][lo]:.3f})"
+                    f"{rule.label} on {column} is {gap:.3f}{unit} > {limit} "
+                    f"({labels[measure]} {hi} {rates[measure][hi]:.3f} vs {lo} "
+                    f"{rates[measure][lo]:.3f})"
                 )
+        summaries.append(f"{column}: {', '.join(gaps)}")
     if failures:
         return GateResult("fairness", False, "; ".join(failures), details)
-    summary = ", ".join(
-        f"{c}: DP {d['demographic_parity_difference']:.3f}, EO {d['equal_opportunity_difference']:.3f}"
-        for c, d in details.items()
-        if "demographic_parity_difference" in d
+    return GateResult(
+        "fairness", True, "; ".join(summaries) or "no sensitive columns to judge", details
     )
-    return GateResult("fairness", True, summary or "no sensitive columns to judge", details)
 
 
 # training data ----------------------------------------------------------------------------------
@@ -292,34 +431,82 @@ def check_training_data(
 
 
 # integration ------------------------------------------------------------------------------------
-def check_model_contract(model_folder: Path, holdout: pd.DataFrame) -> GateResult:
+def _wrong_answers(answers: np.ndarray, rows: int, kind: str, classes: list[Any]) -> str | None:
+    """Why ``answers`` are not what a ``kind`` model owes for ``rows`` rows, or None."""
+    if answers.ndim == 2 and answers.shape[1] == 1:
+        answers = answers[:, 0]
+    sample = repr(answers[:5])
+    if answers.ndim != 1 or len(answers) != rows:
+        return f"answers are not one value per row ({rows} rows, answers of shape {answers.shape})"
+    numeric = np.issubdtype(answers.dtype, np.number) or answers.dtype == np.bool_
+    values = answers.astype(float) if numeric else np.array([np.nan])
+    note = ""
+    if kind == "regression":
+        ok, owed = bool(np.isfinite(values).all()), "one finite number"
+    elif kind == "binary":
+        ok, owed = bool(np.isin(values, (0, 1)).all()), "one 0/1 label"
+    else:
+        ok = bool(np.isin(values, np.arange(len(classes))).all())
+        owed, note = f"one class index in 0..{len(classes) - 1}", f" (classes {classes})"
+    return None if ok else f"answers are not {owed} per row{note}: {sample}"
+
+
+def check_model_contract(
+    model_folder: Path, holdout: pd.DataFrame, problem: Problem | None = None
+) -> GateResult:
     """Gate: the model in ``model_folder`` (verified by the caller), loaded back through MLflow's
-    pyfunc flavour, answers a batch of ``holdout`` matching its signature and refuses one that
-    does not."""
+    pyfunc flavour, answers a batch of ``holdout`` matching its signature as its problem type
+    asks, and refuses one that does not.
+
+    The type is the model's own MLmodel metadata (``PROBLEM_METADATA``), which the server
+    answers by: binary labels in {0, 1}; multiclass integer labels in ``range(len(classes))``;
+    regression one finite number per row. Given the pipeline's ``problem``, the metadata must
+    agree with it.
+    """
     import mlflow.pyfunc  # slow to import, and only this gate needs it
 
     model = mlflow.pyfunc.load_model(str(model_folder))
     schema = model.metadata.get_input_schema()
     if schema is None:
         return GateResult("model-contract", False, "the model has no input signature")
+    declared = (model.metadata.metadata or {}).get(PROBLEM_METADATA)
+    if not isinstance(declared, dict) or declared.get("type") not in PROBLEM_TYPES:
+        return GateResult(
+            "model-contract",
+            False,
+            f"the model's MLmodel metadata does not say its problem type "
+            f"({PROBLEM_METADATA}: {declared!r})",
+        )
+    kind, classes = str(declared["type"]), list(declared.get("classes") or [])
+    if kind != "regression" and len(classes) < 2:
+        return GateResult(
+            "model-contract", False, f"the {kind} model's metadata lists no classes: {declared!r}"
+        )
+    if problem is not None and (kind, classes) != (problem.kind, list(problem.classes)):
+        return GateResult(
+            "model-contract",
+            False,
+            f"the model says it is {kind} with classes {classes}; the pipeline's target "
+            f"{problem.column!r} is {problem.kind} with classes {list(problem.classes)}",
+        )
     columns = schema.input_names()
     batch = holdout[columns].head(50)
     try:
         answers = np.asarray(model.predict(batch))
     except Exception as exc:  # any failure here is the finding
         return GateResult("model-contract", False, f"a batch matching the signature failed: {exc}")
-    if len(answers) != len(batch) or not set(np.unique(answers)) <= {0, 1}:
-        return GateResult(
-            "model-contract", False, f"answers are not one 0/1 label per row: {answers[:5]!r}"
-        )
+    wrong = _wrong_answers(answers, len(batch), kind, classes)
+    if wrong:
+        return GateResult("model-contract", False, wrong, {"problem": kind})
     try:
         model.predict(batch.drop(columns=[columns[0]]))
     except Exception:
         return GateResult(
             "model-contract",
             True,
-            f"answers {len(batch)} rows through pyfunc; refuses a batch without {columns[0]!r}",
-            {"columns": columns},
+            f"answers {len(batch)} rows through pyfunc as a {kind} model; refuses a batch "
+            f"without {columns[0]!r}",
+            {"columns": columns, "problem": kind, "classes": classes},
         )
     return GateResult(
         "model-contract", False, f"accepted a batch without the required column {columns[0]!r}"

@@ -14,6 +14,8 @@ stage asks it instead of assuming a binary classifier:
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -116,10 +118,24 @@ class Problem:
         return Predictions(labels, proba)
 
     def class_columns(self, raw: np.ndarray, known: Any) -> np.ndarray:
-        """``predict_proba``'s columns placed at their classes' positions."""
+        """``predict_proba``'s columns placed at their classes' positions (``known``: the
+        model's ``classes_``, the label of each column)."""
         k = len(self.classes)
-        if known is None or (raw.shape[1] == k and list(known) == list(range(k))):
+        if known is None:
+            if raw.shape[1] != k:
+                raise MlopsError(
+                    f"the model gives {raw.shape[1]} probability columns for the {k} classes "
+                    f"{list(self.classes)} and no classes_ saying which is which"
+                )
             return raw
+        if raw.shape[1] == k and list(known) == list(range(k)):
+            return raw
+        outside = [label for label in np.asarray(known).tolist() if label not in range(k)]
+        if outside:
+            raise MlopsError(
+                f"the model knows labels {outside} outside 0..{k - 1}, the positions of the "
+                f"classes {list(self.classes)}: was it fitted on encoded labels?"
+            )
         proba = np.zeros((raw.shape[0], k))
         for column, label in enumerate(known):
             proba[:, int(label)] = raw[:, column]
@@ -134,6 +150,7 @@ class Problem:
         """Metric ``name`` of ``predictions`` against the labels ``y``. Raises ValueError where the
         metric is undefined on these rows (a ROC AUC of rows of one class)."""
         from sklearn import metrics as skm  # seconds to import: only where a score is computed
+        from sklearn.exceptions import UndefinedMetricWarning
 
         metric = REGISTRY[name]
         if self.kind not in metric.problems:
@@ -148,7 +165,13 @@ class Problem:
             )
         else:
             given = predictions.values
-        return float(getattr(skm, metric.scorer)(y, given, **options))
+        # scikit-learn answers NaN with a warning (it used to raise) where a metric is undefined.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            value = float(getattr(skm, metric.scorer)(y, given, **options))
+        if math.isnan(value):
+            raise ValueError(f"{name} is undefined on these {len(y)} rows")
+        return value
 
     def score_all(self, y: np.ndarray, predictions: Predictions) -> dict[str, float]:
         """Every metric that applies, NaN where one is undefined on these rows."""

@@ -123,3 +123,80 @@ def test_settings_read_the_mlops_prefix_and_derive_urls(
     monkeypatch.setenv("MLOPS_MLFLOW_PORT", "not-a-port")
     with pytest.raises(ValueError, match="mlflow_port"):
         Settings()
+
+
+# policies per problem type ----------------------------------------------------------------------
+def _policy(tmp_path: Path, **changes: object) -> Path:
+    return _write(tmp_path / "policy.yaml", {"version": 1, **changes})
+
+
+def test_a_metric_that_does_not_fit_the_problem_is_refused_when_the_policy_loads(
+    tmp_path: Path,
+) -> None:
+    path = _policy(tmp_path, metrics={"roc_auc": {"min": 0.8}, "rmse": {"max": 3}})
+    with pytest.raises(ConfigError) as err:
+        load_policy(path, problem="regression")
+    assert str(err.value) == (
+        f"{path}: metrics.roc_auc: 'roc_auc' does not apply to a regression problem (it applies "
+        "to binary); use one of ['rmse', 'mae', 'r2', 'mape'] (the pipeline's target is regression)"
+    )
+    with pytest.raises(ConfigError, match=r"metrics\.rmse: 'rmse' does not apply to a binary"):
+        load_policy(path, problem="binary")
+    compare = _policy(tmp_path, metrics={}, comparison={"metric": "roc_auc"})
+    with pytest.raises(ConfigError, match=r"comparison\.metric: 'roc_auc' does not apply to a mul"):
+        load_policy(compare, problem="multiclass")
+
+
+def test_left_out_comparison_metric_and_fairness_limits_take_the_problems_defaults(
+    tmp_path: Path,
+) -> None:
+    path = _policy(tmp_path, metrics={"rmse": {"max": 3}}, fairness={"sensitive": ["sex"]})
+    policy, _ = load_policy(path, {"sex"}, "regression")
+    assert policy.comparison.metric == "rmse"
+    assert policy.fairness.limits("regression") == {
+        "max_mean_error_difference": 0.25,
+        "max_mean_prediction_difference": 0.5,
+    }
+    assert policy.fairness.max_mean_error_difference == 0.25
+    assert policy.fairness.max_demographic_parity_difference is None
+    multi = _policy(tmp_path, metrics={}, fairness={"max_error_rate_difference": 0.05})
+    policy, _ = load_policy(multi, problem="multiclass")
+    assert policy.comparison.metric == "f1_macro"
+    assert policy.fairness.limits("multiclass") == {
+        "max_selection_rate_difference": 0.2,
+        "max_error_rate_difference": 0.05,
+    }
+
+
+def test_the_example_policy_keeps_its_binary_limits() -> None:
+    policy, _ = load_policy(EXAMPLE / "policy.yaml", problem="binary")
+    assert policy.comparison.metric == "roc_auc"
+    assert policy.fairness.limits("binary") == {
+        "max_demographic_parity_difference": 0.2,
+        "max_equal_opportunity_difference": 0.15,
+    }
+
+
+def test_a_fairness_limit_that_does_not_fit_the_problem_is_refused_naming_field_and_type(
+    tmp_path: Path,
+) -> None:
+    path = _policy(tmp_path, metrics={}, fairness={"max_equal_opportunity_difference": 0.1})
+    with pytest.raises(ConfigError) as err:
+        load_policy(path, problem="regression")
+    assert str(err.value) == (
+        f"{path}: fairness.max_equal_opportunity_difference: does not apply to a regression "
+        "problem (it applies to binary); use max_mean_error_difference, "
+        "max_mean_prediction_difference (the pipeline's target is regression)"
+    )
+    mean_error = _policy(tmp_path, metrics={}, fairness={"max_mean_error_difference": 0.3})
+    with pytest.raises(
+        ConfigError,
+        match=r"fairness\.max_mean_error_difference: does not apply to a binary problem "
+        r"\(it applies to regression\)",
+    ):
+        load_policy(mean_error, problem="binary")
+    # A classifier's limit is a difference of rates; a regression's is in target SDs, unbounded.
+    with pytest.raises(ConfigError, match=r"fairness\.max_error_rate_difference"):
+        load_policy(_policy(tmp_path, metrics={}, fairness={"max_error_rate_difference": 2}))
+    wide = _policy(tmp_path, metrics={}, fairness={"max_mean_prediction_difference": 2})
+    assert load_policy(wide, problem="regression")[0].fairness.max_mean_prediction_difference == 2
