@@ -17,6 +17,7 @@ from flows.model_version import TrainingRequest, train_model_version
 from flows.promotion import promotion
 from mlops.adapters.registry import RegisteredVersion
 from mlops.core.context import RunContext
+from mlops.ml.prediction_shift import ExpectedPredictions
 
 HandOverTo = Literal["none", "promotion", "release"]
 
@@ -29,12 +30,13 @@ class HandOver:
         to: nothing; ``promotion``: the gates, then the champion alias; ``release``: the gates,
             then the release flow puts a passing version into production by the policy's
             strategy and target.
-        expected_positive_rate: the share of positives the release expects of the candidate (a
-            retraining passes the one in recent production labels); None: the champion's.
+        expected_predictions: what the release expects the candidate's predictions to look like
+            (a retraining passes the class shares or value quantiles of recent production
+            labels); None: like the champion's.
     """
 
     to: HandOverTo = "none"
-    expected_positive_rate: float | None = None
+    expected_predictions: ExpectedPredictions | None = None
 
 
 @flow(name="delivery", persist_result=True)
@@ -54,6 +56,6 @@ def delivery(
             context=context,
             trigger=f"training ({request.trigger})",
             go_live=hand_over.to == "release",
-            expected_positive_rate=hand_over.expected_positive_rate,
+            expected_predictions=hand_over.expected_predictions,
         )
     return registered

@@ -1,5 +1,7 @@
-"""The monitoring flow: production data is watched; drift or decaying performance becomes a Prefect
-event that an automation answers with retraining."""
+"""The monitoring flow: production data is watched (its features against the champion's training
+data, the champion's predictions against its own on the holdout, its live metric where labels
+arrived); drift or decaying performance becomes a Prefect event that an automation answers with
+retraining."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from mlops.adapters.locks import held, lock_name
 from mlops.adapters.prediction_window import SETTLE
 from mlops.adapters.prometheus import write_prometheus
 from mlops.adapters.registry import RegisteredVersion, lookup_model_version
-from mlops.adapters.tracking import load_run_frame
+from mlops.adapters.tracking import load_run_frame, monitoring_experiment
 from mlops.core.context import RunContext
 from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.core.lineage import CHAMPION_ALIAS
@@ -28,10 +30,12 @@ from mlops.ml.monitoring import (
     Window,
     evidence,
 )
-from mlops.ml.problems import problem_for
+from mlops.ml.problems import Predictions, problem_for
 from tasks.monitoring import (
     detect_drift,
+    detect_prediction_shift,
     measure_live_performance,
+    predict_holdout,
     publish_monitoring_report,
     read_prediction_window,
     render_drift_report,
@@ -109,7 +113,7 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
 
     report_url = log_monitoring_run(
         ctx.tracking_uri,
-        f"{ctx.config.experiment}-monitoring",
+        monitoring_experiment(ctx.config.experiment),
         asdict(outcome),
         outcome.drift.report,
     )
@@ -130,17 +134,27 @@ def _verdicts(
     reference: pd.DataFrame | None,
     champion: RegisteredVersion | None,
 ) -> tuple[DriftVerdict, PerformanceVerdict]:
-    """Drift against the champion's training data, and its live performance where labelled."""
+    """Drift against the champion's training data (with how its predictions moved against its
+    own on the holdout), and its live performance where labelled."""
     rules = ctx.policy.monitoring
     if champion is None or reference is None:
         return (
             DriftVerdict(False, False, "no champion: nothing serves, nothing to compare with"),
             PerformanceVerdict(False, False, "no champion", rules.performance_metric),
         )
-    drift = detect_drift(window, reference, ctx.config.features.columns, rules)
-    perf = measure_live_performance(
-        window, champion.version, champion.metrics, rules, problem_for(ctx.config.target)
-    )
+    problem = problem_for(ctx.config.target)
+    holdout: Predictions | None = None
+    if len(window.rows) >= rules.min_rows:  # a window too small is judged on nothing
+        try:
+            holdout = predict_holdout(ctx.tracking_uri, champion, problem)
+        except Exception as exc:  # monitoring reports what it cannot judge, and judges the rest
+            window.problems.append(
+                f"v{champion.version}'s predictions on its holdout could not be made, so its "
+                f"predictions were not compared: {type(exc).__name__}: {exc}"
+            )
+    shift = detect_prediction_shift(window, holdout, problem, rules, champion.version)
+    drift = detect_drift(window, reference, ctx.config.features.columns, rules, shift)
+    perf = measure_live_performance(window, champion.version, champion.metrics, rules, problem)
     return drift, perf
 
 

@@ -18,6 +18,7 @@ from mlops.core.context import RunContext
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.core.policy import ReleasePolicy
+from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.release.canary import ReleaseFailed, ReleaseOutcome, check_strategy, traffic_steps
 from mlops.release.promotion import (
     Settlement,
@@ -52,7 +53,7 @@ def release(
     strategy: str | None = None,
     trigger: str = "manual",
     actor: str | None = None,
-    expected_positive_rate: float | None = None,
+    expected_predictions: ExpectedPredictions | None = None,
     context: RunContext | None = None,
 ) -> ReleaseOutcome:
     """Put a model version into production by blue-green, canary or shadow, or roll it back.
@@ -65,8 +66,10 @@ def release(
         target: where it runs (default: the policy's, `local`).
         strategy: `blue-green`, `canary` or `shadow` (default: the policy's).
         trigger, actor: recorded in the audit trail.
-        expected_positive_rate: the share of positives the candidate should predict (a retraining
-            passes the one in recent production labels); default: the champion's share.
+        expected_predictions: what the candidate's predictions should look like: the class
+            shares (classifiers, ``{"shares": {"<=50K": 0.76, ">50K": 0.24}}``) or the value
+            quantiles (regression, ``{"quantiles": [min, deciles..., max]}``) of recent
+            production labels, which a retraining passes; default: the champion's predictions.
         context: the calling run's settings, pipeline config and policy (then ``pipeline`` is
             not read again).
 
@@ -74,7 +77,7 @@ def release(
     saying why, and a failed flow run whose message is that reason.
     """
     ctx = context or RunContext.load(pipeline=pipeline)
-    run = _open(ctx, version, target, strategy, trigger, actor, expected_positive_rate)
+    run = _open(ctx, version, target, strategy, trigger, actor, expected_predictions)
     # One release or promotion of a model at a time. From the moment this one holds the lock a
     # separate process, the guard, watches it: should it die, the guard puts all traffic back on
     # the stable slot and frees the lock; the next release then settles the champion alias.
@@ -95,7 +98,7 @@ class _Release:
     strategy: str
     where: ReleaseTarget
     candidate: RegisteredVersion
-    expected_positive_rate: float | None
+    expected: ExpectedPredictions | None
 
     @property
     def name(self) -> str:
@@ -131,7 +134,7 @@ def _open(
     strategy: str | None,
     trigger: str,
     actor: str | None,
-    expected_positive_rate: float | None,
+    expected: ExpectedPredictions | None,
 ) -> _Release:
     """The candidate, its target and the audit of this release; a release that cannot start
     leaves a `release-failed` entry and raises."""
@@ -165,7 +168,7 @@ def _open(
         if unwritten:
             raise ReleaseFailed(f"{exc}; {unwritten}") from exc
         raise
-    return _Release(ctx, audit, chosen, where, candidate, expected_positive_rate)
+    return _Release(ctx, audit, chosen, where, candidate, expected)
 
 
 def _go_live(run: _Release) -> ReleaseOutcome:
@@ -253,7 +256,8 @@ def _first_breach(run: _Release, stable: str, candidate: str) -> str | None:
             candidate,
             rules.bake_seconds,
             rules,
-            run.expected_positive_rate,
+            run.expected,
+            run.ctx.config.target.classes,
         )
         if verdict.breached:
             return f"{where}: {'; '.join(verdict.reasons)}"

@@ -80,7 +80,7 @@ def retraining(
     request = TrainingRequest(
         trigger=f"retraining: {trigger}", production_data=production.path if production else None
     )
-    hand_over = HandOver("release", production.recent_positive_rate if production else None)
+    hand_over = HandOver("release", production.expected if production else None)
     try:
         trained = delivery(ctx, request, hand_over)
     except Exception as exc:  # a gate, the release, anything: recorded, then the run fails with it
@@ -132,8 +132,10 @@ def _collect(
 
 
 def _record_collection(audit: AuditContext, version: int, collected: CollectedRows) -> None:
-    """The audit entry of what production data joins the training, and what was left out why."""
+    """The audit entry of what production data joins the training, what was left out why, and
+    what its recent labels look like (the predictions the release expects of the new version)."""
     rejected = collected.rejected
+    expected = collected.data.expected.model_dump() if collected.data else None
     reason = f"{collected.kept} labelled production rows meet the data contract" + (
         f"; left out: {rejected.summary()}" if rejected.count else ""
     )
@@ -147,4 +149,5 @@ def _record_collection(audit: AuditContext, version: int, collected: CollectedRo
         rejected_rows=rejected.count,
         failed_checks=rejected.checks,
         rejected_examples=rejected.examples,
+        expected_predictions=expected,
     )

@@ -12,6 +12,7 @@ from flows.model_version import Compute, TrainingRequest, train_model_version
 from mlops.adapters.registry import RegisteredVersion
 from mlops.core.context import RunContext
 from mlops.core.settings import Settings
+from mlops.ml.prediction_shift import ExpectedPredictions
 
 
 @flow(name="training", persist_result=True)
@@ -21,7 +22,7 @@ def training(
     trigger: str = "manual",
     hand_over: HandOverTo = "none",
     production_data: str | None = None,
-    expected_positive_rate: float | None = None,
+    expected_predictions: ExpectedPredictions | None = None,
     model_params: dict[str, Any] | None = None,
     compute: Compute = "local",
 ) -> RegisteredVersion:
@@ -38,7 +39,8 @@ def training(
         production_data: a Parquet file of labelled production rows (tasks.monitoring's
             collect_production_data) to train on beside the data version; its md5 joins the
             version's lineage.
-        expected_positive_rate: handed to the release (see there).
+        expected_predictions: handed to the release (see there): the class shares or value
+            quantiles its candidate's predictions are expected to follow.
         model_params: hyper-parameters over the config's (a search's best candidate); they
             join the version's fingerprint and its config snapshot.
         compute: where the fit runs: in this flow run, or as an AWS SageMaker training job from
@@ -52,4 +54,4 @@ def training(
     request = TrainingRequest(data_rev, trigger, production_data, compute)
     if hand_over == "none":
         return train_model_version(context, request)
-    return delivery(context, request, HandOver(hand_over, expected_positive_rate))
+    return delivery(context, request, HandOver(hand_over, expected_predictions))

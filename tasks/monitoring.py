@@ -4,27 +4,41 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlops.adapters import prediction_window
+from mlops.adapters.registry import RegisteredVersion, load_model_version
 from mlops.adapters.reporting import monitoring_summary, monitoring_table
+from mlops.adapters.tracking import load_run_frame
 from mlops.core.config import PipelineConfig
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml import monitoring, production_data
 from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, Window
+from mlops.ml.problems import Model, Predictions, Problem
 from mlops.ml.production_data import MAX_ROWS, CollectedRows
-from tasks import step
+from tasks import on_connection_errors, step
 
 read_prediction_window = step(
     prediction_window.read_prediction_window, name="read-prediction-window"
 )
 detect_drift = step(monitoring.detect_drift, name="detect-drift")
+detect_prediction_shift = step(monitoring.detect_prediction_shift, name="detect-prediction-shift")
 measure_live_performance = step(
     monitoring.measure_live_performance, name="measure-live-performance"
 )
+
+
+@step(name="predict-holdout", **on_connection_errors(1, 5))
+def predict_holdout(tracking_uri: str, version: RegisteredVersion, problem: Problem) -> Predictions:
+    """What a registered version predicts for its own holdout rows: the yardstick its predictions
+    in production are compared with (``detect_prediction_shift``)."""
+    holdout = load_run_frame(tracking_uri, version.run_id, "holdout")
+    model = cast(Model, load_model_version(tracking_uri, version.name, version.version))
+    return problem.predict(model, holdout.drop(columns=[problem.column], errors="ignore"))
 
 
 @step(name="render-drift-report")

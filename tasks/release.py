@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from mlops.adapters.audit import Action, AuditEntry, AuditTrail
 from mlops.adapters.registry import download_model, lookup_model_version, registry_client
 from mlops.core.policy import Policy, ReleasePolicy
+from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.release import promotion
 from mlops.release.canary import Verdict, judge
 from mlops.release.promotion import (
@@ -248,9 +250,13 @@ def watch_candidate(
     candidate: str,
     seconds: float,
     policy: ReleasePolicy,
-    expected_positive_rate: float | None = None,
+    expected: ExpectedPredictions | None = None,
+    classes: Sequence[str] = (),
 ) -> Verdict:
-    """Read both slots' metrics every interval for ``seconds``; return at the first breach."""
+    """Read both slots' metrics every interval for ``seconds``; return at the first breach.
+
+    ``expected`` and ``classes`` go to ``mlops.release.canary.judge``: the predictions expected
+    of the candidate (default: the champion's), and the target's classes in label order."""
     start = target.sample()
     deadline = time.monotonic() + seconds
     verdict = Verdict(False, [])
@@ -262,7 +268,8 @@ def watch_candidate(
             now.get(candidate, SlotSample()).since(start.get(candidate, SlotSample())),
             now.get(stable, SlotSample()).since(start.get(stable, SlotSample())),
             policy,
-            expected_positive_rate,
+            expected,
+            classes,
         )
         if verdict.breached or time.monotonic() >= deadline:
             break

@@ -146,6 +146,7 @@ def monitoring_table(outcome: MonitoringOutcome) -> list[dict[str, Any]]:
         {"figure": "window", "value": f"{outcome.since or 'start'} .. {outcome.until}"},
         {"figure": "rows", "value": outcome.rows},
         {"figure": "drift", "value": drift},
+        {"figure": "predictions", "value": d.predictions.line() if d.predictions else "not judged"},
         {"figure": f"live {outcome.performance.metric}", "value": perf},
     ]
     return rows + [
@@ -162,6 +163,8 @@ def monitoring_summary(outcome: MonitoringOutcome, report_url: str | None) -> st
     drift, perf = outcome.verdicts()
     lines = [f"## {outcome.model} v{outcome.version}: monitoring window", ""]
     lines += [f"- **drift**: {drift}", f"- **performance**: {perf}"]
+    if outcome.drift.predictions is not None:
+        lines.append(f"- **predictions**: {outcome.drift.predictions.line()}")
     if report_url:
         lines.append(f"- Evidently report: [{report_url}]({report_url})")
     lines += [f"- problem: {problem}" for problem in outcome.problems]

@@ -1,6 +1,9 @@
 """Production monitoring judgements: a window of the prediction log (read by
-``mlops.adapters.prediction_window``) judged for drift against the champion's training data and
-for the serving model's live performance where labels arrived; the evidence events carry.
+``mlops.adapters.prediction_window``) judged for drift against the champion's training data, for
+how its predictions moved against its own on the holdout, and for the serving model's live
+performance where labels arrived; the evidence events carry. Each problem type is read as it is
+logged: class names (binary logs written before problem types: 0/1) with the class
+probabilities, or numbers.
 
 Broken input never crashes a monitoring run and never raises a drift event: unreadable files,
 missing columns, labels for unknown requests and windows too small to judge are reported as
@@ -10,7 +13,8 @@ problems (by the reader, in the window), and a window that cannot be judged says
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlops.core.metrics import KNOWN_METRICS
+from mlops.core.metrics import KNOWN_METRICS, REGISTRY
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, evidently_report
+from mlops.ml.prediction_shift import (
+    chi_square_p,
+    class_counts,
+    describe_shares,
+    shares,
+    total_variation,
+)
 from mlops.ml.problems import Predictions, Problem
 
 
@@ -39,6 +50,35 @@ class Window:
 
 
 @dataclass(frozen=True)
+class PredictionShift:
+    """How the serving model's predictions in a window moved against its own on the holdout.
+
+    ``measure`` is ``total variation`` (classes; ``p_value`` the chi-square test's) or
+    ``Kolmogorov-Smirnov`` (values; ``p_value`` the two-sample test's, ``wasserstein`` the
+    distance in the target's units); ``window`` and ``reference`` hold the class shares, or the
+    values' quartiles and mean. ``exceeded`` only where the policy sets a limit.
+    """
+
+    judged: bool
+    reason: str
+    measure: str = ""
+    distance: float | None = None
+    p_value: float | None = None
+    limit: float | None = None
+    exceeded: bool = False
+    rows: int = 0
+    window: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
+    wasserstein: float | None = None
+
+    def line(self) -> str:
+        """The shift in one line, for reports."""
+        if not self.judged:
+            return f"not judged: {self.reason}"
+        return ("BEYOND THE LIMIT: " if self.exceeded else "") + self.reason
+
+
+@dataclass(frozen=True)
 class DriftVerdict:
     judged: bool
     detected: bool
@@ -49,6 +89,7 @@ class DriftVerdict:
     methods: dict[str, str] = field(default_factory=dict)
     report: str | None = None  # the Evidently HTML report, rendered after the verdict
     skipped: dict[str, str] = field(default_factory=dict)  # column -> why it was not judged
+    predictions: PredictionShift | None = None  # how the predictions moved (prediction shift)
 
 
 @dataclass(frozen=True)
@@ -90,6 +131,65 @@ class MonitoringOutcome:
         return drift, perf
 
 
+# reading the log --------------------------------------------------------------------------------
+def served_by(rows: pd.DataFrame, version: int | None) -> pd.DataFrame:
+    """The rows ``version`` answered (all of them where the log or the caller names none)."""
+    if version is not None and "version" in rows:
+        return rows[rows["version"] == version]
+    return rows
+
+
+def read_answers(values: pd.Series, problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Logged predictions or labels as ``Problem.encode`` gives them, and which could not be read.
+
+    Classifiers log class names; binary logs written before problem types hold 0 and 1, the
+    negative and the positive class's indexes, which are taken as such (a file of each kind may
+    sit in one window). Regression logs numbers. A value naming no class, or no finite number, is
+    flagged in the second array (its place in the first is 0)."""
+    if not problem.is_classifier:
+        numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
+        bad = ~np.isfinite(numbers)
+        return np.where(bad, 0.0, numbers), bad
+    names = {c: i for i, c in enumerate(problem.classes)}
+    binary = problem.kind == "binary"
+
+    def index(v: Any) -> int:
+        if isinstance(v, str):
+            return names.get(v, -1)
+        if binary and isinstance(v, (int, float, np.integer, np.floating)) and v in (0, 1):
+            return int(v)
+        return -1
+
+    codes = np.fromiter((index(v) for v in values), dtype="int64", count=len(values))
+    bad = codes < 0
+    return np.where(bad, 0, codes), bad
+
+
+def _unreadable(values: pd.Series, bad: np.ndarray, problem: Problem, what: str) -> str:
+    """Why some of ``values`` were left out, naming a few of them."""
+    seen = sorted({str(v) for v in values[bad]})[:5]
+    kind = f"no class of {list(problem.classes)}" if problem.is_classifier else "no finite number"
+    return f"{int(bad.sum())} {what} naming {kind} left out: {seen}"
+
+
+def logged_probabilities(rows: pd.DataFrame, problem: Problem) -> np.ndarray | None:
+    """The class probabilities the log holds for ``rows`` (row by class, in class order), or None
+    where some row has none: a binary log's ``probability`` (P(positive), also in logs written
+    before problem types), else ``probabilities``."""
+    if not problem.is_classifier:
+        return None
+    if problem.kind == "binary" and "probability" in rows and rows["probability"].notna().all():
+        p = rows["probability"].astype("float64").to_numpy()
+        return np.column_stack([1 - p, p])
+    if "probabilities" not in rows:
+        return None
+    k = len(problem.classes)
+    lists = list(rows["probabilities"])
+    if not all(isinstance(x, (list, tuple, np.ndarray)) and len(x) == k for x in lists):
+        return None
+    return np.asarray([np.asarray(x, dtype="float64") for x in lists]).reshape(len(lists), k)
+
+
 # judging -----------------------------------------------------------------------------------------
 def drift_frames(
     window: Window, reference: pd.DataFrame, features: list[str], policy: MonitoringPolicy
@@ -102,16 +202,25 @@ def drift_frames(
 
 
 def detect_drift(
-    window: Window, reference: pd.DataFrame, features: list[str], policy: MonitoringPolicy
+    window: Window,
+    reference: pd.DataFrame,
+    features: list[str],
+    policy: MonitoringPolicy,
+    predictions: PredictionShift | None = None,
 ) -> DriftVerdict:
     """Drift of the window's features against the reference (the champion's training data):
-    Evidently's test per column, and the share of columns drifted against the policy's limit."""
+    Evidently's test per column, and the share of columns drifted against the policy's limit.
+
+    ``predictions`` (``detect_prediction_shift``) is carried in the verdict; a shift beyond the
+    policy's ``max_prediction_shift`` detects drift too (without that limit it is reported only).
+    """
     if len(window.rows) < policy.min_rows:
         return DriftVerdict(
             False,
             False,
             f"{len(window.rows)} rows: too small to judge (needs {policy.min_rows}); "
             "the window keeps accumulating",
+            predictions=predictions,
         )
     current, ref = drift_frames(window, reference, features, policy)
     reading = drift_tests(current, ref)
@@ -119,15 +228,18 @@ def detect_drift(
         skipped = "; ".join(f"{c}: {why}" for c, why in reading.skipped.items())
         return DriftVerdict(
             False, False, "no feature column in common with the reference to judge"
-            + (f" ({skipped})" if skipped else ""),
+            + (f" ({skipped})" if skipped else ""), predictions=predictions,
         )  # fmt: skip
     share = reading.share or 0.0
-    detected = share > policy.max_drift_share
+    shifted = predictions is not None and predictions.exceeded
+    detected = share > policy.max_drift_share or shifted
     drifted = reading.drifted
     reason = (
         f"{len(drifted)} of {len(reading.columns)} columns drifted ({share:.0%}; "
         f"limit {policy.max_drift_share:.0%})" + (f": {', '.join(drifted)}" if drifted else "")
     )
+    if shifted and predictions is not None:
+        reason += f"; {predictions.reason}"
     return DriftVerdict(
         True,
         detected,
@@ -137,7 +249,96 @@ def detect_drift(
         {c.column: round(c.score, 4) for c in reading.columns},
         {c.column: c.method for c in reading.columns},
         skipped=reading.skipped,
+        predictions=predictions,
     )
+
+
+def detect_prediction_shift(
+    window: Window,
+    reference: Predictions | None,
+    problem: Problem,
+    policy: MonitoringPolicy,
+    version: int | None,
+) -> PredictionShift:
+    """How the predictions ``version`` made in the window moved against its own on the holdout
+    (``reference``: ``Problem.predict`` of that model on its holdout rows).
+
+    Classifiers: the total variation distance of the predicted class shares, with the p-value of
+    a chi-square test of the two samples' counts; the classes that moved most are named.
+    Regression: the two-sample Kolmogorov-Smirnov distance of the predicted values with its
+    p-value, the Wasserstein distance (in the target's units) and the quartiles of each side.
+    Both distances lie in [0, 1]; beyond ``policy.max_prediction_shift`` (where set) the shift
+    is ``exceeded``."""
+    limit = policy.max_prediction_shift
+    if reference is None or len(reference) == 0:
+        return PredictionShift(
+            False, "no predictions of the serving model on its holdout to compare with", limit=limit
+        )
+    rows = served_by(window.rows, version)
+    if len(rows) < policy.min_rows or "prediction" not in rows:
+        return PredictionShift(
+            False,
+            f"{len(rows)} predictions of v{version}: too small to judge (needs {policy.min_rows})",
+            limit=limit,
+            rows=len(rows),
+        )
+    values, bad = read_answers(rows["prediction"], problem)
+    note = f" ({_unreadable(rows['prediction'], bad, problem, 'predictions')})" if bad.any() else ""
+    values = values[~bad]
+    if len(values) == 0:
+        return PredictionShift(False, f"no readable prediction{note}", limit=limit)
+    if problem.is_classifier:
+        shift = _class_shift(values, reference.values, problem)
+    else:
+        shift = _value_shift(values, reference.values)
+    assert shift.distance is not None
+    exceeded = limit is not None and shift.distance > limit
+    bound = (
+        f"limit {limit:.3f}"
+        if limit is not None
+        else "reported only (monitoring.max_prediction_shift is not set)"
+    )
+    return replace(shift, reason=f"{shift.reason}; {bound}{note}", limit=limit, exceeded=exceeded)
+
+
+def _class_shift(values: np.ndarray, reference: np.ndarray, problem: Problem) -> PredictionShift:
+    names = problem.classes
+    now = class_counts((names[int(i)] for i in values), names)
+    before = class_counts((names[int(i)] for i in reference), names)
+    w, r = shares(now), shares(before)
+    distance, p = total_variation(w, r), chi_square_p(now, before)
+    reason = (
+        f"predicted classes moved by {distance:.3f} (total variation; chi-square p {p:.2g}) over "
+        f"{len(values)} predictions against the holdout's: {describe_shares(w, r)}"
+    )
+    return PredictionShift(
+        True, reason, "total variation", round(distance, 6), p, rows=len(values), window=w,
+        reference=r,
+    )  # fmt: skip
+
+
+def _value_shift(values: np.ndarray, reference: np.ndarray) -> PredictionShift:
+    from scipy.stats import ks_2samp, wasserstein_distance
+
+    test = ks_2samp(values, reference)
+    distance, p = float(test.statistic), float(test.pvalue)
+    moved = float(wasserstein_distance(values, reference))
+    w, r = _summary(values), _summary(reference)
+    reason = (
+        f"predicted values moved by {distance:.3f} (Kolmogorov-Smirnov; p {p:.2g}) over "
+        f"{len(values)} predictions against the holdout's: median {w['median']:.4g} vs "
+        f"{r['median']:.4g}, quartiles [{w['q25']:.4g}, {w['q75']:.4g}] vs "
+        f"[{r['q25']:.4g}, {r['q75']:.4g}], Wasserstein {moved:.4g}"
+    )
+    return PredictionShift(
+        True, reason, "Kolmogorov-Smirnov", round(distance, 6), p, rows=len(values), window=w,
+        reference=r, wasserstein=moved,
+    )  # fmt: skip
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    q25, median, q75 = (float(v) for v in np.quantile(values, [0.25, 0.5, 0.75]))
+    return {"q25": q25, "median": median, "q75": q75, "mean": float(np.mean(values))}
 
 
 def render_drift_report(
@@ -164,42 +365,73 @@ def measure_live_performance(
     problem: Problem,
 ) -> PerformanceVerdict:
     """The serving version's live metric on the labels that arrived in the window, against its
-    holdout figure."""
+    holdout figure: labels and logged predictions read per problem type (``read_answers``),
+    the class probabilities where the metric reads them. A metric undefined on the labels (a
+    ROC AUC of one class) is reported, not judged."""
     metric = policy.performance_metric
-    rows = window.rows
-    if version is not None and "version" in rows:
-        rows = rows[rows["version"] == version]
+    rows = served_by(window.rows, version)
     labelled = rows[rows["label"].notna()] if "label" in rows else rows.iloc[0:0]
-    n = len(labelled)
     base = baseline.get(metric)
+
+    def unjudged(reason: str, n: int, live: float | None = None) -> PerformanceVerdict:
+        return PerformanceVerdict(False, False, reason, metric, n, live, base)
+
+    if len(labelled) < policy.min_labelled_rows:
+        return unjudged(
+            f"{len(labelled)} labelled rows (needs {policy.min_labelled_rows})", len(labelled)
+        )
+    if "prediction" not in labelled:
+        return unjudged("the prediction log holds no `prediction` column", len(labelled))
+    y, bad_label = read_answers(labelled["label"], problem)
+    values, bad_prediction = read_answers(labelled["prediction"], problem)
+    notes = [
+        _unreadable(labelled[c], bad, problem, what)
+        for c, bad, what in (("label", bad_label, "labels"), ("prediction", bad_prediction, "predictions"))
+        if bad.any()
+    ]  # fmt: skip
+    keep = ~(bad_label | bad_prediction)
+    labelled, y, values = labelled[keep], y[keep], values[keep]
+    note = f" ({'; '.join(notes)})" if notes else ""
+    n = len(labelled)
     if n < policy.min_labelled_rows:
-        return PerformanceVerdict(
-            False,
-            False,
-            f"{n} labelled rows (needs {policy.min_labelled_rows})",
-            metric,
-            n,
-            None,
-            base,
+        return unjudged(f"{n} readable labelled rows (needs {policy.min_labelled_rows}){note}", n)
+    proba = logged_probabilities(labelled, problem)
+    if REGISTRY[metric].reads == "proba" and proba is None:
+        return unjudged(
+            f"the log holds no class probabilities for these rows: {metric} reads them", n
         )
-    y = labelled["label"].astype(int).to_numpy()
-    if len(set(y)) < 2:
-        return PerformanceVerdict(False, False, "labels hold one class only", metric, n, None, base)
-    p = labelled["probability"].astype(float).to_numpy()
-    answered = Predictions(labelled["prediction"].astype(int).to_numpy(), _binary(p))
-    live = problem.score(metric, y, answered)
+    answered = Predictions(values.astype("int64") if problem.is_classifier else values, proba)
+    live, why = _score(problem, metric, y, answered)
+    if math.isnan(live):
+        if problem.is_classifier and len(set(y.tolist())) < 2:
+            only = problem.classes[int(y[0])]
+            return unjudged(
+                f"labels hold one class only ({only!r}): {metric} is undefined on them", n
+            )
+        return unjudged(f"{metric} is undefined on these {n} labelled rows{why}", n)
     if base is None or math.isnan(base):
-        return PerformanceVerdict(
-            False, False, f"no holdout {metric} to compare with", metric, n, live, None
-        )
+        return unjudged(f"no holdout {metric} to compare with", n, live)
     higher = KNOWN_METRICS[metric] == "higher"
     drop = base - live if higher else live - base
     degraded = drop > policy.max_metric_drop
     reason = (
         f"live {metric} {live:.3f} on {n} labelled rows against {base:.3f} on the holdout "
         f"({'worse' if drop > 0 else 'better'} by {abs(drop):.3f}; limit {policy.max_metric_drop:.3f})"
+        + note
     )
     return PerformanceVerdict(True, degraded, reason, metric, n, live, base)
+
+
+def _score(
+    problem: Problem, metric: str, y: np.ndarray, answered: Predictions
+) -> tuple[float, str]:
+    """The metric, or NaN and why where it is undefined on these rows."""
+    with warnings.catch_warnings():  # scikit-learn warns where a metric is undefined: NaN says so
+        warnings.simplefilter("ignore")
+        try:
+            return problem.score(metric, y, answered), ""
+        except ValueError as exc:
+            return float("nan"), f": {exc}"
 
 
 def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
@@ -216,6 +448,7 @@ def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
             "drift_share": d.share,
             "drifted_columns": d.drifted,
             "scores": {c: d.scores[c] for c in d.drifted},
+            "predictions": _shift_evidence(d.predictions),
         }
     p = outcome.performance
     return common | {
@@ -227,5 +460,11 @@ def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
     }
 
 
-def _binary(p: np.ndarray) -> np.ndarray:
-    return np.column_stack([1 - p, p])
+def _shift_evidence(shift: PredictionShift | None) -> dict[str, Any] | None:
+    """How the predictions moved, as the small JSON an event carries."""
+    if shift is None:
+        return None
+    keys = ("judged", "reason", "measure", "distance", "p_value", "limit", "exceeded", "rows")
+    return {k: getattr(shift, k) for k in keys} | {
+        "window": shift.window, "reference": shift.reference,
+    }  # fmt: skip

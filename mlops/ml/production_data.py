@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mlops.core.config import PipelineConfig
-from mlops.core.errors import ConfigError
 from mlops.ml.contract import split_by_contract
-from mlops.ml.monitoring import Window
+from mlops.ml.monitoring import Window, read_answers
+from mlops.ml.prediction_shift import ExpectedPredictions, class_counts, quantiles_of, shares
+from mlops.ml.problems import Problem, problem_for
 
 
 @dataclass(frozen=True)
@@ -26,30 +28,35 @@ class ProductionData:
     path: str
     md5: str
     rows: int
-    recent_positive_rate: float  # among the most recent labelled rows: the world as it is now
+    # the most recent labelled rows' class shares or value quantiles: the world as it is now,
+    # which the release expects a model retrained on it to predict (mlops.release.canary.judge)
+    expected: ExpectedPredictions
 
 
-#: How many of the latest labelled rows say what share of positives production has now.
+#: How many of the latest labelled rows say what production's labels look like now.
 RECENT_ROWS = 1000
 
 #: The rows of a collection's window: all of them in practice (the bound keeps memory finite).
 MAX_ROWS = 10_000_000
 
-
-def negative_label(cfg: PipelineConfig) -> str:
-    """The target's other value, from the data contract (a binary target has exactly two)."""
-    values = cfg.contract.columns[cfg.target.column].values or ()
-    others = [v for v in values if v != cfg.target.positive]
-    if len(others) != 1:
-        raise ConfigError(
-            f"the contract's {cfg.target.column!r} values {list(values)} do not name one negative "
-            f"label beside {cfg.target.positive!r}: production labels cannot be mapped back"
-        )
-    return others[0]
-
-
 #: The column of ``labelled_rows`` that says which request a row came from (not a dataset column).
 REQUEST = "request_id"
+
+
+def dataset_labels(labels: pd.Series, cfg: PipelineConfig) -> pd.Series:
+    """Logged labels as the dataset holds its target: the class name (binary logs written before
+    problem types hold 0/1, the negative and the positive class), True/False for a bool target,
+    the number for regression. A label naming no class stays as it came, for the data contract
+    to refuse and report with its row."""
+    problem = problem_for(cfg.target)
+    values, bad = read_answers(labels, problem)
+    if not problem.is_classifier:
+        return pd.Series(np.where(bad, np.nan, values), index=labels.index, dtype="float64")
+    names = np.asarray(problem.classes, dtype=object)[values]
+    out = pd.Series(np.where(bad, labels.astype(str).to_numpy(), names), index=labels.index)
+    if cfg.contract.columns[cfg.target.column].type == "bool":
+        return out.map({"True": True, "False": False}).where(~bad, out).astype(object)
+    return out.astype(object)
 
 
 def labelled_rows(window: Window, cfg: PipelineConfig) -> pd.DataFrame:
@@ -64,11 +71,25 @@ def labelled_rows(window: Window, cfg: PipelineConfig) -> pd.DataFrame:
     # a request may carry several rows; one label per (request, row) is what was served
     rows = rows.drop_duplicates([REQUEST, "row"]) if "row" in rows else rows
     rows = rows.sort_values("time", kind="stable") if "time" in rows else rows  # oldest first
-    target = rows["label"].astype(int).map({1: cfg.target.positive, 0: negative_label(cfg)})
     frame = rows.reindex(columns=features).assign(
-        **{cfg.target.column: target, REQUEST: rows[REQUEST].astype(str)}
+        **{
+            cfg.target.column: dataset_labels(rows["label"], cfg),
+            REQUEST: rows[REQUEST].astype(str),
+        }
     )
     return frame.reset_index(drop=True)
+
+
+def recent_labels(frame: pd.DataFrame, problem: Problem) -> ExpectedPredictions:
+    """What the last ``RECENT_ROWS`` labels of ``frame`` (oldest row first) look like: each class's
+    share (classifiers), or the values' minimum, deciles and maximum (regression)."""
+    recent = frame[problem.column].tail(RECENT_ROWS)
+    source = f"the last {len(recent)} production labels"
+    if problem.is_classifier:
+        counts = class_counts((str(v) for v in recent), problem.classes)
+        return ExpectedPredictions(shares=shares(counts), rows=len(recent), source=source)
+    values = recent.astype("float64").to_numpy()
+    return ExpectedPredictions(quantiles=quantiles_of(values), rows=len(recent), source=source)
 
 
 @dataclass(frozen=True)
@@ -120,13 +141,13 @@ def _rejected(failed: pd.DataFrame, checks: dict[str, int]) -> RejectedRows:
     return RejectedRows(len(failed), checks, examples)
 
 
-def write_production_data(frame: pd.DataFrame, path: Path, positive: str) -> ProductionData:
-    """``frame`` (oldest row first) as Parquet, with its md5 and its recent share of positives."""
+def write_production_data(frame: pd.DataFrame, path: Path, problem: Problem) -> ProductionData:
+    """``frame`` (oldest row first) as Parquet, with its md5 and what its recent labels look like
+    (``recent_labels``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    recent = frame.tail(RECENT_ROWS).iloc[:, -1] == positive
-    return ProductionData(str(path), md5, len(frame), float(recent.mean()))
+    return ProductionData(str(path), md5, len(frame), recent_labels(frame, problem))
 
 
 def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
@@ -144,6 +165,7 @@ def collect_production_data(window: Window, cfg: PipelineConfig, path: Path) -> 
     failed = verdict.failed_rows.assign(**{REQUEST: requests.reindex(verdict.failed_rows.index)})
     rejected = _rejected(failed, verdict.checks)
     kept = verdict.kept.reset_index(drop=True)
-    data = write_production_data(kept, path, str(cfg.target.positive)) if len(kept) else None
+    problem = problem_for(cfg.target)
+    data = write_production_data(kept, path, problem) if len(kept) else None
     report = verdict.report if len(failed) else ""
     return CollectedRows(data, rejected, len(kept), len(frame), report)

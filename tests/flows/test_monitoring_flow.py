@@ -61,7 +61,7 @@ def production(
 
 
 def _send(production: dict[str, Any], rows: pd.DataFrame) -> None:
-    report = send_traffic(production["url"], rows, "income", ">50K", clients=4)
+    report = send_traffic(production["url"], rows, "income", clients=4)
     assert report.answered == len(rows) and report.labelled == len(rows), report.failures
     # the server's log writes a row within 5 s; a window ends SETTLE before the flow starts
     time.sleep(6 + SETTLE.total_seconds())
@@ -90,6 +90,11 @@ def test_unshifted_traffic_raises_no_drift_over_repeated_windows(
         )
         assert outcome.events == {} and outcome.problems == []
         assert 900 <= outcome.rows <= 1000
+        # the champion predicts production's classes in the shares it predicted its holdout's
+        shift = outcome.drift.predictions
+        assert shift is not None and shift.judged and shift.measure == "total variation"
+        assert shift.distance is not None and shift.distance < 0.1, shift.reason
+        assert set(shift.window) == {"<=50K", ">50K"} and not shift.exceeded
     assert _events(production["settings"], DRIFT_DETECTED, production["name"]) == []
 
 
@@ -119,6 +124,9 @@ def test_shifted_traffic_emits_a_drift_event_with_its_evidence(production: dict[
     assert [e["id"] for e in found] == [outcome.events[DRIFT_DETECTED]]
     payload = found[0]["payload"]
     assert "age" in payload["drifted_columns"] and payload["window"]["rows"] == outcome.rows
+    shift = outcome.drift.predictions  # reported beside the features (no limit: reported only)
+    assert shift is not None and shift.judged and payload["predictions"]["reason"] == shift.reason
+    assert payload["predictions"]["window"] == pytest.approx(shift.window)
     metrics = (settings.state_dir / "metrics" / f"monitoring-{name}.prom").read_text()
     assert f'mlops_drift_column_detected{{column="age",model="{name}"}} 1.0' in metrics
 

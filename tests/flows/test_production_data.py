@@ -31,19 +31,24 @@ def project(
         yield {"name": built.name, "pipeline": str(built.pipeline), "settings": built.settings}
 
 
-def _write_log(log_root: str, rows: pd.DataFrame, target: str) -> list[str]:
-    """``rows`` as the model server logs them (predictions, then their labels); returns request ids."""
+def _write_log(log_root: str, rows: pd.DataFrame, target: str, old: bool) -> list[str]:
+    """``rows`` as the model server logs them (predictions, then their labels); returns request
+    ids. ``old``: as servers before problem types did (0/1 for the classes), else class names."""
     committed = datetime.now(UTC) - timedelta(minutes=30)
     ids = [uuid.uuid4().hex for _ in range(len(rows))]
     times = [committed - timedelta(seconds=1) for _ in ids]
     # the server's layout: hour partitions of the commit stamp, which the file name carries
     part = f"date={committed:%Y-%m-%d}/hour={committed:%H}"
+    answer = (
+        {"prediction": 0, "probability": 0.5}
+        if old
+        else {"prediction": "<=50K", "probabilities": [[0.5, 0.5]] * len(rows), "probability": 0.5}
+    )
     predictions = rows.drop(columns=[target]).assign(
-        request_id=ids, row=0, time=times, model="m", version=1, prediction=0, probability=0.5
+        request_id=ids, row=0, time=times, model="m", version=1, **answer
     )
-    labels = pd.DataFrame(
-        {"request_id": ids, "label": (rows[target] == ">50K").astype("int64"), "time": times}
-    )
+    label = (rows[target] == ">50K").astype("int64") if old else rows[target]
+    labels = pd.DataFrame({"request_id": ids, "label": label, "time": times})
     for kind, frame in (("predictions", predictions), ("feedback", labels)):
         folder = Path(log_root) / kind / part
         folder.mkdir(parents=True, exist_ok=True)
@@ -68,7 +73,9 @@ def test_an_out_of_contract_production_row_is_left_out_and_reported(
         .reset_index(drop=True)
     )
     rows.loc[7, "age"] = -5  # one row a caller's bug or a bad join produced
-    ids = _write_log(settings.prediction_log(name), rows, "income")
+    # half of them logged before problem types (labels 0/1), half since (class names)
+    ids = _write_log(settings.prediction_log(name), rows.iloc[:200], "income", old=True)
+    ids += _write_log(settings.prediction_log(name), rows.iloc[200:], "income", old=False)
 
     state = retraining(pipeline=project["pipeline"], reason="manual", return_state=True)
     outcome = state.result()  # on the old code: DataContractError, age:in_range, for one row
@@ -86,6 +93,10 @@ def test_an_out_of_contract_production_row_is_left_out_and_reported(
     [example] = collected.evidence["rejected_examples"]
     assert example["request_id"] == ids[7] and example["age"] == -5
     assert "1 row(s) break the data contract" in collected.reason
+    # what the release is to expect of the new version: the class shares of the labels it kept
+    shares = rows.drop(index=7)["income"].value_counts(normalize=True).to_dict()
+    assert collected.evidence["expected_predictions"]["shares"] == pytest.approx(shares)
+    assert collected.evidence["expected_predictions"]["rows"] == len(rows) - 1
 
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts(

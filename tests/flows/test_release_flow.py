@@ -51,7 +51,7 @@ def project(
             "analysis_interval_seconds": 0.25,
             "min_requests": 10,
             "max_p99_latency_ratio": 50,
-            "max_positive_rate_shift": 0.5,
+            "max_prediction_shift": 0.5,
         }
     }
     root = tmp_path_factory.mktemp("release-project")

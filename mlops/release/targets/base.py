@@ -32,12 +32,18 @@ class TargetState:
 
 @dataclass(frozen=True)
 class SlotSample:
-    """Cumulative counters of one slot, as callers saw it (router) and as it answered (server)."""
+    """Cumulative counters of one slot, as callers saw it (router) and as it answered (server).
+
+    What the slot predicted is counted by problem type: ``labels`` per class name (classifiers;
+    the server's ``mlops_predictions_total``), ``values`` as a cumulative histogram of the
+    predicted numbers (regression; ``mlops_prediction_value``, bucketed by the model's
+    ``value_buckets``)."""
 
     requests: float = 0.0
     errors: float = 0.0  # 5xx, including the router's 502/504 when the slot fails to answer
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
-    labels: dict[str, float] = field(default_factory=dict)  # predicted label -> count
+    labels: dict[str, float] = field(default_factory=dict)  # predicted class name -> count
+    values: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
 
     def since(self, before: SlotSample) -> SlotSample:
         return SlotSample(
@@ -45,6 +51,7 @@ class SlotSample:
             self.errors - before.errors,
             {le: c - before.latency_buckets.get(le, 0.0) for le, c in self.latency_buckets.items()},
             {k: v - before.labels.get(k, 0.0) for k, v in self.labels.items()},
+            {le: c - before.values.get(le, 0.0) for le, c in self.values.items()},
         )
 
 

@@ -225,17 +225,20 @@ class LocalTarget:
         samples = parse_router_metrics(routed)
         for slot, info in state.slots.items():
             labels: dict[str, float] = {}
+            values: dict[float, float] = {}
             try:
                 served = httpx.get(
                     f"{self._url(info)}/metrics",
                     headers=auth_headers(self.settings, "serving"),
                     timeout=5,
                 ).text
-                labels = parse_prediction_counts(served)
+                labels, values = parse_prediction_counts(served), parse_prediction_values(served)
             except httpx.HTTPError:
                 pass  # a dead slot shows in the router's errors
             base = samples.get(slot, SlotSample())
-            samples[slot] = SlotSample(base.requests, base.errors, base.latency_buckets, labels)
+            samples[slot] = SlotSample(
+                base.requests, base.errors, base.latency_buckets, labels, values
+            )
         return samples
 
 
@@ -264,12 +267,25 @@ def parse_router_metrics(text: str) -> dict[str, SlotSample]:
 
 
 def parse_prediction_counts(text: str) -> dict[str, float]:
+    """Predictions per class name from a model server's Prometheus text (classifiers)."""
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name == "mlops_predictions_total":
                 counts[s.labels["label"]] = counts.get(s.labels["label"], 0.0) + s.value
     return counts
+
+
+def parse_prediction_values(text: str) -> dict[float, float]:
+    """The cumulative histogram of predicted values (``le`` -> count) from a model server's
+    Prometheus text (regression); empty for a classifier's server."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "mlops_prediction_value_bucket":
+                le = float(s.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + s.value
+    return buckets
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,8 +27,17 @@ from mlops.adapters.prediction_window import SETTLE, read_prediction_window
 from mlops.core.config import load_pipeline_config
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, read_snapshot
-from mlops.ml.monitoring import detect_drift, measure_live_performance, render_drift_report
-from mlops.ml.problems import Problem
+from mlops.ml.monitoring import (
+    MonitoringOutcome,
+    PerformanceVerdict,
+    Window,
+    detect_drift,
+    detect_prediction_shift,
+    evidence,
+    measure_live_performance,
+    render_drift_report,
+)
+from mlops.ml.problems import Predictions, Problem
 from mlops.ml.production_data import MAX_ROWS, labelled_rows
 from tests.helpers import EXAMPLE, adult_frame
 
@@ -283,3 +294,205 @@ def test_the_shift_moves_what_it_documents() -> None:
     assert (shifted.loc[~rule, "income"] == frame.loc[~rule, "income"]).all()
     changed = (shifted["income"] != frame["income"]).mean()
     assert 0.05 < changed < 0.2, changed
+
+
+# per problem type: synthetic windows -------------------------------------------------------------
+ADULT_CLASSES = Problem("binary", ("<=50K", ">50K"), "income")
+IRIS = Problem("multiclass", ("setosa", "versicolor", "virginica"), "species")
+PRICES = Problem("regression", (), "price")
+
+
+def _served(
+    predictions: list[object],
+    labels: list[object] | None = None,
+    probabilities: list[list[float]] | None = None,
+    x: np.ndarray | None = None,
+) -> Window:
+    """A window of rows version 1 answered, as the reader returns them."""
+    n = len(predictions)
+    columns: dict[str, object] = {
+        "request_id": [f"{i:032x}" for i in range(n)],
+        "row": 0,
+        "version": 1,
+        "prediction": pd.Series(predictions, dtype=object),
+        "x": x if x is not None else np.zeros(n),
+    }
+    if probabilities is not None:
+        columns["probabilities"] = [np.asarray(p) for p in probabilities]
+    if labels is not None:
+        columns["label"] = pd.Series(labels, dtype=object)
+    return Window(None, datetime.now(UTC), pd.DataFrame(columns))
+
+
+def test_live_performance_of_a_multiclass_model_reads_class_names_and_probabilities() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 400)
+    right = rng.random(400) < 0.8  # four in five predictions are right
+    predicted = np.where(right, truth, (truth + 1) % 3)
+    proba = np.full((400, 3), 0.1)
+    proba[np.arange(400), predicted] = 0.8
+    window = _served(
+        [IRIS.classes[i] for i in predicted], [IRIS.classes[i] for i in truth], proba.tolist()
+    )
+    policy = MonitoringPolicy(min_labelled_rows=100, performance_metric="f1_macro")
+    from sklearn.metrics import f1_score
+
+    expected = f1_score(truth, predicted, average="macro")
+    fine = measure_live_performance(window, 1, {"f1_macro": expected}, policy, IRIS)
+    assert fine.judged and not fine.degraded and fine.live == pytest.approx(expected)
+    worse = measure_live_performance(window, 1, {"f1_macro": expected + 0.2}, policy, IRIS)
+    assert worse.degraded and "worse by 0.200" in worse.reason
+    auc = policy.model_copy(update={"performance_metric": "roc_auc_ovr"})
+    ovr = measure_live_performance(window, 1, {"roc_auc_ovr": 0.5}, auc, IRIS)
+    assert ovr.judged and ovr.live is not None and ovr.live > 0.8  # read from `probabilities`
+    bare = Window(None, window.until, window.rows.drop(columns=["probabilities"]))
+    unread = measure_live_performance(bare, 1, {"roc_auc_ovr": 0.5}, auc, IRIS)
+    assert not unread.judged and "no class probabilities" in unread.reason
+
+
+def test_live_performance_of_a_regression_is_judged_by_an_error_that_must_stay_low() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.normal(200, 30, 300)
+    predicted = truth + rng.normal(0, 10, 300)
+    window = _served(list(predicted), list(truth))
+    policy = MonitoringPolicy(min_labelled_rows=100, performance_metric="rmse", max_metric_drop=2)
+    live = float(np.sqrt(np.mean((predicted - truth) ** 2)))
+    holds = measure_live_performance(window, 1, {"rmse": live - 1}, policy, PRICES)
+    assert holds.judged and not holds.degraded and holds.live == pytest.approx(live)
+    assert "worse by 1.000; limit 2.000" in holds.reason  # a higher rmse is worse
+    decayed = measure_live_performance(window, 1, {"rmse": live - 3}, policy, PRICES)
+    assert decayed.judged and decayed.degraded
+
+
+def test_labels_of_one_class_leave_unjudged_only_a_metric_that_needs_two() -> None:
+    window = _served([">50K"] * 150 + ["<=50K"] * 50, [">50K"] * 200, [[0.2, 0.8]] * 200)
+    window.rows["probability"] = 0.8
+    policy = MonitoringPolicy(min_labelled_rows=100)
+    auc = measure_live_performance(window, 1, {"roc_auc": 0.9}, policy, ADULT_CLASSES)
+    assert not auc.judged and "labels hold one class only ('>50K')" in auc.reason
+    accuracy = policy.model_copy(update={"performance_metric": "accuracy"})
+    judged = measure_live_performance(window, 1, {"accuracy": 0.78}, accuracy, ADULT_CLASSES)
+    assert judged.judged and judged.live == pytest.approx(0.75) and not judged.degraded
+
+
+def test_labels_or_predictions_naming_no_class_are_left_out_and_named() -> None:
+    truth = ["setosa", "versicolor", "virginica"] * 40
+    window = _served([*truth[:-2], "tulip", "setosa"], [*truth[:-1], "rose"])
+    policy = MonitoringPolicy(min_labelled_rows=100, performance_metric="accuracy")
+    verdict = measure_live_performance(window, 1, {"accuracy": 1.0}, policy, IRIS)
+    assert verdict.judged and verdict.labelled == 118 and verdict.live == 1.0
+    assert (
+        "1 labels naming no class of ['setosa', 'versicolor', 'virginica'] left out: ['rose']"
+        in (verdict.reason)
+    )
+    assert "1 predictions naming no class" in verdict.reason and "['tulip']" in verdict.reason
+
+
+def test_old_and_new_binary_logs_in_one_window_are_judged_alike(tmp_path: Path) -> None:
+    """A log written before problem types (prediction and label 0/1, P(positive) only) and one
+    written since (class names, the class probabilities) in one window: the same answers score
+    the same as either alone."""
+    data = clean(adult_frame(1200))
+    y = (data["income"] == ">50K").astype(int).to_numpy()
+    rng = np.random.default_rng(0)
+    p = np.clip(y * 0.6 + rng.random(len(data)) * 0.4, 0, 1)
+    now = datetime.now(UTC)
+    half = len(data) // 2
+    for old, part in ((True, slice(0, half)), (False, slice(half, len(data)))):
+        log = PredictionLog(str(tmp_path), batch_rows=10_000, max_age_seconds=3600)
+        rows, labels = [], []
+        for i in range(part.start, part.stop):
+            rid = f"{i:032x}"
+            name = ADULT_CLASSES.classes[int(p[i] >= 0.5)]
+            answer: dict[str, object] = (
+                {"prediction": int(p[i] >= 0.5), "probability": float(p[i])}
+                if old
+                else {"prediction": name, "probabilities": [1 - p[i], p[i]], "probability": p[i]}
+            )
+            feature_row = data.iloc[i][FEATURES].to_dict()
+            rows.append({"request_id": rid, "row": 0, "time": now, "model": "m", "version": 1,
+                         **answer, **feature_row})  # fmt: skip
+            label = int(y[i]) if old else ADULT_CLASSES.classes[y[i]]
+            labels.append({"request_id": rid, "label": label, "time": now})
+        log.append(PREDICTIONS, rows)
+        log.append(FEEDBACK, labels)
+        log.close()
+    window = read_prediction_window(
+        str(tmp_path), None, datetime.now(UTC) + timedelta(seconds=1), FEATURES, 100_000
+    )
+    assert len(window.rows) == len(data) and window.labelled == len(data), window.problems
+    verdict = measure_live_performance(window, 1, {"roc_auc": 0.9}, POLICY, ADULT_CLASSES)
+    from sklearn.metrics import roc_auc_score
+
+    assert verdict.judged and verdict.live == pytest.approx(roc_auc_score(y, p))
+    assert "left out" not in verdict.reason
+
+
+def _classes(shares: dict[str, float], n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return list(rng.choice(list(shares), size=n, p=list(shares.values())))
+
+
+def test_predicted_classes_that_moved_are_reported_and_past_a_set_limit_detect_drift() -> None:
+    holdout_shares = {"setosa": 0.5, "versicolor": 0.3, "virginica": 0.2}
+    reference = Predictions(
+        np.array([IRIS.classes.index(c) for c in _classes(holdout_shares, 3000, 0)])
+    )
+    features = pd.DataFrame({"x": np.random.default_rng(9).normal(0, 1, 3000)})
+    x = np.random.default_rng(10).normal(0, 1, 1200)
+    policy = MonitoringPolicy(min_rows=1000, reference_rows=3000)
+    like = _served(_classes(holdout_shares, 1200, 1), x=x)
+    moved = _served(_classes({"setosa": 0.2, "versicolor": 0.3, "virginica": 0.5}, 1200, 2), x=x)
+
+    same = detect_prediction_shift(like, reference, IRIS, policy, 1)
+    assert same.judged and same.measure == "total variation" and not same.exceeded
+    assert same.distance is not None and same.distance < 0.05 and same.p_value is not None
+    assert same.p_value > 0.01 and same.window.keys() == set(IRIS.classes)
+
+    shifted = detect_prediction_shift(moved, reference, IRIS, policy, 1)
+    assert shifted.distance == pytest.approx(0.3, abs=0.04) and shifted.p_value < 1e-6
+    # the classes that moved, named with their shares in the window and on the holdout
+    assert re.search(
+        r"'setosa' 1\d\.\d% vs 5\d\.\d%, 'virginica' 5\d\.\d% vs 2\d\.\d%", shifted.reason
+    )
+    assert "reported only" in shifted.reason and not shifted.exceeded
+    reported = detect_drift(moved, features, ["x"], policy, shifted)
+    assert reported.judged and not reported.detected  # the feature drift share decides alone
+    assert reported.predictions == shifted
+
+    limited = policy.model_copy(update={"max_prediction_shift": 0.2})
+    beyond = detect_prediction_shift(moved, reference, IRIS, limited, 1)
+    assert beyond.exceeded and "limit 0.200" in beyond.reason
+    drift = detect_drift(moved, features, ["x"], limited, beyond)
+    assert drift.detected and drift.drifted == [] and "predicted classes moved by" in drift.reason
+    within = detect_drift(like, features, ["x"], limited, detect_prediction_shift(like, reference, IRIS, limited, 1))  # fmt: skip
+    assert within.judged and not within.detected
+
+    outcome = MonitoringOutcome("m", 1, None, "now", 1200, drift, _no_performance(), [], {})
+    payload = evidence(outcome, "drift")["predictions"]
+    assert payload["exceeded"] and payload["measure"] == "total variation"
+    assert payload["window"]["setosa"] == pytest.approx(0.2, abs=0.04)
+    assert json.loads(json.dumps(payload)) == payload  # small plain JSON, as an event carries
+
+
+def test_predicted_values_that_moved_are_judged_by_their_kolmogorov_smirnov_distance() -> None:
+    rng = np.random.default_rng(4)
+    reference = Predictions(rng.normal(100, 10, 3000))
+    policy = MonitoringPolicy(min_rows=1000, max_prediction_shift=0.1)
+    like = detect_prediction_shift(_served(list(rng.normal(100, 10, 1200))), reference, PRICES, policy, 1)  # fmt: skip
+    assert like.judged and like.measure == "Kolmogorov-Smirnov" and not like.exceeded
+    assert like.distance is not None and like.distance < 0.06
+    moved = detect_prediction_shift(_served(list(rng.normal(110, 10, 1200))), reference, PRICES, policy, 1)  # fmt: skip
+    assert moved.exceeded and moved.distance == pytest.approx(0.38, abs=0.05)
+    assert moved.wasserstein == pytest.approx(10, abs=1.5)
+    assert moved.window["median"] == pytest.approx(110, abs=1.5) and "median 1" in moved.reason
+    few = detect_prediction_shift(_served([1.0] * 10), reference, PRICES, policy, 1)
+    assert not few.judged and "too small to judge (needs 1000)" in few.reason
+    other = detect_prediction_shift(_served(list(rng.normal(100, 10, 1200))), reference, PRICES, policy, 2)  # fmt: skip
+    assert not other.judged and "0 predictions of v2" in other.reason
+    none = detect_prediction_shift(_served([1.0] * 1200), None, PRICES, policy, 1)
+    assert not none.judged and "no predictions of the serving model" in none.reason
+
+
+def _no_performance() -> PerformanceVerdict:
+    return PerformanceVerdict(False, False, "no labels", "accuracy")

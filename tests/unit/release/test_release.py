@@ -17,6 +17,7 @@ from mlops.core.integrity import CHECKSUM_ALGORITHM, CHECKSUM_ALGORITHM_TAG, CHE
 from mlops.core.lineage import FINGERPRINT_TAG
 from mlops.core.policy import Policy, ReleasePolicy
 from mlops.core.settings import Settings
+from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.release.approval import (
     APPROVAL_AT_TAG,
     APPROVAL_BY_TAG,
@@ -57,7 +58,7 @@ def _sample(
     scale = 10.0 if slow else 1.0
     buckets = {le * scale: c * requests / 100 for le, c in BUCKETS.items()}
     return SlotSample(
-        requests, errors, buckets, {"1": positive * requests, "0": (1 - positive) * requests}
+        requests, errors, buckets, {">50K": positive * requests, "<=50K": (1 - positive) * requests}
     )
 
 
@@ -71,7 +72,7 @@ def test_judge_passes_a_candidate_like_the_champion() -> None:
     [
         (_sample(100, 5), "error rate 5.0%"),
         (_sample(100, 0, slow=True), "p99 latency"),
-        (_sample(100, 0, positive=0.6), "positive predictions 60.0%"),
+        (_sample(100, 0, positive=0.6), "'>50K' predicted for 60.0% of requests against 25.0%"),
     ],
 )
 def test_judge_names_each_breach(candidate: SlotSample, fragment: str) -> None:
@@ -167,12 +168,11 @@ def test_after_the_world_changed_predictions_are_judged_against_production_label
     labels production sent back do: judged against those, not against the champion."""
     candidate, champion = _sample(200, 0, positive=0.05), _sample(2000, 0, positive=0.25)
     assert judge(candidate, champion, ReleasePolicy()).breached
-    verdict = judge(candidate, champion, ReleasePolicy(), expected_positive_rate=0.08)
-    assert not verdict.breached and verdict.figures["reference_positive_rate"] == 0.08
-    wrong = judge(
-        _sample(200, 0, positive=0.6), champion, ReleasePolicy(), expected_positive_rate=0.08
-    )
-    assert "against the production labels' 8.0%" in wrong.reasons[0]
+    labels = ExpectedPredictions(shares={"<=50K": 0.92, ">50K": 0.08}, rows=1000)
+    verdict = judge(candidate, champion, ReleasePolicy(), expected=labels)
+    assert not verdict.breached and verdict.figures["reference_share[>50K]"] == 0.08
+    wrong = judge(_sample(200, 0, positive=0.6), champion, ReleasePolicy(), expected=labels)
+    assert "against 8.0% in production labels" in wrong.reasons[0]
 
 
 # release eligibility: one rule for every path to production ------------------------------------
