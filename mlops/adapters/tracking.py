@@ -13,14 +13,16 @@ from typing import Any
 import mlflow
 import mlflow.data
 import mlflow.sklearn
+import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
-from mlops.core.integrity import SERIALIZATION_FORMAT, SKOPS_TRUSTED_TYPES
+from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
 from mlops.core.lineage import PROBLEM_METADATA
 from mlops.ml.problems import Problem
 from mlops.ml.split import Split
+from mlops.ml.training import trusted_types
 
 DATA_ARTIFACTS = "data"
 
@@ -73,10 +75,32 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return {prefix: value}
 
 
-def problem_metadata(problem: Problem) -> dict[str, Any]:
+#: Where a regression's training target is cut for the server's histogram of predicted values:
+#: its deciles and its maximum (ties merged, so up to ten bounds).
+VALUE_QUANTILES = tuple(i / 10 for i in range(1, 11))
+
+
+def problem_metadata(problem: Problem, y_train: pd.Series | None = None) -> dict[str, Any]:
     """What a server needs to answer for the model: the problem type, the target and its classes
-    in label order (a classifier's label i is ``classes[i]``)."""
-    return {"type": problem.kind, "target": problem.column, "classes": list(problem.classes)}
+    in label order (a classifier's label i is ``classes[i]``); for a regression given its training
+    target ``y_train`` (as a logged model's metadata is), ``value_buckets``: the bounds of the
+    histogram its predicted values are counted in (``VALUE_QUANTILES`` of the training target,
+    increasing and finite), by which the canary compares champion and candidate."""
+    meta: dict[str, Any] = {
+        "type": problem.kind,
+        "target": problem.column,
+        "classes": list(problem.classes),
+    }
+    if not problem.is_classifier and y_train is not None:
+        values = pd.to_numeric(y_train, errors="coerce").to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        bounds: list[float] = (
+            [float(b) for b in np.unique(np.quantile(finite, VALUE_QUANTILES))]
+            if len(finite)
+            else []
+        )
+        meta["value_buckets"] = bounds
+    return meta
 
 
 def log_training_run(
@@ -92,10 +116,13 @@ def log_training_run(
     data_md5: str,
     config_files: dict[str, str],
     texts: dict[str, str] | None = None,
+    own_code: tuple[str, ...] = (),
 ) -> TrainingRun:
     """Log one finished training to MLflow; a failure part-way marks the run FAILED, never FINISHED.
 
-    ``texts`` are logged as text artifacts by their path (a managed training job's log)."""
+    ``texts`` are logged as text artifacts by their path (a managed training job's log).
+    ``own_code``: the top-level packages of the user's own factories, whose types the model may
+    ask skops to trust (recorded with it; see mlops.core.integrity)."""
     with tracking_server(tracking_uri), warnings.catch_warnings():
         # MLflow registers the local-file dataset source twice and calls a path ambiguous; and it
         # hints that integer columns cannot hold missing values, which the contract rules out.
@@ -137,18 +164,22 @@ def log_training_run(
             sample = split.X_holdout.head(200)
             example = sample.head(5)
             signature = infer_signature(sample, model.predict(sample))
+            trusted = trusted_types(model, own_code)  # refuses a type nobody decided to trust
+            own = sorted({t.split(".", 1)[0] for t in trusted} & set(own_code))
             info = mlflow.sklearn.log_model(
                 model,
                 name="model",
                 signature=signature,
                 input_example=example,
-                pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
+                pip_requirements=_pip_requirements(trusted),
                 # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and
                 # every loader refuses any format but this one (mlops.core.integrity)
                 serialization_format=SERIALIZATION_FORMAT,
-                skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                # exactly what this model needs, each a built-in family's or from own code
+                skops_trusted_types=trusted,
                 params=None,
-                metadata={PROBLEM_METADATA: problem_metadata(split.problem)},
+                metadata={PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)}
+                | ({CODE_METADATA: {"packages": own}} if own else {}),
             )
         run_url = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
         return TrainingRun(
@@ -159,6 +190,71 @@ def log_training_run(
         )
 
 
+def _pip_requirements(trusted: list[str]) -> list[str]:
+    """scikit-learn's pinned requirement, and the distribution of each other library whose
+    types the model holds (xgboost-cpu, lightgbm), pinned to the version it was trained with."""
+    from importlib.metadata import packages_distributions, version
+
+    found = packages_distributions()
+    extra = {
+        dist
+        for package in {t.split(".", 1)[0] for t in trusted} - {"sklearn", "numpy", "collections"}
+        for dist in found.get(package, [])
+    }
+    pinned = [f"{dist}=={version(dist)}" for dist in sorted(extra)]
+    return [*mlflow.sklearn.get_default_pip_requirements(), *pinned]
+
+
+# A monitoring window's run: its tags, and the metrics present only where a verdict was judged.
+MONITORED_MODEL_TAG = "mlops.model"
+MONITORED_VERSION_TAG = "mlops.model.version"
+DRIFT_DETECTED_TAG = "mlops.drift.detected"
+PERFORMANCE_DEGRADED_TAG = "mlops.performance.degraded"
+DRIFT_SHARE_METRIC = "drift_share"
+LIVE_METRIC_PREFIX = "live_"
+
+
+def monitoring_experiment(experiment: str) -> str:
+    """The MLflow experiment of a pipeline's monitoring windows, one run each."""
+    return f"{experiment}-monitoring"
+
+
+@dataclass(frozen=True)
+class MonitoringWindow:
+    """What the last monitoring run of a model recorded: None where a verdict was not judged."""
+
+    version: str
+    ended: str  # the run's name: window-<end time>
+    drift: bool | None
+    degraded: bool | None
+
+
+def last_monitoring_window(
+    tracking_uri: str, experiment: str, model: str
+) -> MonitoringWindow | None:
+    """The latest monitoring run of ``model`` in the pipeline's monitoring experiment, or None."""
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(monitoring_experiment(experiment))
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{MONITORED_MODEL_TAG}` = '{model}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    tags, metrics = runs[0].data.tags, runs[0].data.metrics
+    live = any(k.startswith(LIVE_METRIC_PREFIX) for k in metrics)
+    return MonitoringWindow(
+        tags.get(MONITORED_VERSION_TAG, "?"),
+        str(runs[0].info.run_name or "").removeprefix("window-"),
+        tags.get(DRIFT_DETECTED_TAG) == "True" if DRIFT_SHARE_METRIC in metrics else None,
+        tags.get(PERFORMANCE_DEGRADED_TAG) == "True" if live else None,
+    )
+
+
 def log_monitoring_run(
     tracking_uri: str, experiment: str, outcome: dict[str, Any], report: str | None
 ) -> str:
@@ -167,18 +263,18 @@ def log_monitoring_run(
     drift, perf = outcome["drift"], outcome["performance"]
     metrics = {"window_rows": float(outcome["rows"])}
     if drift["share"] is not None:
-        metrics["drift_share"] = float(drift["share"])
+        metrics[DRIFT_SHARE_METRIC] = float(drift["share"])
     if perf["live"] is not None:
-        metrics[f"live_{perf['metric']}"] = float(perf["live"])
+        metrics[f"{LIVE_METRIC_PREFIX}{perf['metric']}"] = float(perf["live"])
     with tracking_server(tracking_uri):
         exp = mlflow.set_experiment(experiment)
         with mlflow.start_run(run_name=f"window-{outcome['until'][:19]}") as run:
             mlflow.set_tags(
                 {
-                    "mlops.model": outcome["model"],
-                    "mlops.model.version": str(outcome["version"]),
-                    "mlops.drift.detected": str(drift["detected"]),
-                    "mlops.performance.degraded": str(perf["degraded"]),
+                    MONITORED_MODEL_TAG: outcome["model"],
+                    MONITORED_VERSION_TAG: str(outcome["version"]),
+                    DRIFT_DETECTED_TAG: str(drift["detected"]),
+                    PERFORMANCE_DEGRADED_TAG: str(perf["degraded"]),
                 }
             )
             mlflow.log_metrics(metrics)

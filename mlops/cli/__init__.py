@@ -10,10 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
+from mlops.cli.init import init
 from mlops.cli.run import fail, need_stack, project_object, reported, run_flow, settings
 from mlops.core.errors import MlopsError
 from mlops.core.lineage import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from mlops.core.settings import Settings
+from mlops.stack.deployments import MONITORING, PACKAGING, PROMOTION, RELEASE, TRAINING
 
 app = typer.Typer(
     help="CI/CD for machine learning on Prefect: local stack, versioned data, training.",
@@ -32,6 +34,14 @@ policy_app = typer.Typer(help="The versioned policy of the active pipeline.", no
 
 app.add_typer(policy_app, name="policy")
 
+model_app = typer.Typer(
+    help="The models of this project: one pipeline config each, with its deployments.",
+    no_args_is_help=True,
+)
+
+app.add_typer(model_app, name="model")
+app.command("init")(init)
+
 # Options several commands take, declared once.
 PipelineOption = Annotated[
     Path | None, typer.Option(help="Pipeline config (default: MLOPS_PIPELINE).")
@@ -39,12 +49,7 @@ PipelineOption = Annotated[
 ModelArgument = Annotated[str, typer.Argument(help="Registered model name.")]
 VersionRef = Annotated[str, typer.Option(help="Version number or alias.")]
 
-TRAINING = "flows/training.py:training"
-PROMOTION = "flows/promotion.py:promotion"
-MONITORING = "flows/monitoring.py:monitoring"
 REPRODUCTION = "flows/reproduction.py:reproduction"
-RELEASE = "flows/release.py:release"
-PACKAGING = "flows/packaging.py:packaging"
 DEMO = "examples/adult/demo.py:closed_loop"
 
 
@@ -108,18 +113,69 @@ def down() -> None:
 
 @app.command()
 def status() -> None:
-    """Say which local services run, where, and which are dead."""
+    """Say which local services run, where, and which are dead; then the project's models."""
     from mlops.stack.local import LocalStack
 
+    found = settings()
     with reported():
-        rows = LocalStack(settings()).status()
+        rows = LocalStack(found).status()
     if not rows:
         typer.echo("the local stack is not running (start it with `mlops up`)")
-        return
     for name, state, where in rows:
         typer.echo(f"{name:<8} {state:<50} {where}")
+    typer.echo("")
+    _echo_models(found)
     if any(not state.startswith("running") for _, state, _ in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """One line per model prefect.yaml deploys: its pipeline, champion, where it serves and its
+    last monitoring verdict (what only the stack knows is unknown while it is down)."""
+    found = settings()
+    if not _echo_models(found):
+        raise typer.Exit(1)
+
+
+def _echo_models(found: Settings) -> bool:
+    """Print the models table; a prefect.yaml that cannot be read is one error line (False)."""
+    from mlops.cli.models import model_table
+
+    try:
+        table = model_table(found)
+    except MlopsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        return False
+    for line in table.lines():
+        typer.echo(line)
+    return True
+
+
+@model_app.command("add")
+def model_add(
+    pipeline: Annotated[
+        Path, typer.Argument(help="The pipeline config (YAML), inside the project folder.")
+    ],
+) -> None:
+    """Write a pipeline's deployments and automations to prefect.yaml; register them if the
+    local stack runs."""
+    from mlops.stack.deployments import add_model
+    from mlops.stack.local import LocalStack
+    from mlops.stack.processes import healthy
+
+    found = settings()
+    with reported():
+        names = add_model(found.project_dir, pipeline.resolve(), out=typer.echo)
+        if not healthy(f"{found.prefect_api_url}/health"):
+            typer.echo(
+                f"the local stack is not running (no Prefect server at {found.prefect_api_url}): "
+                "register them with `mlops up`, or `mlops deploy --env ENV` for an environment"
+            )
+            return
+        # `mlops up` made the stack's work pool; `prefect deploy` names it if it is gone
+        LocalStack(found, out=typer.echo).deploy(dict(os.environ), names)
+    typer.echo(f"run one: prefect deployment run '{names[0]}'")
 
 
 @data_app.command("pull")

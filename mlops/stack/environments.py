@@ -189,13 +189,17 @@ def ensure_result_storage(env: Environment, environ: dict[str, str]) -> str | No
     )
 
 
-def deploy_all(project_dir: Path, pool: str, environ: dict[str, str]) -> str:
-    """``prefect deploy --all`` of the project's prefect.yaml onto ``pool``: Prefect's CLI is the
-    only API that reads prefect.yaml. Returns Prefect's output."""
+def deploy_all(
+    project_dir: Path, pool: str, environ: dict[str, str], names: list[str] | None = None
+) -> str:
+    """``prefect deploy --all`` of the project's prefect.yaml onto ``pool``, or only the
+    deployments ``names`` (``flow/deployment``): Prefect's CLI is the only API that reads
+    prefect.yaml. Returns Prefect's output."""
     from mlops.stack.processes import console_script
 
+    which = [arg for name in names for arg in ("--name", name)] if names else ["--all"]
     result = subprocess.run(
-        [console_script("prefect"), "--no-prompt", "deploy", "--all"],
+        [console_script("prefect"), "--no-prompt", "deploy", *which],
         cwd=project_dir,
         env=environ | {"MLOPS_WORK_POOL": pool},
         capture_output=True,
@@ -204,7 +208,7 @@ def deploy_all(project_dir: Path, pool: str, environ: dict[str, str]) -> str:
     )
     if result.returncode != 0:
         raise DeploymentEnvironmentError(
-            "prefect deploy --all failed:\n" + (result.stdout + result.stderr)[-3000:]
+            f"prefect deploy {' '.join(which)} failed:\n" + (result.stdout + result.stderr)[-3000:]
         )
     return result.stdout
 

@@ -424,15 +424,17 @@ class LocalStack:
             except ObjectAlreadyExists:
                 pass
 
-    def deploy(self, env: dict[str, str]) -> None:
-        """Register every deployment of prefect.yaml on this stack's work pool."""
+    def deploy(self, env: dict[str, str], names: list[str] | None = None) -> None:
+        """Register every deployment of prefect.yaml on this stack's work pool, or only ``names``
+        (``flow/deployment``)."""
         from mlops.stack.environments import DeploymentEnvironmentError, deploy_all
 
         try:
-            deploy_all(self.settings.project_dir, self.settings.work_pool, env)
+            deploy_all(self.settings.project_dir, self.settings.work_pool, env, names)
         except DeploymentEnvironmentError as exc:
             raise StackError(str(exc)) from None
-        self.out("deployments: registered from prefect.yaml")
+        which = f"{len(names)} deployments" if names else "deployments"
+        self.out(f"{which}: registered from prefect.yaml on work pool '{self.settings.work_pool}'")
 
     def _wait_worker(self, run: Running) -> None:
         from prefect.client.orchestration import get_client
