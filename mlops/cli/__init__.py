@@ -384,11 +384,11 @@ def release_(
         pipeline=pipeline,
         trigger="cli",
     )
-    where = (
-        f"callers reach it at http://{found.host}:{found.router_port}/predict"
-        if (target or "local") == "local"
-        else f"on the {target} target"
-    )
+    where = f"on the {target} target"
+    if (target or "local") == "local":
+        from mlops.release.targets.local import router_ports
+
+        where = f"callers reach it at http://{found.host}:{router_ports(found, outcome.model)[0]}/predict"
     typer.echo(
         f"{outcome.model} v{outcome.version}: {outcome.reason} ({outcome.strategy}); {where}"
     )

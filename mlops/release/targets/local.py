@@ -43,6 +43,34 @@ class _State:
     stable: str | None = None
 
 
+def router_ports(settings: Settings, model: str) -> tuple[int, int]:
+    """Where ``model``'s router listens (callers, admin). The first model of a stack gets the
+    settings' ports; each further model the next pair above them (both plus 2, 4, ...) that no
+    other model holds, so several models serve side by side. Recorded in
+    ``release/<model>/ports.json``: a model keeps its ports across releases and restarts, until
+    the settings' ports change."""
+    base = [settings.router_port, settings.router_admin_port]
+    releases = settings.state_dir / "release"
+    path = releases / model / "ports.json"
+    mine = _read_record(path)
+    if mine is not None and mine.get("base") == base:
+        return int(mine["port"]), int(mine["admin_port"])
+    taken: set[int] = set()
+    for other in releases.glob("*/ports.json"):
+        record = _read_record(other)
+        if other != path and record is not None and record.get("base") == base:
+            taken |= {int(record["port"]), int(record["admin_port"])}
+    step = 0
+    while {base[0] + step, base[1] + step} & taken:
+        step += 2
+    port, admin = base[0] + step, base[1] + step
+    if max(port, admin) > 65535:
+        raise TargetError(f"no free router ports above {base} for {model}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"base": base, "port": port, "admin_port": admin}))
+    return port, admin
+
+
 class LocalTarget:
     name = "local"
 
@@ -51,9 +79,8 @@ class LocalTarget:
         self.model = model
         self.dir = settings.state_dir / "release" / model
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.router = Router(
-            self.dir / "router", settings.router_port, settings.router_admin_port, settings.host
-        )
+        port, admin = router_ports(settings, model)
+        self.router = Router(self.dir / "router", port, admin, settings.host)
 
     # state -----------------------------------------------------------------------------------
     def _load(self) -> _State:
@@ -286,6 +313,14 @@ def parse_prediction_values(text: str) -> dict[float, float]:
                 le = float(s.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + s.value
     return buckets
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
