@@ -237,9 +237,18 @@ def contract_report(
             .groupby("index")["what"]
             .agg(lambda w: "; ".join(sorted(set(w))))
         )
-        failed.insert(0, "failed_checks", by_row.reindex(failed.index).to_numpy())
-        failed.insert(0, "row", failed.index)
+        # named so as not to collide with the data's own columns (a dataset may have a `row`)
+        checks_column = _free_name("failed_checks", failed.columns)
+        failed.insert(0, checks_column, by_row.reindex(failed.index).to_numpy())
+        failed.insert(0, _free_name("row", failed.columns), failed.index)
     return "\n".join(lines) + "\n", failed
+
+
+def _free_name(name: str, taken: pd.Index) -> str:
+    """``name``, or ``_name``, ``__name``... : the first the frame does not already use."""
+    while name in taken:
+        name = f"_{name}"
+    return name
 
 
 def check_contract(

@@ -136,3 +136,22 @@ def test_category_codes_read_as_numbers_are_checked_as_their_text(tmp_path: Path
     assert valid["sex"].tolist()[:2] == ["1", "2"] and pd.isna(valid["sex"].iloc[2])
     with pytest.raises(DataContractError, match=r"sex:known_categories"):
         check_contract(codes.assign(sex=[1, 3, 2]), contract, "codes", tmp_path)
+
+
+def test_a_dataset_with_its_own_row_column_gets_its_failure_report(tmp_path: Path) -> None:
+    """The failing-rows table puts the row number and the failed checks in front: a dataset
+    with columns of those names keeps them (the report crashed: "cannot insert row")."""
+    contract = DataContract(
+        min_rows=1,
+        columns={
+            "row": ColumnContract(type="int", min=0, max=10),
+            "failed_checks": ColumnContract(type="int", min=0, max=10),
+        },
+    )
+    bad = pd.DataFrame({"row": [1, 99], "failed_checks": [2, 3]})
+    with pytest.raises(DataContractError, match=r"row:in_range") as err:
+        check_contract(bad, contract, "own-row", tmp_path)
+    assert err.value.failed_rows is not None
+    table = pd.read_csv(err.value.failed_rows)
+    assert list(table.columns) == ["_row", "_failed_checks", "row", "failed_checks"]
+    assert table["row"].tolist() == [99] and table["_row"].tolist() == [1]
