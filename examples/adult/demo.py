@@ -187,7 +187,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
 
     cfg = load_pipeline_config(settings.pipeline)
     name, uri = cfg.model_name, str(settings.mlflow_tracking_uri)
-    target, positive = cfg.target.column, str(cfg.target.positive)
+    target = cfg.target.column
     router = LocalTarget(settings, name).router.url
 
     out(f"\n== 1. train, judge and release: deployment {TRAINING} ==")
@@ -211,9 +211,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     out(
         "\n== 2. production traffic: 1500 rows of the example, their labels sent back as feedback =="
     )
-    report = send_traffic(
-        router, production_rows(cfg, settings.project_dir, 1500, seed=1), target, positive
-    )
+    report = send_traffic(router, production_rows(cfg, settings.project_dir, 1500, seed=1), target)
     out(f"   {report.answered}/{report.sent} answered, {report.labelled} labelled")
     time.sleep(6)  # the servers flush their prediction logs every 5 s
     out(f"   deployment {MONITORING}:")
@@ -225,7 +223,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     )
     shift_at = datetime.now(UTC)
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
-    report = send_traffic(router, shifted.iloc[:2000], target, positive)
+    report = send_traffic(router, shifted.iloc[:2000], target)
     out(f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled")
     time.sleep(6)
     out(f"   deployment {MONITORING}:")
@@ -242,9 +240,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     out("\n== 4. no hands: the automation retrains, the gates judge, a canary releases ==")
     stop = threading.Event()
     background = threading.Thread(  # callers keep calling while the canary is judged
-        target=lambda: send_traffic(
-            router, shifted.iloc[2000:], target, positive, clients=2, stop=stop
-        ),
+        target=lambda: send_traffic(router, shifted.iloc[2000:], target, clients=2, stop=stop),
         daemon=True,
     )
     background.start()

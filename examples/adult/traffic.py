@@ -46,17 +46,17 @@ def send_traffic(
     url: str,
     rows: pd.DataFrame,
     target: str,
-    positive: str,
     clients: int = 4,
     feedback: bool = True,
     token: str | None = None,
     stop: threading.Event | None = None,
 ) -> TrafficReport:
     """POST each row to ``url``/predict (one row a request) and, with ``feedback``, its true label
-    to ``url``/feedback; ``clients`` at a time. Rows with missing values are skipped (the server
-    refuses them)."""
+    (the ``target`` column's own value: the class name for a classifier, the number for a
+    regression, as the answer's ``problem`` says) to ``url``/feedback; ``clients`` at a time.
+    Rows with missing values are skipped (the server refuses them)."""
     rows = rows.dropna()
-    labels = (rows[target] == positive).astype(int).tolist() if target in rows else None
+    labels = rows[target].tolist() if target in rows else None
     records = rows.drop(columns=[target], errors="ignore").to_dict("records")
     report = TrafficReport()
     lock = threading.Lock()
@@ -77,8 +77,9 @@ def send_traffic(
                     else:
                         failure = f"{r.status_code}: {r.text[:200]}"
                     if body is not None and feedback and labels is not None:
+                        label = _label(labels[i], body["problem"])
                         f = client.post(
-                            "/feedback", json={"request_id": body["request_id"], "label": labels[i]}
+                            "/feedback", json={"request_id": body["request_id"], "label": label}
                         )
                         labelled = f.status_code == 202
                 except httpx.HTTPError as exc:
@@ -97,6 +98,11 @@ def send_traffic(
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(work, [range(k, n, clients) for k in range(clients)]))
     return report
+
+
+def _label(value: Any, problem: str) -> str | float:
+    """A true label as /feedback takes it: a class name (a string) or a number."""
+    return float(value) if problem == "regression" else str(value)
 
 
 def _plain(value: Any) -> Any:

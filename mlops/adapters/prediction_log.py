@@ -63,19 +63,38 @@ _ARROW_TYPES = {
 
 _TIME = pa.timestamp("us", tz="UTC")
 
+#: The columns every predictions table starts with: which request, row, time and model.
 _LOG_FIELDS = [
     pa.field("request_id", pa.string()),
     pa.field("row", pa.int64()),
     pa.field("time", _TIME),
     pa.field("model", pa.string()),
     pa.field("version", pa.int64()),
-    pa.field("prediction", pa.int64()),
-    pa.field("probability", pa.float64()),
 ]
 
-#: Columns the model server writes beside the features.
-LOG_COLUMNS = frozenset(f.name for f in _LOG_FIELDS)
+#: What the model answered, by problem type: ``prediction`` is the class name (classifiers) or the
+#: number (regression); ``probabilities`` one probability per class, in the model's class order
+#: (classifiers); ``probability`` P(positive), for binary classifiers only.
+_ANSWER_FIELDS = {
+    "binary": [
+        pa.field("prediction", pa.string()),
+        pa.field("probabilities", pa.list_(pa.float64())),
+        pa.field("probability", pa.float64()),
+    ],
+    "multiclass": [
+        pa.field("prediction", pa.string()),
+        pa.field("probabilities", pa.list_(pa.float64())),
+    ],
+    "regression": [pa.field("prediction", pa.float64())],
+}
 
+#: Columns the model server writes beside the features (any problem type).
+LOG_COLUMNS = frozenset(
+    f.name for f in [*_LOG_FIELDS, *(f for fs in _ANSWER_FIELDS.values() for f in fs)]
+)
+
+#: The feedback table servers wrote before problem types (``label`` 0 or 1, binary models only).
+#: Logs may still hold such files; servers now write ``feedback_schema(problem)``.
 FEEDBACK_SCHEMA = pa.schema(
     [pa.field("request_id", pa.string()), pa.field("label", pa.int64()), pa.field("time", _TIME)]
 )
@@ -84,17 +103,39 @@ FEEDBACK_SCHEMA = pa.schema(
 _UNENCODABLE = (pa.ArrowException, ValueError, TypeError, OverflowError)
 
 
-def prediction_schema(columns: Iterable[tuple[str, str]]) -> pa.Schema:
-    """The predictions table: the server's own columns, then each feature ``(name, mlflow type)``."""
-    fields = list(_LOG_FIELDS)
+def _answer_fields(problem: str) -> list[pa.Field]:
+    if problem not in _ANSWER_FIELDS:
+        raise ValueError(f"problem type {problem!r}: one of {sorted(_ANSWER_FIELDS)}")
+    return _ANSWER_FIELDS[problem]
+
+
+def prediction_schema(columns: Iterable[tuple[str, str]], problem: str) -> pa.Schema:
+    """The predictions table of a model of ``problem`` type (binary, multiclass, regression): the
+    server's own columns, the answer's, then each feature ``(name, mlflow type)``."""
+    fields = [*_LOG_FIELDS, *_answer_fields(problem)]
     for name, kind in columns:
         if kind not in _ARROW_TYPES:
             raise ValueError(
                 f"feature column {name!r}: MLflow type {kind!r} has no prediction-log type "
                 f"(known: {sorted(_ARROW_TYPES)})"
             )
+        if name in LOG_COLUMNS:
+            raise ValueError(
+                f"feature column {name!r}: the prediction log writes a column of that name "
+                f"itself ({sorted(LOG_COLUMNS)})"
+            )
         fields.append(pa.field(name, _ARROW_TYPES[kind]))
     return pa.schema(fields)
+
+
+def feedback_schema(problem: str) -> pa.Schema:
+    """The feedback table of a model of ``problem`` type: ``label`` is the class name
+    (classifiers) or the number (regression)."""
+    _answer_fields(problem)  # a known problem type
+    label = pa.float64() if problem == "regression" else pa.string()
+    return pa.schema(
+        [pa.field("request_id", pa.string()), pa.field("label", label), pa.field("time", _TIME)]
+    )
 
 
 # file names --------------------------------------------------------------------------------------
@@ -216,7 +257,8 @@ class PredictionLog:
         self.max_buffered_rows = max_buffered_rows
         self.store = store or LogStore(self.root)
         self.close_timeout = close_timeout_seconds
-        self._schemas: dict[str, pa.Schema | None] = {PREDICTIONS: None, FEEDBACK: FEEDBACK_SCHEMA}
+        # Inferred from the rows until the server gives each kind its model's schema (use_schema)
+        self._schemas: dict[str, pa.Schema | None] = {PREDICTIONS: None, FEEDBACK: None}
         self._rows: dict[str, list[dict[str, Any]]] = {PREDICTIONS: [], FEEDBACK: []}
         self._oldest: dict[str, float] = {}  # monotonic time the oldest buffered row came
         self._inflight: Counter[str] = Counter()  # rows the flusher took and has not settled

@@ -33,7 +33,9 @@ SAGEMAKER_JOB_TAG = "mlops.sagemaker.job"
 
 #: The registry alias of the version in production, and of the newest registered candidate.
 #: The key of a model's MLmodel ``metadata`` saying what it answers: ``{"type": problem type,
-#: "target": column, "classes": labels in order}`` (written at training, read by the server).
+#: "target": column, "classes": labels in order}`` and, for a regression, ``"value_buckets"``
+#: (histogram bounds: the training target's deciles; mlops.adapters.tracking.problem_metadata
+#: writes it at training, mlops.serving.model.served_problem reads it).
 PROBLEM_METADATA = "mlops_problem"
 
 CHAMPION_ALIAS = "champion"

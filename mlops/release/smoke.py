@@ -4,6 +4,7 @@ as the model answers it in process."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +24,16 @@ class SmokeTestFailed(MlopsError):
 
 @dataclass(frozen=True)
 class KnownBatch:
-    """Rows with the answers the model gives them in process."""
+    """Rows with the answers the model gives them in process: a prediction per row (a class name,
+    or a number) and, for classifiers, the classes and a probability per class per row."""
 
     name: str
     version: int
+    problem: str
     rows: list[dict[str, Any]]
-    labels: list[int]
-    probabilities: list[float]
+    predictions: list[Any]
+    classes: list[str] | None = None
+    probabilities: list[list[float]] | None = None
 
 
 def known_batch(model_dir: Path, name: str, version: int, sha256: str | None) -> KnownBatch:
@@ -41,11 +45,65 @@ def known_batch(model_dir: Path, name: str, version: int, sha256: str | None) ->
         raise SmokeTestFailed(f"{model_dir}: no input_example.json to smoke-test with")
     data = json.loads(example.read_text())
     frame = pd.DataFrame(data["data"], columns=data["columns"])
-    labels, proba = load_model_folder(model_dir, name, version, sha256).predict(frame)
+    model = load_model_folder(model_dir, name, version, sha256)
+    answers = model.predict(frame)
     rows = [
         {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
     ]
-    return KnownBatch(name, version, rows, [int(x) for x in labels], [float(p) for p in proba])
+    classifier = answers.probabilities is not None
+    return KnownBatch(
+        name,
+        version,
+        model.problem.kind,
+        rows,
+        list(answers.predictions),
+        list(model.problem.classes) if classifier else None,
+        answers.probabilities.tolist() if answers.probabilities is not None else None,
+    )
+
+
+#: How far a served number may be from the in-process one: the same model on the same rows
+#: answers the same floats; this only absorbs a JSON round trip.
+TOLERANCE = 1e-9
+
+
+def _close(a: Any, b: Any) -> bool:
+    return (
+        isinstance(a, (int, float))
+        and not isinstance(a, bool)
+        and math.isclose(a, b, rel_tol=TOLERANCE, abs_tol=TOLERANCE)
+    )
+
+
+def answer_differences(body: dict[str, Any], batch: KnownBatch) -> list[str]:
+    """How a /predict answer to the batch differs from the model's in-process answers (empty:
+    it does not): the problem type, each prediction, the classes and each probability."""
+    problems: list[str] = []
+    if body.get("problem") != batch.problem:
+        problems.append(f"problem {body.get('problem')!r}, not {batch.problem!r}")
+    predictions = body.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != len(batch.predictions):
+        return [*problems, f"predictions {predictions!r:.200} for {len(batch.rows)} rows"]
+    for i, (got, want) in enumerate(zip(predictions, batch.predictions, strict=True)):
+        same = got == want if batch.classes is not None else _close(got, want)
+        if not same:
+            problems.append(f"row {i}: predicted {got!r}, in process {want!r}")
+    if batch.classes is not None:
+        if body.get("classes") != batch.classes:
+            problems.append(f"classes {body.get('classes')!r}, not {batch.classes!r}")
+        served = body.get("probabilities")
+        expected = batch.probabilities or []
+        if not isinstance(served, list) or len(served) != len(expected):
+            problems.append(f"probabilities {served!r:.200} for {len(batch.rows)} rows")
+        else:
+            for i, (got_row, want_row) in enumerate(zip(served, expected, strict=True)):
+                if (
+                    not isinstance(got_row, list)
+                    or len(got_row) != len(want_row)
+                    or not all(_close(g, w) for g, w in zip(got_row, want_row, strict=False))
+                ):
+                    problems.append(f"row {i}: probabilities {got_row!r}, in process {want_row}")
+    return problems
 
 
 def wait_until_ready(
@@ -78,12 +136,11 @@ def check_answers(base: str, batch: KnownBatch, token: str | None = None) -> Non
     body = answer.json()
     if body["model"] != {"name": batch.name, "version": batch.version}:
         raise SmokeTestFailed(f"{base} serves {body['model']}, not {batch.name} v{batch.version}")
-    if body["predictions"] != batch.labels or any(
-        abs(a - b) > 1e-9 for a, b in zip(body["probabilities"], batch.probabilities, strict=True)
-    ):
+    differences = answer_differences(body, batch)
+    if differences:
         raise SmokeTestFailed(
-            f"{base}: answers differ from the model's in-process predictions "
-            f"({body['predictions']} vs {batch.labels})"
+            f"{base}: answers differ from the model's in-process predictions: "
+            + "; ".join(differences[:5])
         )
 
 

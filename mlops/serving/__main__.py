@@ -1,6 +1,6 @@
-"""``python -m serving``: the model server process, as the container image starts it.
+"""``python -m mlops.serving``: the model server process, as the container image starts it.
 
-    python -m serving --model-dir /opt/mlops/model --metadata /opt/mlops/model.json
+    python -m mlops.serving --model-dir /opt/mlops/model --metadata /opt/mlops/model.json
 
 ``model.json`` holds the registered name, version and artifact sha256; the folder is refused if it
 does not match. Settings from the environment: ``PORT``, ``HOST`` (default 0.0.0.0),
@@ -24,7 +24,9 @@ from mlops.serving.model import load_model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mlops.serving", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model-dir", type=Path, required=True, help="MLflow model folder")
     parser.add_argument("--metadata", type=Path, required=True, help="model.json beside it")
     parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))

@@ -3,9 +3,15 @@
 Routes: ``POST /predict`` (one row or a batch), ``POST /feedback`` (a label for an earlier
 request), ``GET /health``, ``GET /ready`` (the model is loaded and warmed), ``GET /metrics``
 (Prometheus), ``GET /openapi.json`` (the real request and response bodies once the model has
-loaded). Every input is checked against the model's signature before it reaches the model or the
-prediction log; anything wrong is a 4xx naming the field. The event loop only moves bytes: JSON
-parsing, validation, the model and the log run on worker threads, so /health always answers.
+loaded), and the Open Inference Protocol's V2 REST routes under ``/v2``
+(``mlops.serving.open_inference``). Every input is checked against the model's signature before
+it reaches the model or the prediction log; anything wrong is a 4xx naming the field (or the
+tensor). The event loop only moves bytes: JSON parsing, validation, the model and the log run on
+worker threads, so /health always answers.
+
+What a model answers follows its problem type (``mlops.serving.model.ServedProblem``): a
+classifier its class names with one probability per class, a regression a number; /feedback
+takes a label of the same kind.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 from fastapi import FastAPI, Request
@@ -54,10 +62,12 @@ from mlops.adapters.prediction_log import (
     PREDICTIONS,
     SYNTHETIC_HEADER,
     PredictionLog,
+    feedback_schema,
     prediction_schema,
 )
 from mlops.core.errors import MlopsError
-from mlops.serving.model import Column, ServedModel
+from mlops.serving import open_inference as oip
+from mlops.serving.model import Answers, Column, ServedModel, ServedProblem
 from mlops.serving.openapi import merge, operations
 
 logger = logging.getLogger(__name__)
@@ -103,7 +113,7 @@ def _field_type(mlflow_type: str) -> Any:
 class ServerConfig:
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000
-    token: str | None = None  # bearer token required on /predict and /feedback when set
+    token: str | None = None  # bearer token required on /predict, /feedback and V2 infer
 
 
 def row_model(columns: list[Column]) -> type[BaseModel]:
@@ -115,15 +125,33 @@ def row_model(columns: list[Column]) -> type[BaseModel]:
     return create_model("Row", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-class Feedback(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: StrictStr = Field(pattern=r"^[0-9a-f]{32}$")
-    # not Literal[0, 1]: that takes true as 1
-    label: Annotated[StrictInt, BeforeValidator(_integral)] = Field(ge=0, le=1)
+RequestId = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{32}$")]
+
+
+def feedback_model(problem: ServedProblem) -> type[BaseModel]:
+    """The body /feedback takes for a model of ``problem``: the request id of an earlier answer
+    and its true label, one of the class names (a string, never the class's index or true) for
+    a classifier, a finite JSON number for a regression."""
+    label: Any = Literal[problem.classes] if problem.is_classifier else Number
+    return create_model(
+        "Feedback",
+        __config__=ConfigDict(extra="forbid"),
+        request_id=(RequestId, ...),
+        label=(label, ...),
+    )
+
+
+#: Where a regression's predicted values are counted when its metadata names no bounds
+#: (versions logged before ``value_buckets``): Prometheus's default buckets.
+DEFAULT_VALUE_BUCKETS = Histogram.DEFAULT_BUCKETS[:-1]
 
 
 class Metrics:
-    """The server's Prometheus metrics, each labelled with the model name and version."""
+    """The server's Prometheus metrics, each labelled with the model name and version. The
+    answer metrics depend on the problem type and are made once the model has loaded
+    (``for_problem``): ``mlops_predictions_total{label}`` counts predicted class names,
+    ``mlops_prediction_probability`` P(positive) (binary), ``mlops_prediction_value`` the
+    predicted numbers (regression, in the model's ``value_buckets``)."""
 
     def __init__(self, model: str, version: str) -> None:
         self.registry = CollectorRegistry()
@@ -149,18 +177,46 @@ class Metrics:
             registry=self.registry,
         )
         self.predictions = Counter(
-            "mlops_predictions", "Predicted labels.", [*labels, "label"], registry=self.registry
-        )
-        self.probability = Histogram(
-            "mlops_prediction_probability",
-            "Predicted P(positive).",
-            list(labels),
-            buckets=tuple(i / 10 for i in range(1, 11)),
+            "mlops_predictions",
+            "Predicted class names (classifiers).",
+            [*labels, "label"],
             registry=self.registry,
         )
+        self.probability: Histogram | None = None
+        self.value: Histogram | None = None
         Gauge(
             "mlops_model_info", "The model version served.", list(labels), registry=self.registry
         ).labels(**labels).set(1)
+
+    def for_problem(self, problem: ServedProblem) -> None:
+        """Make the answer metrics of ``problem``'s type (once, when the model has loaded)."""
+        if problem.kind == "binary":
+            self.probability = Histogram(
+                "mlops_prediction_probability",
+                "Predicted P(positive) (binary classifiers).",
+                list(self.labels),
+                buckets=tuple(i / 10 for i in range(1, 11)),
+                registry=self.registry,
+            )
+        if problem.kind == "regression":
+            self.value = Histogram(
+                "mlops_prediction_value",
+                "Predicted values (regression), in the deciles of the training target.",
+                list(self.labels),
+                buckets=problem.value_buckets or DEFAULT_VALUE_BUCKETS,
+                registry=self.registry,
+            )
+
+    def observe(self, problem: ServedProblem, answers: Answers) -> None:
+        if problem.is_classifier:
+            for label in answers.predictions:
+                self.predictions.labels(**self.labels, label=label).inc()
+        if self.probability is not None and answers.probabilities is not None:
+            for p in answers.probabilities[:, 1]:  # P(positive): made for binary models only
+                self.probability.labels(**self.labels).observe(float(p))
+        if self.value is not None and not problem.is_classifier:
+            for v in answers.predictions:
+                self.value.labels(**self.labels).observe(v)
 
 
 class SafeJSON(JSONResponse):
@@ -205,6 +261,10 @@ def _parse_json(raw: bytes) -> Any:
         raise Refused(400, "malformed_json", f"body is not valid JSON: {exc}") from None
 
 
+#: The route label V2 inference requests are counted under (one label for every model name).
+V2_INFER = "/v2/models/{model}/infer"
+
+
 def create_app(
     load: Callable[[], ServedModel],
     log: PredictionLog,
@@ -213,7 +273,7 @@ def create_app(
     model_ref: str = "?",
 ) -> FastAPI:
     """The app for the model ``load`` returns; loading runs in the background so /health answers at once."""
-    state: dict[str, Any] = {"model": None, "row": None, "error": None}
+    state: dict[str, Any] = {"model": None, "row": None, "feedback": None, "error": None}
     metrics = Metrics(model_name, model_ref)
     metrics.registry.register(log.collector())  # rows written, spilled, dropped; buffered
     # One batch through the model at a time, as when it ran on the event loop: the model's
@@ -225,13 +285,16 @@ def create_app(
         try:
             model = load()
             state["row"] = row_model(model.columns)
-            _give_schema(log, model.columns)
+            state["feedback"] = feedback_model(model.problem)
+            metrics.for_problem(model.problem)
+            _give_schemas(log, model)
             _warm(model, log)
             app.openapi_schema = merge(
                 app.openapi(),
                 operations(
                     state["row"],
-                    Feedback,
+                    state["feedback"],
+                    model,
                     config.max_batch_rows,
                     config.max_body_bytes,
                     config.token is not None,
@@ -265,15 +328,20 @@ def create_app(
         generic = "the model failed to load"
         return f"{generic}: {state['error']}" if authorized(request) else generic
 
-    def respond(route: str, status: int, body: dict[str, Any], started: float) -> Response:
+    def count(route: str, status: int, started: float) -> None:
         metrics.requests.labels(**metrics.labels, route=route, status=str(status)).inc()
         metrics.latency.labels(**metrics.labels, route=route).observe(time.perf_counter() - started)
+
+    def respond(route: str, status: int, body: dict[str, Any], started: float) -> Response:
+        count(route, status, started)
         return SafeJSON(body, status_code=status)
 
-    def refuse(route: str, exc: Refused, started: float) -> Response:
+    def refuse(route: str, exc: Refused, started: float, v2: bool = False) -> Response:
+        """The refusal's JSON: ``error`` and, except on the V2 routes (whose error object is
+        ``{"error": ...}`` alone), ``fields``."""
         metrics.errors.labels(**metrics.labels, route=route, kind=exc.kind).inc()
         body: dict[str, Any] = {"error": exc.message}
-        if exc.fields:
+        if exc.fields and not v2:
             body["fields"] = exc.fields
         return respond(route, exc.status, body, started)
 
@@ -281,6 +349,11 @@ def create_app(
         """The body, read no further than the limit (a chunked upload declares no length)."""
         if config.token and not authorized(request):
             raise Refused(401, "unauthorized", "missing or wrong bearer token")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise Refused(
+                415, "unsupported_encoding", f"Content-Encoding {encoding}: send the body as is"
+            )
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -305,61 +378,66 @@ def create_app(
             metrics.errors.labels(**metrics.labels, route=route, kind="log_failed").inc()
             logger.exception("the prediction log refused %d %s records", len(records), kind)
 
+    def loaded(request: Request) -> ServedModel:
+        model: ServedModel | None = state["model"]
+        if model is None:
+            raise Refused(503, "not_ready", failure(request))
+        return model
+
+    def predict_rows(
+        model: ServedModel,
+        route: str,
+        checked: list[dict[str, Any]],
+        synthetic: bool,
+        where: Callable[[int], str],
+    ) -> tuple[str, Answers]:
+        """Rows already validated through the model, counted and logged: the one path of /predict
+        and V2 inference alike. ``where`` names row i in a refusal."""
+        frame = pd.DataFrame(checked, columns=[c.name for c in model.columns])
+        with model_lock:
+            answers = model.predict(frame)
+        bad = answers.non_finite()
+        if bad:  # a 4xx, not a 5xx: the rows caused it, and a canary must not roll back for it
+            why = "the model's answer is not a finite number (the values are likely far outside "
+            fields = [{"field": where(i), "message": why + "its training data)"} for i in bad]
+            message = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:10])
+            raise Refused(422, "non_finite_answer", message, fields)
+        request_id = uuid.uuid4().hex
+        # The release's smoke test and warm-up mark themselves: answered like any caller, but
+        # neither logged nor counted as production predictions (monitoring judges real traffic).
+        if not synthetic:
+            metrics.observe(model.problem, answers)
+            log_rows(route, PREDICTIONS, _records(model, request_id, checked, answers))
+        return request_id, answers
+
     def answer(raw: bytes, synthetic: bool, started: float) -> Response:
         """Validate, predict, log, answer: on a worker thread, never on the event loop."""
         model: ServedModel = state["model"]
         try:
             body = _parse_json(raw)
             rows = _rows(body, config.max_batch_rows)
+            batch = "rows" in body
+
+            def where(i: int) -> str:
+                return f"rows.{i}" if batch else "row"
+
             checked = []
             for i, row in enumerate(rows):
                 try:
                     checked.append(state["row"].model_validate(row).model_dump())
                 except ValidationError as exc:
-                    prefix = f"rows.{i}" if "rows" in body else "row"
-                    raise _invalid("invalid_row", exc, prefix) from None
+                    raise _invalid("invalid_row", exc, where(i)) from None
+            request_id, answers = predict_rows(model, "/predict", checked, synthetic, where)
         except Refused as exc:
             return refuse("/predict", exc, started)
-        frame = pd.DataFrame(checked, columns=[c.name for c in model.columns])
-        with model_lock:
-            labels, proba = model.predict(frame)
-        request_id = uuid.uuid4().hex
-        now = datetime.now(UTC)
-        # The release's smoke test and warm-up mark themselves: answered like any caller, but
-        # neither logged nor counted as production predictions (monitoring judges real traffic).
-        if not synthetic:
-            for label, p in zip(labels, proba, strict=True):
-                metrics.predictions.labels(**metrics.labels, label=str(int(label))).inc()
-                metrics.probability.labels(**metrics.labels).observe(float(p))
-            log_rows(
-                "/predict",
-                PREDICTIONS,
-                [
-                    {"request_id": request_id, "row": i, "time": now, "model": model.name,
-                     "version": model.version, "prediction": int(label), "probability": float(p),
-                     **row}
-                    for i, (row, label, p) in enumerate(zip(checked, labels, proba, strict=True))
-                ],
-            )  # fmt: skip
-        return respond(
-            "/predict",
-            200,
-            {
-                "request_id": request_id,
-                "model": {"name": model.name, "version": model.version},
-                "predictions": [int(x) for x in labels],
-                "probabilities": [float(x) for x in proba],
-            },
-            started,
-        )
+        return respond("/predict", 200, _answer_body(model, request_id, answers), started)
 
     @app.post("/predict", include_in_schema=False)  # described by mlops.serving.openapi once loaded
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         try:
             raw = await read_body(request)
-            if state["model"] is None:
-                raise Refused(503, "not_ready", failure(request))
+            loaded(request)
         except Refused as exc:
             return refuse("/predict", exc, started)
         synthetic = request.headers.get(SYNTHETIC_HEADER) is not None
@@ -368,7 +446,7 @@ def create_app(
     def accept_feedback(raw: bytes, started: float) -> Response:
         try:
             try:
-                item = Feedback.model_validate(_parse_json(raw))
+                item = state["feedback"].model_validate(_parse_json(raw))
             except ValidationError as exc:
                 raise _invalid("invalid_feedback", exc, "") from None
         except Refused as exc:
@@ -385,10 +463,130 @@ def create_app(
         started = time.perf_counter()
         try:
             raw = await read_body(request)
+            loaded(request)  # the label's type is the model's
         except Refused as exc:
             return refuse("/feedback", exc, started)
         return await run_in_threadpool(accept_feedback, raw, started)
 
+    # ---- the Open Inference Protocol (V2 REST) ------------------------------------------------
+    def served(request: Request, name: str, version: str | None) -> ServedModel:
+        """The model a V2 path names: 503 while none is loaded, 404 for another name or version."""
+        model = loaded(request)
+        if name != model.name:
+            raise Refused(
+                404,
+                "unknown_model",
+                f"model {name!r} is not served here (this serves {model.name!r})",
+            )
+        if version is not None and version != str(model.version):
+            raise Refused(
+                404,
+                "unknown_version",
+                f"{model.name} version {version!r} is not served here (version {model.version} is)",
+            )
+        return model
+
+    def infer_answer(
+        raw: bytes, header_length: str | None, synthetic: bool, started: float
+    ) -> Response:
+        """The V2 request as rows, then the same path as /predict, then output tensors."""
+        model: ServedModel = state["model"]
+        try:
+            head, binary = _split_binary(raw, header_length)
+            try:
+                request = oip.parse_request(
+                    _parse_json(head), binary, model.columns, model.problem, config.max_batch_rows
+                )
+            except oip.InferenceRefused as exc:
+                raise Refused(exc.status, exc.kind, exc.message) from None
+            checked = []
+            for i, row in enumerate(request.rows):
+                try:
+                    checked.append(state["row"].model_validate(row).model_dump())
+                except ValidationError as exc:
+                    problems = [
+                        oip.row_error(e["msg"], i, ".".join(str(p) for p in e["loc"]))
+                        for e in exc.errors()
+                    ]
+                    raise Refused(400, "invalid_row", "; ".join(problems)) from None
+            request_id, answers = predict_rows(
+                model, V2_INFER, checked, synthetic, lambda i: f"row {i} of the inputs"
+            )
+        except Refused as exc:
+            return refuse(V2_INFER, exc, started, v2=True)
+        content, json_length = oip.response(
+            request, answers, model.problem, model.name, model.version, request_id
+        )
+        count(V2_INFER, 200, started)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={oip.HEADER_LENGTH: str(json_length)},
+        )
+
+    # Each V2 model route with and without /versions/{version}; the version is only ever in the
+    # path (a `version: str | None` parameter on the path without it would take ?version=).
+    @app.post("/v2/models/{name}/infer", include_in_schema=False)
+    async def infer(request: Request, name: str) -> Response:
+        return await infer_version(request, name, None)
+
+    @app.post("/v2/models/{name}/versions/{version}/infer", include_in_schema=False)
+    async def infer_version(request: Request, name: str, version: str | None) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await read_body(request)
+            served(request, name, version)
+        except Refused as exc:
+            return refuse(V2_INFER, exc, started, v2=True)
+        synthetic = request.headers.get(SYNTHETIC_HEADER) is not None
+        header_length = request.headers.get(oip.HEADER_LENGTH)
+        return await run_in_threadpool(infer_answer, raw, header_length, synthetic, started)
+
+    @app.get("/v2/models/{name}", include_in_schema=False)
+    async def v2_model(request: Request, name: str) -> Response:
+        return await v2_model_version(request, name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}", include_in_schema=False)
+    async def v2_model_version(request: Request, name: str, version: str | None) -> Response:
+        try:
+            model = served(request, name, version)
+        except Refused as exc:
+            return SafeJSON({"error": exc.message}, status_code=exc.status)
+        return SafeJSON(oip.model_metadata(model.name, model.version, model.columns, model.problem))
+
+    @app.get("/v2/models/{name}/ready", include_in_schema=False)
+    async def v2_model_ready(request: Request, name: str) -> Response:
+        return await v2_version_ready(request, name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", include_in_schema=False)
+    async def v2_version_ready(request: Request, name: str, version: str | None) -> Response:
+        try:
+            served(request, name, version)
+        except Refused as exc:
+            if exc.status == 503:
+                return SafeJSON({"name": name, "ready": False}, status_code=503)
+            return SafeJSON({"error": exc.message}, status_code=exc.status)
+        return SafeJSON({"name": name, "ready": True})
+
+    @app.get("/v2", include_in_schema=False)
+    async def v2_server() -> Response:
+        return SafeJSON({"name": SERVER_NAME, "version": _version(), "extensions": oip.EXTENSIONS})
+
+    @app.get("/v2/health/live", include_in_schema=False)
+    async def v2_live(request: Request) -> Response:
+        if state["error"] is None:  # as /health: live while loading, not once the load failed
+            return SafeJSON({"live": True})
+        return SafeJSON({"live": False, "error": failure(request)}, status_code=500)
+
+    @app.get("/v2/health/ready", include_in_schema=False)
+    async def v2_ready(request: Request) -> Response:
+        if state["model"] is None:
+            return SafeJSON({"ready": False, "error": failure(request)}, status_code=503)
+        return SafeJSON({"ready": True})
+
+    # ---- health, readiness, metrics -----------------------------------------------------------
     def log_status(request: Request) -> dict[str, Any]:
         """A degraded log keeps the replica in rotation (rows spill locally and are counted in
         /metrics); pulling every replica out because a shared store is down would turn a
@@ -432,26 +630,96 @@ def create_app(
     return app
 
 
-def _give_schema(log: PredictionLog, columns: list[Column]) -> None:
-    """The log writes with the signature's types; if it cannot take them it still works (it
-    infers them), so the model serves regardless."""
+#: What GET /v2 calls this server.
+SERVER_NAME = "mlops-model-server"
+
+
+def _version() -> str:
     try:
-        log.use_schema(PREDICTIONS, prediction_schema((c.name, c.type) for c in columns))
+        return package_version("mlops")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary tensor data after it (the binary extension), or the
+    whole body and nothing."""
+    if header_length is None:
+        return raw, b""
+    value = header_length.strip()
+    if not value.isdigit() or int(value) > len(raw):
+        raise Refused(
+            400,
+            "invalid_inference_request",
+            f"{oip.HEADER_LENGTH} {header_length!r} is not a byte count within the body's "
+            f"{len(raw)} bytes",
+        )
+    return raw[: int(value)], raw[int(value) :]
+
+
+def _answer_body(model: ServedModel, request_id: str, answers: Answers) -> dict[str, Any]:
+    """/predict's answer: the request id, the model, the problem type, a prediction per row and,
+    for classifiers, the classes and one probability per class per row (in class order)."""
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "model": {"name": model.name, "version": model.version},
+        "problem": model.problem.kind,
+        "predictions": answers.predictions,
+    }
+    if answers.probabilities is not None:
+        body["classes"] = list(model.problem.classes)
+        body["probabilities"] = answers.probabilities.tolist()
+    return body
+
+
+def _records(
+    model: ServedModel, request_id: str, rows: list[dict[str, Any]], answers: Answers
+) -> list[dict[str, Any]]:
+    """The prediction-log records of answered rows (``mlops.adapters.prediction_log``'s columns):
+    the answer's columns win over a feature of the same name."""
+    now = datetime.now(UTC)
+    proba = answers.probabilities
+    binary = model.problem.kind == "binary"
+    records = []
+    for i, row in enumerate(rows):
+        record = {**row, "request_id": request_id, "row": i, "time": now, "model": model.name,
+                  "version": model.version, "prediction": answers.predictions[i]}  # fmt: skip
+        if proba is not None:
+            record["probabilities"] = proba[i].tolist()
+            if binary:
+                record["probability"] = float(proba[i, 1])
+        records.append(record)
+    return records
+
+
+def _give_schemas(log: PredictionLog, model: ServedModel) -> None:
+    """The log writes with the signature's and the problem's types; if it cannot take them it
+    still works (it infers them), so the model serves regardless."""
+    kind = model.problem.kind
+    try:
+        log.use_schema(
+            PREDICTIONS, prediction_schema(((c.name, c.type) for c in model.columns), kind)
+        )
     except Exception:
         logger.exception("the prediction log refused the signature's schema")
+    try:
+        log.use_schema(FEEDBACK, feedback_schema(kind))
+    except Exception:
+        logger.exception("the prediction log refused the feedback schema")
 
 
 def _warm(model: ServedModel, log: PredictionLog) -> None:
     """One prediction and one log record in memory: the first caller does not pay for lazy
     imports."""
     numeric = ("long", "integer", "double", "float")
-    warm = pd.DataFrame([{c.name: (0 if c.type in numeric else "") for c in model.columns}])
-    labels, proba = model.predict(warm)
-    log.warm(
-        {"request_id": "0" * 32, "row": 0, "time": datetime.now(UTC), "model": model.name,
-         "version": model.version, "prediction": int(labels[0]),
-         "probability": float(proba[0]), **warm.iloc[0].to_dict()}
+    warm = pd.DataFrame(
+        [
+            {c.name: (0 if c.type in numeric else False if c.type == "boolean" else "")
+             for c in model.columns}
+        ]
     )  # fmt: skip
+    answers = model.predict(warm)
+    log.warm(_records(model, "0" * 32, warm.to_dict("records"), answers)[0])
 
 
 def _reject_constant(name: str) -> Any:

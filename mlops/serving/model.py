@@ -1,11 +1,22 @@
-"""Loading one model folder for serving, refusing it if its artifacts were altered."""
+"""Loading one model folder for serving, refusing it if its artifacts were altered, and answering
+for its problem type.
+
+What a model answers is read from its MLmodel ``metadata`` (``mlops.core.lineage.PROBLEM_METADATA``,
+written at training by ``mlops.adapters.tracking.problem_metadata``): a classifier answers its
+class names and one probability per class, a regression a number. The server may not import
+``mlops.ml``, so the few lines that read a fitted model's answers are written here again, to the
+same rules as ``mlops.ml.problems.Problem.predict`` (tests/unit/serving/test_served_problem.py
+holds the two to the same answers).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import math
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import mlflow.sklearn
 import numpy as np
@@ -15,13 +26,30 @@ from threadpoolctl import ThreadpoolController
 
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
+from mlops.core.lineage import PROBLEM_METADATA
 
-__all__ = ["ModelIntegrityError", "ServedModel", "load_model_folder"]
+__all__ = [
+    "Answers",
+    "ModelIntegrityError",
+    "ServedModel",
+    "ServedProblem",
+    "load_model_folder",
+    "served_problem",
+]
 
 # Small batches predict on one OpenMP thread: splitting a row or two across threads costs more in
 # thread wake-ups than it saves, and on a busy machine spinning threads make it several times
 # slower (measured: 7.7 ms on one thread, 19 to 72 ms on two, for one row of the example).
 SINGLE_THREAD_ROWS = 64
+
+#: P(positive) at or above which a binary classifier answers its positive class: the value of
+#: mlops.ml.problems.THRESHOLD, which the server cannot import (a unit test keeps them equal).
+THRESHOLD = 0.5
+
+ProblemKind = Literal["binary", "multiclass", "regression"]
+
+#: Most histogram bounds a regression's metadata may carry (the deciles of its training target).
+MAX_VALUE_BUCKETS = 10
 
 
 @cache
@@ -40,24 +68,159 @@ class Column:
     required: bool
 
 
+@dataclass(frozen=True)
+class ServedProblem:
+    """What a model answers: its problem type, target column, class names in label order
+    (classifiers: label i is ``classes[i]``; binary: the negative class, then the positive) and,
+    for a regression, the bounds of the histogram its predicted values are counted in."""
+
+    kind: ProblemKind
+    target: str
+    classes: tuple[str, ...] = ()
+    value_buckets: tuple[float, ...] = ()
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind != "regression"
+
+
+#: A model logged without ``mlops_problem`` metadata (versions registered before problem types)
+#: is the binary classifier every model was then, its labels the integers 0 and 1: it answers
+#: the class names "0" and "1".
+LEGACY_BINARY = ServedProblem("binary", "target", ("0", "1"))
+
+
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers for some rows, in order: ``predictions`` holds a class name (classifiers)
+    or a number (regression) per row; ``probabilities`` (classifiers) one row of class
+    probabilities per row, in class order."""
+
+    predictions: list[Any]
+    probabilities: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def non_finite(self) -> list[int]:
+        """The rows whose answer holds NaN or an infinity (JSON cannot carry them)."""
+        if self.probabilities is not None:
+            return [int(i) for i in np.flatnonzero(~np.isfinite(self.probabilities).all(axis=1))]
+        return [i for i, v in enumerate(self.predictions) if not math.isfinite(v)]
+
+
 @dataclass
 class ServedModel:
-    """A model version ready to answer: its estimator, its input columns and its identity."""
+    """A model version ready to answer: its estimator, its input columns, its identity and what
+    it answers (``problem``)."""
 
     name: str
     version: int
     estimator: Any
     columns: list[Column]
+    problem: ServedProblem = field(default=LEGACY_BINARY)
 
-    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, P(positive)) for rows already checked against ``columns``."""
+    def predict(self, frame: pd.DataFrame) -> Answers:
+        """The answers for rows already checked against ``columns``."""
         X = frame[[c.name for c in self.columns]]
         if len(X) <= SINGLE_THREAD_ROWS:
             with _threads().limit(limits=1, user_api="openmp"):
-                proba = self.estimator.predict_proba(X)[:, 1]
+                return self._answer(X)
+        return self._answer(X)
+
+    def _answer(self, X: pd.DataFrame) -> Answers:
+        problem = self.problem
+        if not problem.is_classifier:
+            return Answers([float(v) for v in np.asarray(self.estimator.predict(X), dtype=float)])
+        raw = np.asarray(self.estimator.predict_proba(X), dtype="float64")
+        proba = _class_columns(raw, getattr(self.estimator, "classes_", None), problem.classes)
+        if problem.kind == "binary":
+            labels = (proba[:, 1] >= THRESHOLD).astype(int)
         else:
-            proba = self.estimator.predict_proba(X)[:, 1]
-        return (proba >= 0.5).astype(int), proba
+            labels = proba.argmax(axis=1)
+        return Answers([problem.classes[int(i)] for i in labels], proba)
+
+
+def _class_columns(raw: np.ndarray, known: Any, classes: tuple[str, ...]) -> np.ndarray:
+    """``predict_proba``'s columns placed at their classes' positions: the estimator's
+    ``classes_`` are label indexes, and a class absent from training is a column of zeros."""
+    k = len(classes)
+    if raw.ndim != 2:
+        raise MlopsError(
+            f"predict_proba answered an array of shape {raw.shape}, not rows x classes"
+        )
+    if known is None:
+        if raw.shape[1] != k:
+            raise MlopsError(
+                f"the model answered {raw.shape[1]} probability columns for the {k} classes "
+                f"{list(classes)}"
+            )
+        return raw
+    labels = list(known)
+    if len(labels) != raw.shape[1] or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < k for c in labels
+    ):
+        raise MlopsError(
+            f"the model's classes_ {np.asarray(known).tolist()} are not label indexes 0..{k - 1} of its "
+            f"{raw.shape[1]} probability columns (classes {list(classes)})"
+        )
+    if labels == list(range(k)):
+        return raw
+    proba = np.zeros((raw.shape[0], k))
+    proba[:, [int(c) for c in labels]] = raw
+    return proba
+
+
+def served_problem(metadata: Any, what: str) -> ServedProblem:
+    """The problem a model's MLmodel ``metadata`` declares (``LEGACY_BINARY`` without one); a
+    malformed declaration is an MlopsError naming the model and the field."""
+    if not isinstance(metadata, dict) or PROBLEM_METADATA not in metadata:
+        return LEGACY_BINARY
+    spec = metadata[PROBLEM_METADATA]
+    where = f"{what}: MLmodel metadata {PROBLEM_METADATA}"
+    if not isinstance(spec, dict):
+        raise MlopsError(f"{where} is {type(spec).__name__}, not a mapping")
+    kind, target = spec.get("type"), spec.get("target")
+    if kind not in ("binary", "multiclass", "regression"):
+        raise MlopsError(f"{where}.type is {kind!r}: binary, multiclass or regression")
+    if not isinstance(target, str) or not target:
+        raise MlopsError(f"{where}.target is {target!r}: the target column's name")
+    classes = spec.get("classes") or []
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise MlopsError(f"{where}.classes is {classes!r}: a list of class names (strings)")
+    if len(set(classes)) != len(classes):
+        raise MlopsError(f"{where}.classes {classes!r} names a class twice")
+    if kind == "binary" and len(classes) != 2:
+        raise MlopsError(f"{where}.classes {classes!r}: a binary classifier has two classes")
+    if kind == "multiclass" and len(classes) < 2:
+        raise MlopsError(f"{where}.classes {classes!r}: a multiclass model has two or more")
+    if kind == "regression" and classes:
+        raise MlopsError(f"{where}.classes {classes!r}: a regression has no classes")
+    buckets = spec.get("value_buckets") or []
+    if kind == "regression" and not _bucket_bounds(buckets):
+        raise MlopsError(
+            f"{where}.value_buckets is {buckets!r}: up to {MAX_VALUE_BUCKETS} increasing "
+            "finite numbers"
+        )
+    return ServedProblem(
+        cast(ProblemKind, kind),
+        target,
+        tuple(classes),
+        tuple(float(b) for b in buckets) if kind == "regression" else (),
+    )
+
+
+def _bucket_bounds(buckets: Any) -> bool:
+    """Whether ``buckets`` are up to MAX_VALUE_BUCKETS increasing finite numbers."""
+    return (
+        isinstance(buckets, list)
+        and len(buckets) <= MAX_VALUE_BUCKETS
+        and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+            for b in buckets
+        )
+        and all(a < b for a, b in itertools.pairwise(buckets))
+    )
 
 
 def load_model_folder(folder: Path, name: str, version: int, sha256: str | None) -> ServedModel:
@@ -68,11 +231,13 @@ def load_model_folder(folder: Path, name: str, version: int, sha256: str | None)
 
 def _served(folder: Path, name: str, version: int) -> ServedModel:
     """The model of a folder already verified (checksum and format): never call it on another."""
-    schema = Model.load(str(folder)).get_input_schema()
+    mlmodel = Model.load(str(folder))
+    schema = mlmodel.get_input_schema()
     if schema is None:
         raise MlopsError(f"{name} v{version}: the model has no input signature")
     columns = [
         Column(c.name or "", c.type.name if hasattr(c.type, "name") else str(c.type), c.required)
         for c in schema.inputs
     ]
-    return ServedModel(name, version, mlflow.sklearn.load_model(str(folder)), columns)
+    problem = served_problem(mlmodel.metadata, f"{name} v{version}")
+    return ServedModel(name, version, mlflow.sklearn.load_model(str(folder)), columns, problem)

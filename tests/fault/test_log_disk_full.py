@@ -22,7 +22,9 @@ pytestmark = pytest.mark.fault
 
 CLIENTS = 4
 REQUESTS = 600  # per client; 1 to 3 rows each (seeded)
-SCHEMA = prediction_schema([("age", "long"), ("workclass", "string"), ("hours", "double")])
+SCHEMA = prediction_schema(
+    [("age", "long"), ("workclass", "string"), ("hours", "double")], "binary"
+)
 
 
 @pytest.fixture
@@ -58,7 +60,7 @@ def fill(disk: Path) -> Path:
 
 def record(request_id: str, row: int, rng: random.Random) -> dict[str, Any]:
     return {"request_id": request_id, "row": row, "time": datetime.now(UTC), "model": "m",
-            "version": 1, "prediction": rng.randint(0, 1), "probability": rng.random(),
+            "version": 1, "prediction": str(rng.randint(0, 1)), "probability": rng.random(),
             "age": rng.randint(17, 90), "workclass": rng.choice(["Private", "State-gov"]),
             "hours": float(rng.randint(1, 99))}  # fmt: skip
 

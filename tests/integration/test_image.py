@@ -112,7 +112,7 @@ def test_image_pulled_by_digest_serves_the_models_predictions_and_metrics(
         body = answer.json()
         with tracking_server(str(local_stack.mlflow_tracking_uri)):
             model = mlflow.sklearn.load_model(f"models:/{project['name']}/{project['version']}")
-        expected = model.predict_proba(pd.DataFrame(rows))[:, 1]
+        expected = model.predict_proba(pd.DataFrame(rows))
         assert np.allclose(body["probabilities"], expected, rtol=0, atol=1e-12)
         assert body["model"] == {"name": project["name"], "version": project["version"]}
         metrics = httpx.get(f"{base}/metrics").text

@@ -10,6 +10,7 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from prometheus_client import generate_latest
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlops.adapters.prometheus import write_prometheus
 from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, PerformanceVerdict
 from mlops.serving.app import Metrics
+from mlops.serving.model import Answers, ServedProblem
 from tests.helpers import PROJECT
 
 pytestmark = [
@@ -57,9 +59,15 @@ def exported_metrics(tmp_path: Path) -> set[str]:
     server.requests.labels(**server.labels, route="/predict", status="200").inc()
     server.latency.labels(**server.labels, route="/predict").observe(0.01)
     server.errors.labels(**server.labels, route="/predict", kind="invalid_row").inc()
-    server.predictions.labels(**server.labels, label="1").inc()
-    server.probability.labels(**server.labels).observe(0.7)
+    binary = ServedProblem("binary", "income", ("<=50K", ">50K"))
+    server.for_problem(binary)
+    server.observe(binary, Answers([">50K"], np.array([[0.3, 0.7]])))
     text = generate_latest(server.registry).decode()
+    regression = ServedProblem("regression", "price", (), (1.0, 2.0))
+    values = Metrics("prices", "1")  # a regression's server counts values instead
+    values.for_problem(regression)
+    values.observe(regression, Answers([1.5]))
+    text += generate_latest(values.registry).decode()
     outcome = MonitoringOutcome(
         "adult-income", 1, None, datetime.now(UTC).isoformat(), 1200,
         DriftVerdict(True, True, "", 0.14, ["age"], {"age": 0.6, "sex": 0.01}),

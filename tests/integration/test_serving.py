@@ -33,7 +33,7 @@ from mlops.core.integrity import ModelIntegrityError
 from mlops.core.settings import Settings
 from mlops.release.smoke import wait_until_ready
 from mlops.serving.app import ServerConfig, create_app
-from mlops.serving.model import Column, ServedModel
+from mlops.serving.model import Answers, Column, ServedModel
 from mlops.stack.processes import free_port
 from tests.fixtures import trained_project
 from tests.helpers import caller_rows as _rows
@@ -92,13 +92,41 @@ def test_answers_equal_the_models_own_predictions(
     body = r.json()
     with tracking_server(str(local_stack.mlflow_tracking_uri)):
         model = mlflow.sklearn.load_model(f"models:/{server['name']}/{server['version']}")
-    expected = model.predict_proba(pd.DataFrame(rows))[:, 1]
+    expected = model.predict_proba(pd.DataFrame(rows))
+    assert body["problem"] == "binary" and body["classes"] == ["<=50K", ">50K"]
     assert np.allclose(body["probabilities"], expected, rtol=0, atol=1e-12)
-    assert body["predictions"] == [int(p >= 0.5) for p in expected]
+    assert body["predictions"] == [body["classes"][int(p >= 0.5)] for p in expected[:, 1]]
+    assert len(set(body["predictions"])) == 2, "both classes among 50 rows"
     assert body["model"] == {"name": server["name"], "version": server["version"]}
     assert len(body["request_id"]) == 32
     one = httpx.post(f"{server['base']}/predict", json={"row": rows[0]}).json()
-    assert one["probabilities"] == pytest.approx([expected[0]], abs=1e-12)
+    assert one["probabilities"][0] == pytest.approx(list(expected[0]), abs=1e-12)
+
+
+def test_a_triton_client_gets_the_adult_models_answers_over_the_open_inference_protocol(
+    server: dict[str, Any],
+) -> None:
+    """The example's own signature (integers and strings, a column that may be missing):
+    Triton's client, its default binary tensors, the same answers as /predict."""
+    import tritonclient.http as triton
+
+    rows = [row for row in _rows(60) if None not in row.values()][:30]
+    body = httpx.post(f"{server['base']}/predict", json={"rows": rows}).json()
+    c = triton.InferenceServerClient(server["base"].removeprefix("http://"))
+    meta = c.get_model_metadata(server["name"])
+    types = {t["name"]: t["datatype"] for t in meta["inputs"]}
+    assert types["age"] == "INT64" and types["workclass"] == "BYTES"
+    inputs = []
+    for name, datatype in types.items():
+        values = np.array([r[name] for r in rows], dtype=object if datatype == "BYTES" else None)
+        tensor = triton.InferInput(name, [len(rows)], datatype)
+        tensor.set_data_from_numpy(values)
+        inputs.append(tensor)
+    result = c.infer(server["name"], inputs)
+    predicted = result.as_numpy("predict")
+    assert predicted is not None and [v.decode() for v in predicted] == body["predictions"]
+    proba = result.as_numpy("probabilities")
+    assert proba is not None and proba.tolist() == body["probabilities"]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +197,8 @@ def test_health_ready_and_metrics(server: dict[str, Any]) -> None:
     assert value("mlops_request_seconds_count", route="/predict") >= 2
     assert value("mlops_model_info") == 1
     assert (
-        value("mlops_predictions_total", label="0") + value("mlops_predictions_total", label="1")
+        value("mlops_predictions_total", label="<=50K")
+        + value("mlops_predictions_total", label=">50K")
         >= 3
     )
     assert value("mlops_prediction_probability_count") >= 3
@@ -186,13 +215,13 @@ def test_only_valid_rows_reach_the_log_and_labels_join_by_request_id(
     assert httpx.post(f"{server['base']}/predict", json={"rows": [bad]}).status_code == 422
     assert (
         httpx.post(
-            f"{server['base']}/feedback", json={"request_id": ok["request_id"], "label": 1}
+            f"{server['base']}/feedback", json={"request_id": ok["request_id"], "label": ">50K"}
         ).status_code
         == 202
     )
     assert (
         httpx.post(
-            f"{server['base']}/feedback", json={"request_id": "nope", "label": 1}
+            f"{server['base']}/feedback", json={"request_id": "nope", "label": ">50K"}
         ).status_code
         == 422
     )
@@ -202,10 +231,11 @@ def test_only_valid_rows_reach_the_log_and_labels_join_by_request_id(
     assert not (log["fnlwgt"] == marker + 1).any(), "a refused row must not be logged"
     window = read_prediction_window(server["log"], None, datetime.now(UTC), [], 1_000_000)
     mine = window.rows.query("request_id == @ok['request_id']")
-    assert len(mine) == 2 and set(mine["label"]) == {1}
-    assert math.isclose(
-        float(mine.loc[mine["row"] == 0, "probability"].iloc[0]), ok["probabilities"][0]
-    )
+    assert len(mine) == 2 and set(mine["label"]) == {">50K"}
+    first = mine.loc[mine["row"] == 0].iloc[0]
+    assert first["prediction"] == ok["predictions"][0]
+    assert list(first["probabilities"]) == ok["probabilities"][0]
+    assert math.isclose(float(first["probability"]), ok["probabilities"][0][1])
 
 
 def test_a_tampered_artifact_is_refused(
@@ -310,9 +340,12 @@ def test_openapi_describes_the_real_bodies(server: dict[str, Any]) -> None:
     conforms("/predict", 200, answer.json())
     conforms("/predict", 422, httpx.post(f"{server['base']}/predict", json={"row": {}}).json())
     accepted = httpx.post(
-        f"{server['base']}/feedback", json={"request_id": answer.json()["request_id"], "label": 0}
+        f"{server['base']}/feedback",
+        json={"request_id": answer.json()["request_id"], "label": "<=50K"},
     )
     conforms("/feedback", 202, accepted.json())
+    assert schemas["Feedback"]["properties"]["label"]["enum"] == ["<=50K", ">50K"]
+    assert schemas["Answer"]["properties"]["predictions"]["items"]["enum"] == ["<=50K", ">50K"]
 
 
 # ---- hardening, on small stand-in models (no MLflow needed) ------------------------------------
@@ -343,7 +376,7 @@ class GatedModel(ServedModel):
         self.armed = False
         self.entered, self.gate = threading.Event(), threading.Event()
 
-    def predict(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, frame: pd.DataFrame) -> Answers:
         if self.armed:
             self.entered.set()
             self.gate.wait(60)
@@ -418,10 +451,18 @@ def test_json_numbers_are_numbers_whatever_their_spelling(stand_in: dict[str, An
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.parametrize("label", [True, 1.5, 2, "1"])
-def test_feedback_takes_only_the_integers_0_and_1(stand_in: dict[str, Any], label: Any) -> None:
+@pytest.mark.parametrize("label", [True, 1.5, 2, 1, 0, "2"])
+def test_feedback_for_a_model_without_problem_metadata_takes_only_the_class_names_0_and_1(
+    stand_in: dict[str, Any], label: Any
+) -> None:
+    """A model logged before problem types is the binary classifier it was, its classes named
+    "0" and "1": the label is one of those names, never a number or true."""
     r = httpx.post(f"{stand_in['base']}/feedback", json={"request_id": "a" * 32, "label": label})
-    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "label", r.text
+    assert r.status_code == 422, r.text
+    (field,) = r.json()["fields"]
+    assert field["field"] == "label" and "Input should be '0' or '1'" in field["message"], field
+    ok = httpx.post(f"{stand_in['base']}/feedback", json={"request_id": "a" * 32, "label": "1"})
+    assert ok.status_code == 202, ok.text
 
 
 def test_the_log_gets_the_signatures_schema_and_its_metrics_are_served(
@@ -494,7 +535,7 @@ def test_an_answered_request_never_fails_because_of_logging(stand_in: dict[str, 
         metrics = httpx.get(f"{stand_in['base']}/metrics").text
     finally:
         log.failing = None
-    assert r.status_code == 200 and r.json()["predictions"] == [0], r.text
+    assert r.status_code == 200 and r.json()["predictions"] == ["0"], r.text
     assert ready.status_code == 200 and ready.json()["log"] == {"status": "degraded"}, ready.text
     assert 'kind="log_failed"' in metrics and "secret-place" not in ready.text
     assert httpx.get(f"{stand_in['base']}/ready").json()["log"] == {"status": "ok"}

@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from mlops.adapters.prediction_log import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
+    LOG_COLUMNS,
     PREDICTIONS,
     LogStore,
     PredictionLog,
     commit_time,
+    feedback_schema,
     prediction_schema,
 )
 from mlops.adapters.prediction_window import read_log
@@ -27,7 +29,7 @@ from mlops.adapters.prediction_window import read_log
 pytestmark = pytest.mark.unit
 
 COLUMNS = [("age", "long"), ("workclass", "string"), ("hours", "double"), ("union", "boolean")]
-SCHEMA = prediction_schema(COLUMNS)
+SCHEMA = prediction_schema(COLUMNS, "binary")
 
 
 def records(n: int, start: int = 0, **override: Any) -> list[dict[str, Any]]:
@@ -35,7 +37,8 @@ def records(n: int, start: int = 0, **override: Any) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     return [
         {"request_id": f"{start + i:032x}", "row": 0, "time": now, "model": "m", "version": 1,
-         "prediction": 1, "probability": 0.75, "age": 30 + i, "workclass": "Private",
+         "prediction": ">50K", "probabilities": [0.25, 0.75], "probability": 0.75,
+         "age": 30 + i, "workclass": "Private",
          "hours": 40.0, "union": False} | override
         for i in range(n)
     ]  # fmt: skip
@@ -79,15 +82,75 @@ class LandsThenRaises(LogStore):
 
 
 def test_the_schema_types_each_feature_from_its_mlflow_type() -> None:
-    assert SCHEMA.names[:7] == [
-        "request_id", "row", "time", "model", "version", "prediction", "probability"
+    assert SCHEMA.names[:8] == [
+        "request_id", "row", "time", "model", "version", "prediction", "probabilities",
+        "probability",
     ]  # fmt: skip
     assert [str(SCHEMA.field(n).type) for n, _ in COLUMNS] == ["int64", "string", "double", "bool"]
     assert str(SCHEMA.field("time").type) == "timestamp[us, tz=UTC]"
     assert all(f.nullable for f in SCHEMA)
     assert FEEDBACK_SCHEMA.names == ["request_id", "label", "time"]
     with pytest.raises(ValueError, match="column 'photo': MLflow type 'binary'"):
-        prediction_schema([("photo", "binary")])
+        prediction_schema([("photo", "binary")], "binary")
+
+
+@pytest.mark.parametrize(
+    ("problem", "answer", "label"),
+    [
+        ("binary", {"prediction": "string", "probabilities": "list<item: double>",
+                    "probability": "double"}, "string"),
+        ("multiclass", {"prediction": "string", "probabilities": "list<item: double>"}, "string"),
+        ("regression", {"prediction": "double"}, "double"),
+    ],
+)  # fmt: skip
+def test_the_answer_and_label_columns_follow_the_problem_type(
+    problem: str, answer: dict[str, str], label: str
+) -> None:
+    schema = prediction_schema(COLUMNS, problem)
+    answered = [n for n in schema.names if n in LOG_COLUMNS][5:]
+    assert {n: str(schema.field(n).type) for n in answered} == answer
+    assert schema.names[-len(COLUMNS) :] == [n for n, _ in COLUMNS]
+    assert str(feedback_schema(problem).field("label").type) == label
+
+
+def test_a_feature_named_like_a_log_column_or_an_unknown_problem_is_refused() -> None:
+    with pytest.raises(ValueError, match="column 'probabilities': the prediction log writes"):
+        prediction_schema([*COLUMNS, ("probabilities", "double")], "multiclass")
+    with pytest.raises(ValueError, match="problem type 'ranking'"):
+        prediction_schema(COLUMNS, "ranking")
+    with pytest.raises(ValueError, match="problem type 'ranking'"):
+        feedback_schema("ranking")
+
+
+@pytest.mark.parametrize("problem", ["multiclass", "regression"])
+def test_rows_of_each_problem_type_are_written_with_their_types_and_a_mistyped_one_alone_dropped(
+    tmp_path: Path, problem: str
+) -> None:
+    """A classifier's class name and probabilities, a regression's number: written as typed; an
+    answer of the other type (a bug) is the one row dropped and counted."""
+    log = PredictionLog(tmp_path, batch_rows=10_000, max_age_seconds=3600, spill_dir=tmp_path / "s")
+    log.use_schema(PREDICTIONS, prediction_schema(COLUMNS, problem))
+    log.use_schema(FEEDBACK, feedback_schema(problem))
+    answer: dict[str, Any] = (
+        {"prediction": 12.5, "probabilities": None, "probability": None}
+        if problem == "regression"
+        else {"prediction": "mid", "probabilities": [0.2, 0.5, 0.3], "probability": None}
+    )
+    wrong = {"prediction": [1, 2]}
+    log.append(PREDICTIONS, records(2, **answer) + records(1, start=2, **answer | wrong))
+    label = 11.0 if problem == "regression" else "mid"
+    now = datetime.now(UTC)
+    log.append(FEEDBACK, [{"request_id": ids(1)[0], "label": label, "time": now}])
+    log.close()
+    frame = read_log(str(tmp_path))
+    assert sorted(frame["request_id"]) == ids(2) and log.stats()["dropped"] == {PREDICTIONS: 1}
+    assert list(frame["prediction"]) == [answer["prediction"]] * 2
+    if problem == "regression":
+        assert "probabilities" not in frame and "probability" not in frame
+    else:
+        assert [list(p) for p in frame["probabilities"]] == [[0.2, 0.5, 0.3]] * 2
+        assert "probability" not in frame
+    assert list(read_log(str(tmp_path), FEEDBACK)["label"]) == [label]
 
 
 @pytest.mark.parametrize("explicit", [True, False], ids=["schema", "inferred"])
