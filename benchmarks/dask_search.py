@@ -35,7 +35,7 @@ def main() -> None:
             load_dataset.fn(SETTINGS.project_dir, data, cfg.data.na_values), cfg.contract
         )
         split = split_dataset.fn(frame, cfg.features.columns, problem_for(cfg.target), cfg.split)
-        configs = candidates(cfg.model, cfg.search)
+        configs = candidates(cfg.model, cfg.search, cfg.target.kind)
         timings: dict[str, float] = {}
         scores: dict[str, list[float]] = {}
         from distributed import LocalCluster

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from mlops.adapters.git import lineage_tags
 from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion
-from mlops.core.config import config_snapshot
+from mlops.core.config import config_snapshot, own_code_packages
 from mlops.core.context import RunContext
 from mlops.core.lineage import (
     CHALLENGER_ALIAS,
@@ -34,6 +34,7 @@ from mlops.ml.fingerprint import training_fingerprint
 from mlops.ml.problems import problem_for
 from mlops.ml.production_data import read_production_data
 from mlops.ml.split import Split
+from mlops.ml.training import check_model_code
 from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
 from tasks.registry import find_model_version, register_model_version, set_model_alias
 from tasks.reporting import publish_training_report, write_model_card
@@ -77,6 +78,8 @@ def train_model_version(ctx: RunContext, request: TrainingRequest) -> Registered
     Returns the registered version, or the earlier one an identical run already registered.
     """
     cfg = ctx.config
+    # the user's own code (or a family that does not fit the problem) fails before anything else
+    check_model_code(cfg.features, cfg.model, cfg.target.kind)
     data = resolve_data_version(ctx.project_dir, cfg.data.path, request.data_rev)
     extra = (
         _Extra(*read_production_data(request.production_data)) if request.production_data else None
@@ -90,9 +93,7 @@ def train_model_version(ctx: RunContext, request: TrainingRequest) -> Registered
             existing.version,
             data.short,
         )
-        publish_training_report(
-            existing, data, existing.metrics, ctx.policy, None, cfg.model.family
-        )
+        publish_training_report(existing, data, existing.metrics, ctx.policy, None, cfg.model.label)
         return existing
 
     run_id = str(flow_run.get_id() or "local")
@@ -116,12 +117,13 @@ def train_model_version(ctx: RunContext, request: TrainingRequest) -> Registered
         data_md5=data.md5,
         config_files=config_snapshot(cfg),
         texts=texts,
+        own_code=own_code_packages(cfg.model, cfg.features),
     )
     registered = _register(ctx, run.model_uri, tags | {RUN_ID_TAG: run.run_id}, data)
     get_run_logger().info(
         "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url
     )
-    publish_training_report(registered, data, metrics, ctx.policy, run.run_url, cfg.model.family)
+    publish_training_report(registered, data, metrics, ctx.policy, run.run_url, cfg.model.label)
     return registered
 
 
@@ -161,7 +163,7 @@ def _register(
         cfg.model_name,
         model_uri,
         tags,
-        description=f"{cfg.model.family} on {data.path}@{data.short}, "
+        description=f"{cfg.model.label} on {data.path}@{data.short}, "
         f"git {tags[GIT_COMMIT_TAG][:8]}",
     )
     set_model_alias(ctx.tracking_uri, cfg.model_name, CHALLENGER_ALIAS, registered.version)

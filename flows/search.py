@@ -100,7 +100,8 @@ def hyperparameter_search(
     cfg, settings = ctx.config, ctx.settings
     if cfg.search is None:
         raise ConfigError(f"{cfg.source}: no `search:` section (grid, folds, metric) to search")
-    configs = candidates(cfg.model, cfg.search)  # unknown parameters fail here, before any fit
+    # unknown parameters (or a factory that refuses them) fail here, before any fit
+    configs = candidates(cfg.model, cfg.search, cfg.target.kind)
     data = resolve_data_version(settings.project_dir, cfg.data.path, data_rev)
     frame = load_dataset(settings.project_dir, data, cfg.data.na_values)
     valid = validate_dataset(
@@ -115,7 +116,7 @@ def hyperparameter_search(
     best = max(scores, key=lambda s: s.mean)
     _publish_scores(ctx, scores, best, data, runner)
     search_run = log_search_runs(
-        ctx.tracking_uri, cfg.experiment, scores, best, cfg.search.metric, runner
+        ctx.tracking_uri, cfg.experiment, scores, best, cfg.search.scorer, runner
     )
     changed = {k: v for k, v in best.params.items() if cfg.model.params.get(k) != v}
     registered = delivery(
@@ -142,14 +143,14 @@ def _publish_scores(
     name, search = ctx.model_name, ctx.config.search
     assert search is not None  # checked at the flow's entry
     get_run_logger().info(
-        "best of %d candidates: %s (%s %.4f)", len(scores), best.params, search.metric, best.mean
+        "best of %d candidates: %s (%s %.4f)", len(scores), best.params, search.scorer, best.mean
     )
     create_table_artifact(
         key=f"search-{name}".lower().replace("_", "-"),
         table=[
             {
                 **s.params,
-                search.metric: round(s.mean, 4),
+                search.scorer: round(s.mean, 4),
                 "std": round(s.std, 4),
                 "seconds": round(s.seconds, 1),
                 "best": s is best,

@@ -17,6 +17,7 @@ from typing import Any
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
+from mlops.core.integrity import is_own_package
 from mlops.ml.caching import stable_hash
 from mlops.ml.fingerprint import code_fingerprint
 
@@ -33,7 +34,14 @@ class PipelineCode(CachePolicy):
         **kwargs: Any,
     ) -> str | None:
         fn = task_ctx.task.fn
-        code = code_fingerprint(roots=(fn.__module__,))
+        # a user's factory named by a config among the inputs: its source is code of the step too
+        own = tuple(
+            m
+            for v in inputs.values()
+            if isinstance(m := getattr(v, "factory_module", None), str)
+            and is_own_package(m.split(".")[0])
+        )
+        code = code_fingerprint(own, roots=(fn.__module__,))
         return hashlib.sha256(f"{fn.__module__}.{fn.__qualname__}:{code}".encode()).hexdigest()
 
 

@@ -25,6 +25,7 @@ from tests.helpers import (
     edit_yaml,
     lenient_policy,
     make_project,
+    replace_sections,
 )
 
 
@@ -58,6 +59,7 @@ def trained_project(
     promote: bool = False,
     router: bool = False,
     env: Mapping[str, str] | None = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> Iterator[TrainedProject]:
     """A git + DVC project under ``root``, its model trained ``versions`` times (0 to 2).
 
@@ -70,6 +72,8 @@ def trained_project(
         promote: v1 goes through the promotion flow (gates pass: it becomes the champion).
         router: free router ports, and the local target stopped when the block ends.
         env: more variables, set with ``MLOPS_PROJECT_DIR`` for as long as the block runs.
+        sections: top-level sections of the pipeline config in place of the example's
+            (``{"model": {"family": "xgboost"}}``).
     """
     from mlflow import MlflowClient
 
@@ -79,6 +83,8 @@ def trained_project(
 
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     pipeline = make_project(root, adult_frame(rows), model_name=name)
+    if sections:
+        replace_sections(pipeline, **sections)
     if policy is not None:
         lenient_policy(pipeline, **policy)
     mp = pytest.MonkeyPatch()

@@ -115,6 +115,11 @@ def edit_yaml(path: Path, **changes: object) -> None:
     path.write_text(yaml.safe_dump(merge(yaml.safe_load(path.read_text()) or {}, changes)))
 
 
+def replace_sections(path: Path, **sections: object) -> None:
+    """Replace whole top-level sections of a YAML file (``edit_yaml`` merges them instead)."""
+    path.write_text(yaml.safe_dump((yaml.safe_load(path.read_text()) or {}) | sections))
+
+
 def lenient_policy(pipeline: Path, **changes: object) -> None:
     """Thresholds a small model on a few thousand rows can meet, then ``changes`` merged in."""
     path = pipeline.parent / "policy.yaml"

@@ -130,7 +130,7 @@ def read_data_version(project_dir: Path, version: DataVersion) -> bytes:
 def load_dataset(
     project_dir: Path, version: DataVersion, na_values: tuple[str, ...] = ()
 ) -> pd.DataFrame:
-    """Read exactly ``version`` through DVC, verify its md5, and parse it as CSV."""
+    """Read exactly ``version`` through DVC, verify its md5, and parse it (CSV, gzip CSV or Parquet)."""
     return parse_dataset(read_data_version(project_dir, version), version.path, na_values)
 
 

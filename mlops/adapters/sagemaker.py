@@ -2,8 +2,9 @@
 
 The training split and the configs go to S3 as the job's `train` channel; the job runs
 `python -m mlops.adapters.sagemaker_entry` in the flow image (infra/docker/flows.Dockerfile); its status is
-followed until it ends, its CloudWatch log lines are brought back, and so is the model artifact,
-which the training flow then evaluates and logs into its MLflow run like a local fit. The ECS work
+followed until it ends, its CloudWatch log lines are brought back, and so is the model artifact
+(a skops file, loaded only if every type it holds is trusted: mlops.core.integrity), which the
+training flow then evaluates and logs into its MLflow run like a local fit. The ECS work
 pool stays the default cloud path: this is for fits too big for a flow-run container.
 
 Three steps, so each can be followed and tested on its own: ``submit_training_job``,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import uuid
@@ -23,8 +25,9 @@ from typing import Any
 from sklearn.pipeline import Pipeline
 
 from mlops.adapters.sagemaker_entry import LABEL, MODEL_FILE
-from mlops.core.config import FeatureConfig, ModelConfig
+from mlops.core.config import FeatureConfig, ModelConfig, own_code_packages
 from mlops.core.errors import MlopsError
+from mlops.core.integrity import untrusted_types
 from mlops.core.settings import Settings
 from mlops.ml.split import Split
 
@@ -90,13 +93,21 @@ def submit_training_job(
     """Upload the training split and configs, and create the training job."""
     check_settings(settings)
     sagemaker, s3, _ = _clients(settings)
-    name = f"mlops-{model.family.replace('_', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"[:63]  # fmt: skip
+    label = re.sub(r"[^A-Za-z0-9]+", "-", model.label).strip("-")[:30]
+    name = f"mlops-{label}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"[:63]
     bucket = str(settings.sagemaker_bucket)
     prefix = f"training-jobs/{name}"
     body = io.BytesIO()
     split.X_train.assign(**{LABEL: split.y_train.to_numpy()}).to_parquet(body, index=False)
     s3.put_object(Bucket=bucket, Key=f"{prefix}/input/train/train.parquet", Body=body.getvalue())
-    config = {"features": features.model_dump(mode="json"), "model": model.model_dump(mode="json")}
+    problem = split.problem
+    config = {
+        "problem": problem.kind,
+        "target": problem.column,
+        "classes": list(problem.classes),
+        "features": features.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+    }
     s3.put_object(Bucket=bucket, Key=f"{prefix}/input/train/config.json", Body=json.dumps(config))
     job = TrainingJob(
         name, f"s3://{bucket}/{prefix}/input/train/", f"s3://{bucket}/{prefix}/output"
@@ -128,7 +139,7 @@ def submit_training_job(
             "VolumeSizeInGB": 30,
         },
         StoppingCondition={"MaxRuntimeInSeconds": max_runtime_seconds},
-        Tags=[{"Key": "mlops.model.family", "Value": model.family}],
+        Tags=[{"Key": "mlops.model.family", "Value": model.label[:256]}],
     )
     return job
 
@@ -179,9 +190,10 @@ def _log_lines(logs: Any, job_name: str) -> list[str]:
     return lines
 
 
-def fetch_model(job: TrainingJob, settings: Settings) -> Pipeline:
-    """The fitted pipeline from the job's model.tar.gz."""
-    import joblib
+def fetch_model(job: TrainingJob, settings: Settings, own_code: tuple[str, ...] = ()) -> Pipeline:
+    """The fitted pipeline from the job's model.tar.gz: a skops file, refused unless every type
+    it holds is a built-in family's or from the user's ``own_code`` packages."""
+    import skops.io
 
     if job.model_uri is None:
         raise ManagedTrainingError(f"SageMaker training job {job.name} has not completed")
@@ -197,7 +209,14 @@ def fetch_model(job: TrainingJob, settings: Settings) -> Pipeline:
         member = archive.extractfile(MODEL_FILE)
         if member is None:
             raise ManagedTrainingError(f"{job.model_uri} holds no {MODEL_FILE}")
-        model: Pipeline = joblib.load(io.BytesIO(member.read()))
+        data = member.read()
+    refused = untrusted_types(skops.io.get_untrusted_types(data=data), own_code)
+    if refused:
+        raise ManagedTrainingError(
+            f"{job.model_uri}: the model holds types the project does not trust to load: "
+            f"{', '.join(refused)}; nothing was deserialized"
+        )
+    model: Pipeline = skops.io.loads(data, trusted=skops.io.get_untrusted_types(data=data))
     return model
 
 
@@ -207,4 +226,4 @@ def train_on_sagemaker(
     """Fit on SageMaker: submit, follow to the end, bring the model and the logs back."""
     job = submit_training_job(split, features, model, settings)
     job = follow_training_job(job, settings)
-    return fetch_model(job, settings), job
+    return fetch_model(job, settings, own_code_packages(model, features)), job

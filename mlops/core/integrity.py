@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,66 @@ SERIALIZATION_FORMAT = "skops"
 
 PYFUNC_LOADER = "mlflow.sklearn"
 
-# skops refuses to load types it does not know. These are the node stores of the tree models in
-# mlops.ml.training.ESTIMATORS and numpy dtypes. MLflow reads the list from the MLmodel file itself,
-# so a model asking to trust anything beyond it is refused.
-SKOPS_TRUSTED_TYPES = [
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.tree._tree.Tree",
-    "numpy.dtype",
-]
+# skops refuses to load a type it does not know unless told to trust it; MLflow reads the list from
+# the MLmodel file itself, so a model asking to trust anything the project did not decide to trust
+# is refused before it loads. The lists are per built-in family (mlops.ml.training.FAMILIES), each
+# the minimum skops.io.get_untrusted_types finds in a fitted classifier and regressor of the family
+# behind the default feature pipeline (tests/unit/ml/test_training_registry.py keeps them so):
+# XGBoost and LightGBM store their boosters through the libraries' own state (XGBoost's binary
+# model buffer, LightGBM's text model), which skops hands back to the booster's __setstate__: no
+# pickle, no import of anything else.
+FEATURE_TRUSTED_TYPES: tuple[str, ...] = ("numpy.dtype",)  # the default feature pipeline's
+
+FAMILY_TRUSTED_TYPES: dict[str, tuple[str, ...]] = {
+    "logistic_regression": (),
+    "linear_regression": (),
+    "random_forest": ("sklearn.tree._tree.Tree",),
+    "gradient_boosting": ("sklearn.tree._tree.Tree",),
+    "hist_gradient_boosting": ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
+    "xgboost": ("xgboost.core.Booster", "xgboost.sklearn.XGBClassifier",
+                "xgboost.sklearn.XGBRegressor"),
+    "lightgbm": ("collections.OrderedDict", "lightgbm.basic.Booster",
+                 "lightgbm.sklearn.LGBMClassifier", "lightgbm.sklearn.LGBMRegressor"),
+}  # fmt: skip
+
+#: Every type a model of a built-in family may ask skops to trust.
+SKOPS_TRUSTED_TYPES: list[str] = sorted(
+    {*FEATURE_TRUSTED_TYPES, *(t for types in FAMILY_TRUSTED_TYPES.values() for t in types)}
+)
+
+# A user's own code (model.factory, features.factory) may bring its own classes. Their types are
+# trusted only when they come from the user's own top-level packages, which the model records in
+# its MLmodel metadata under this key ({"packages": [...]}); the standard library and the
+# libraries whose types are listed above by name can never be a user's own package, so a model
+# cannot widen the trust to `builtins`, `os`, `numpy` or `sklearn` this way. The metadata is
+# covered by the checksum like every other byte of the model folder.
+CODE_METADATA = "mlops_code"
+
+LIBRARY_PACKAGES = frozenset(
+    {"numpy", "scipy", "pandas", "pyarrow", "sklearn", "skops", "joblib", "cloudpickle", "dill",
+     "mlflow", "mlops", "xgboost", "lightgbm", "threadpoolctl"}
+)  # fmt: skip
+
+
+def is_own_package(package: str) -> bool:
+    """Whether ``package`` (a top-level name) can be a user's own code package: an identifier
+    that is neither in the standard library nor one of the LIBRARY_PACKAGES."""
+    return (
+        package.isidentifier()
+        and package not in sys.stdlib_module_names
+        and package not in LIBRARY_PACKAGES
+        and package != "builtins"
+    )
+
+
+def untrusted_types(types: list[str], own_packages: tuple[str, ...] | list[str]) -> list[str]:
+    """The ``types`` skops would be asked to trust that the project does not: neither a built-in
+    family's (SKOPS_TRUSTED_TYPES) nor from one of ``own_packages`` (only own ones count)."""
+    own = {p for p in own_packages if is_own_package(p)}
+    return sorted(
+        t for t in set(types) if t not in SKOPS_TRUSTED_TYPES and t.split(".", 1)[0] not in own
+    )
+
 
 # MLflow's client writes this file into the folder after downloading models:/<name>/<version>
 # (the name and version it was asked for); it is not a stored artifact, so it is not digested.
@@ -128,9 +181,16 @@ def _format_problems(conf: dict[str, Any], folder: Path) -> list[str]:
         problems.append(
             f"serialization format {fmt!r} (the project writes {SERIALIZATION_FORMAT!r})"
         )
-    untrusted = sorted(set(sklearn.get("skops_trusted_types") or []) - set(SKOPS_TRUSTED_TYPES))
+    packages = _own_packages(conf)
+    foreign = [p for p in packages if not is_own_package(p)]
+    if foreign:
+        problems.append(
+            f"it names {', '.join(map(repr, foreign))} as its own code, which cannot be"
+        )
+    asked = [str(t) for t in sklearn.get("skops_trusted_types") or []]
+    untrusted = untrusted_types(asked, packages)
     if untrusted:
-        problems.append(f"it asks skops to trust {', '.join(map(str, untrusted))}")
+        problems.append(f"it asks skops to trust {', '.join(untrusted)}")
     if pyfunc.get("loader_module") != PYFUNC_LOADER:
         problems.append(
             f"pyfunc loader module {pyfunc.get('loader_module')!r} (not {PYFUNC_LOADER!r})"
@@ -142,6 +202,14 @@ def _format_problems(conf: dict[str, Any], folder: Path) -> list[str]:
         if not _file_inside(folder, value):
             problems.append(f"{key} {value!r} is not a file inside the model folder")
     return problems
+
+
+def _own_packages(conf: dict[str, Any]) -> list[str]:
+    """The user's own code packages a model records (CODE_METADATA), as strings."""
+    metadata = conf.get("metadata")
+    code = metadata.get(CODE_METADATA) if isinstance(metadata, dict) else None
+    packages = code.get("packages") if isinstance(code, dict) else None
+    return [str(p) for p in packages] if isinstance(packages, list) else []
 
 
 def _file_inside(folder: Path, name: object) -> bool:

@@ -2,7 +2,7 @@
 
 A model's ``mlops.code.sha256`` and the training run's fingerprint must change when the code
 that turns a data version into a model changes (loading, contract, split, features, the model
-families, evaluation, the user's own model code) and must not change when the release, the
+families, evaluation, the user's own model and feature factories) and must not change when the release, the
 router, the CLI, the flows or the tasks are edited: an unchanged re-run would otherwise register
 a new version, and ``mlops reproduce`` would report different code.
 
@@ -26,12 +26,9 @@ import importlib.util
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from mlops.core.config import PipelineConfig, own_code_modules
 from mlops.core.lineage import run_fingerprint
-
-if TYPE_CHECKING:
-    from mlops.core.config import PipelineConfig
 
 #: The modules whose code shapes a model; their imports within ``SCOPE`` are followed.
 MODEL_CODE: tuple[str, ...] = (
@@ -158,9 +155,12 @@ def code_fingerprint(
 def training_fingerprint(
     cfg: PipelineConfig, data_md5: str, extra_modules: tuple[str, ...] = ()
 ) -> tuple[str, str]:
-    """(fingerprint, code hash) of a training run: the data, the model code and the parts of
-    the config that change the model. The model name and file paths do not count."""
-    code = code_fingerprint(extra_modules)
+    """(fingerprint, code hash) of a training run: the data, the model code (with the user's
+    own factories and what they import from their package) and the parts of the config that
+    change the model. The model name and file paths do not count."""
+    code = code_fingerprint(
+        tuple(dict.fromkeys(extra_modules + own_code_modules(cfg.model, cfg.features)))
+    )
     config = cfg.model_dump(
         mode="json", include={"target", "features", "split", "model", "contract_spec"}
     ) | {"na_values": list(cfg.data.na_values)}

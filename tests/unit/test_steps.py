@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,9 @@ def test_unknown_hyper_parameter_names_the_estimator() -> None:
     with pytest.raises(
         ConfigError, match=r"\['max_depthh'\] are not parameters of HistGradientBoostingClassifier"
     ):
-        build_estimator(ModelConfig(family="hist_gradient_boosting", params={"max_depthh": 3}))
+        build_estimator(
+            ModelConfig(family="hist_gradient_boosting", params={"max_depthh": 3}), "binary"
+        )
 
 
 def test_score_matches_known_values() -> None:
@@ -112,3 +115,32 @@ def test_run_fingerprint_changes_with_data_code_or_config() -> None:
     assert base != run_fingerprint("b" * 32, "code", {"model": {"max_iter": 10}})
     assert base != run_fingerprint("a" * 32, "code2", {"model": {"max_iter": 10}})
     assert base != run_fingerprint("a" * 32, "code", {"model": {"max_iter": 11}})
+
+
+def test_the_train_steps_cache_key_follows_the_users_factory_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached fit is not reused after the user's factory was edited (same inputs, new code)."""
+    from types import SimpleNamespace
+
+    from mlops.ml import training
+    from tasks.caching import PipelineCode
+
+    pkg = tmp_path / "h4_cache_user"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text("def build():\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = SimpleNamespace(task=SimpleNamespace(fn=training.train_model))
+
+    def key(config: ModelConfig) -> str | None:
+        code_fingerprint.cache_clear()
+        inputs = {"split": None, "features": CFG.features, "config": config}
+        return PipelineCode().compute_key(task, inputs, {})  # type: ignore[arg-type]
+
+    own = ModelConfig(factory="h4_cache_user.models:build")
+    before, family = key(own), key(SMALL)
+    assert before != family
+    (pkg / "models.py").write_text("def build():\n    return 1\n")
+    assert key(own) != before
+    assert key(SMALL) == family

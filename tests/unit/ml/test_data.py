@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 
 from mlops.adapters.dvc import configure_remote, pull_dataset
 from mlops.core.errors import DataLoadError, DataVersionError
+from mlops.ml.split import Split
 from tasks.data import load_dataset, resolve_data_version
 from tests.helpers import adult_frame, git, make_project
 
@@ -120,3 +122,107 @@ def test_a_seed_that_differs_from_the_record_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataVersionError, match="refusing to version it"):
         pull_dataset(project, "data/adult.csv", seed)
     assert not (project / "data" / "adult.csv").exists(), "nothing half-written is left"
+
+
+# formats: chosen by the file's name, judged by the same contract --------------------------------
+def _version_file(root: Path, name: str, raw: bytes) -> str:
+    """``raw`` written as data/<name> in the project and versioned with DVC."""
+    from dvc.repo import Repo
+
+    path = root / "data" / name
+    path.write_bytes(raw)
+    Repo(str(root)).add(str(path))
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", f"data as {name}")
+    return f"data/{name}"
+
+
+def _validated_split(root: Path, path: str) -> tuple[pd.DataFrame, Split]:
+    from mlops.core.config import load_pipeline_config
+    from mlops.ml.contract import check_contract
+    from mlops.ml.problems import problem_for
+    from mlops.ml.split import split_dataset
+    from tests.helpers import EXAMPLE
+
+    cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")
+    contract = cfg.contract.model_copy(update={"min_rows": 100})
+    frame = load_dataset.fn(root, resolve_data_version.fn(root, path), cfg.data.na_values)
+    valid = check_contract(frame, contract, path, root / "reports")
+    split = split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
+    return valid, split
+
+
+def test_a_parquet_file_passes_the_same_contract_and_splits_like_the_csv(tmp_path: Path) -> None:
+    """Typed columns, a category dtype and the "?" of the original as text: after the contract
+    the frame and the split are the CSV's, row for row."""
+    make_project(tmp_path)
+    typed = pd.read_csv(tmp_path / "data" / "adult.csv", skipinitialspace=True)
+    assert (typed["workclass"] == "?").any(), "the missing marker is in the file as text"
+    typed["sex"] = typed["sex"].astype("category")
+    buffer = io.BytesIO()
+    typed.to_parquet(buffer, index=False)
+    parquet = _version_file(tmp_path, "adult.parquet", buffer.getvalue())
+
+    from_csv, csv_split = _validated_split(tmp_path, "data/adult.csv")
+    from_parquet, parquet_split = _validated_split(tmp_path, parquet)
+    pd.testing.assert_frame_equal(from_parquet, from_csv)
+    assert from_parquet["workclass"].isna().sum() == from_csv["workclass"].isna().sum() > 0
+    pd.testing.assert_frame_equal(parquet_split.X_holdout, csv_split.X_holdout)
+    pd.testing.assert_series_equal(parquet_split.y_train, csv_split.y_train)
+
+
+def test_a_parquet_file_that_breaks_the_contract_is_refused_like_a_csv(tmp_path: Path) -> None:
+    from mlops.core.errors import DataContractError
+
+    make_project(tmp_path)
+    typed = pd.read_csv(tmp_path / "data" / "adult.csv", na_values=["?"], skipinitialspace=True)
+    typed.loc[3, "age"] = 500
+    buffer = io.BytesIO()
+    typed.to_parquet(buffer, index=False)
+    parquet = _version_file(tmp_path, "adult.parquet", buffer.getvalue())
+    with pytest.raises(
+        DataContractError, match=r"data/adult\.parquet: 1 contract violations .*age"
+    ):
+        _validated_split(tmp_path, parquet)
+
+
+def test_a_gzip_csv_reads_like_the_plain_one(tmp_path: Path) -> None:
+    import gzip
+
+    make_project(tmp_path)
+    raw = (tmp_path / "data" / "adult.csv").read_bytes()
+    packed = _version_file(tmp_path, "adult.csv.gz", gzip.compress(raw))
+    pd.testing.assert_frame_equal(
+        _validated_split(tmp_path, packed)[0], _validated_split(tmp_path, "data/adult.csv")[0]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("adult.parquet", b"PAR1 not really", r"data/adult\.parquet: not a readable Parquet file"),
+        ("adult.csv.gz", b"plain text, not gzip", r"data/adult\.csv\.gz: not a readable gzip file"),
+    ],
+)
+def test_an_unreadable_file_of_each_format_is_refused(
+    tmp_path: Path, name: str, raw: bytes, message: str
+) -> None:
+    make_project(tmp_path)
+    path = _version_file(tmp_path, name, raw)
+    with pytest.raises(DataLoadError, match=message):
+        load_dataset.fn(tmp_path, resolve_data_version.fn(tmp_path, path))
+
+
+def test_a_data_path_of_another_format_is_refused_when_the_config_loads() -> None:
+    from pydantic import ValidationError
+
+    from mlops.core.config import DataConfig
+    from mlops.ml.data import parse_dataset
+
+    with pytest.raises(
+        ValidationError, match=r"data/adult\.xlsx: unknown data format; .*\.parquet"
+    ):
+        DataConfig(path="data/adult.xlsx", contract=Path("c.yaml"))
+    with pytest.raises(DataLoadError, match=r"adult\.json: unknown data format"):
+        parse_dataset(b"{}", "adult.json")
+    assert DataConfig(path="data/A.PARQUET", contract=Path("c.yaml")).format == "parquet"

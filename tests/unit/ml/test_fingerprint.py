@@ -114,3 +114,62 @@ def test_the_model_code_reaches_only_the_ml_layer_and_its_roots() -> None:
     modules = module_closure(MODEL_CODE)
     assert set(MODEL_CODE) <= set(modules)
     assert all(m.startswith("mlops.ml.") or m in MODEL_CODE for m in modules), sorted(modules)
+
+
+def _user_package(root: Path, name: str) -> Path:
+    """A user's package with a model factory, a feature factory, a helper both import and a
+    module neither imports."""
+    pkg = root / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("TREES = 5\n")
+    (pkg / "unrelated.py").write_text("X = 1\n")
+    (pkg / "models.py").write_text(
+        f"from {name}.helpers import TREES\n\n\ndef build():\n    return TREES\n"
+    )
+    (pkg / "features.py").write_text(
+        f"from {name} import helpers\n\n\ndef build(numeric, categorical):\n    return helpers\n"
+    )
+    return pkg
+
+
+def test_the_configs_own_factories_join_the_training_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Editing the factory (or what it imports from its package) retrains; editing a module it
+    does not import, or naming a library's callable as the factory, changes no code hash."""
+    from mlops.core.config import ModelConfig, load_pipeline_config
+    from mlops.ml.fingerprint import training_fingerprint
+    from tests.helpers import EXAMPLE
+
+    pkg = _user_package(tmp_path, "h4_fingerprint_user")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")
+    own_model = cfg.model_copy(update={"model": ModelConfig(factory=f"{pkg.name}.models:build")})
+    own_features = cfg.model_copy(
+        update={
+            "features": cfg.features.model_copy(update={"factory": f"{pkg.name}.features:build"})
+        }
+    )
+    library = cfg.model_copy(
+        update={"model": ModelConfig(factory="sklearn.ensemble:ExtraTreesClassifier")}
+    )
+
+    def code(c: object) -> str:
+        code_fingerprint.cache_clear()
+        return training_fingerprint(c, "a" * 32)[1]  # type: ignore[arg-type]
+
+    library_only = code(cfg)
+    assert code(library) == library_only
+    model_code, feature_code = code(own_model), code(own_features)
+    assert len({library_only, model_code, feature_code}) == 3
+
+    touch(pkg / "unrelated.py")
+    assert (code(own_model), code(own_features)) == (model_code, feature_code)
+    touch(pkg / "models.py")
+    assert code(own_model) != model_code
+    assert code(own_features) == feature_code
+    edited = code(own_model)
+    touch(pkg / "helpers.py")  # both import it
+    assert code(own_model) != edited and code(own_features) != feature_code
+    assert code(cfg) == library_only
