@@ -16,8 +16,9 @@ root=$(mktemp -d)
 chmod 755 "$root" # mktemp makes it 0700, and it becomes the image's /: unreadable to a non-root user
 trap 'rm -rf "$root"' EXIT
 # python3-venv: the server installs into its own venv (Debian's python refuses pip installs
-# into the system interpreter); ca-certificates: pip over TLS; no compiler: wheels only.
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+# into the system interpreter); ca-certificates: pip over TLS; libgomp1: the OpenMP runtime
+# LightGBM's wheel links against (scikit-learn and XGBoost ship their own); no compiler: wheels only.
+debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
     bookworm "$root" "$mirror" >/dev/null
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
     "$root"/usr/share/man/* "$root"/usr/share/locale/*
