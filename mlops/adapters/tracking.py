@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
+from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
 from mlops.core.lineage import PROBLEM_METADATA
 from mlops.ml.problems import Problem
@@ -34,7 +35,7 @@ def load_run_frame(tracking_uri: str, run_id: str, part: str) -> pd.DataFrame:
     path = mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path=f"{DATA_ARTIFACTS}/{part}.parquet", tracking_uri=tracking_uri
     )
-    return pd.read_parquet(path)
+    return missing_as_nan(pd.read_parquet(path))  # Parquet gives None where training had NaN
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.core.config import PipelineConfig
+from mlops.core.frames import missing_as_nan
 from mlops.ml.contract import split_by_contract
 from mlops.ml.monitoring import Window, read_answers
 from mlops.ml.prediction_shift import ExpectedPredictions, class_counts, quantiles_of, shares
@@ -153,7 +154,8 @@ def write_production_data(frame: pd.DataFrame, path: Path, problem: Problem) -> 
 def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
     """The frame and the md5 of the file as it is now (what lineage records)."""
     raw = Path(path).read_bytes()
-    return pd.read_parquet(path), hashlib.md5(raw).hexdigest()
+    # Parquet gives None where a text value is missing; training imputes NaN only
+    return missing_as_nan(pd.read_parquet(path)), hashlib.md5(raw).hexdigest()
 
 
 def collect_production_data(window: Window, cfg: PipelineConfig, path: Path) -> CollectedRows:

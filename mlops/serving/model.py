@@ -25,6 +25,7 @@ from mlflow.models import Model
 from threadpoolctl import ThreadpoolController
 
 from mlops.core.errors import MlopsError
+from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
 from mlops.core.lineage import PROBLEM_METADATA
 
@@ -59,6 +60,10 @@ def _threads() -> ThreadpoolController:
     "openmp" would silently limit nothing (it did: two servers on two cores spun each other's
     OpenMP workers, and a canary's p99 read 900 ms)."""
     return ThreadpoolController()
+
+
+#: MLflow schema types held as numbers.
+_NUMERIC = frozenset({"long", "integer", "double", "float"})
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,14 @@ class ServedModel:
     problem: ServedProblem = field(default=LEGACY_BINARY)
 
     def predict(self, frame: pd.DataFrame) -> Answers:
-        """The answers for rows already checked against ``columns``."""
-        X = frame[[c.name for c in self.columns]]
+        """The answers for rows already checked against ``columns``. A missing value reaches the
+        model as NaN, as in training: rows built from JSON hold ``None``, which scikit-learn's
+        imputers do not match (mlops.core.frames), and a numeric column whose only value is a
+        ``None`` would be an object column the median imputer refuses."""
+        X = missing_as_nan(frame[[c.name for c in self.columns]])
+        numeric = [c.name for c in self.columns if c.type in _NUMERIC and X[c.name].dtype == object]
+        if numeric:
+            X = X.astype({name: "float64" for name in numeric})
         if len(X) <= SINGLE_THREAD_ROWS:
             with _threads().limit(limits=1, user_api="openmp"):
                 return self._answer(X)

@@ -146,3 +146,38 @@ def test_a_malformed_declaration_is_refused_naming_the_field(
     with pytest.raises(MlopsError, match="m v1: MLmodel metadata mlops_problem") as caught:
         served_problem({PROBLEM_METADATA: GOOD | change}, "m v1")
     assert fragment in str(caught.value)
+
+
+def test_a_missing_value_sent_as_null_is_answered_as_training_imputes_it() -> None:
+    """JSON null reaches the server as None; training saw NaN. Both must be imputed alike (a
+    None category was one-hot encoded as unknown, and a row whose only numeric value was None
+    made an object column the median imputer refused)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    from mlops.core.config import FeatureConfig
+    from mlops.ml.features import build_feature_pipeline
+
+    X = features(400)
+    X.loc[::7, "color"] = np.nan
+    X.loc[::5, "x"] = np.nan
+    y = (X["color"].fillna("red") == "red").astype(int) ^ (X["n"] > 40).astype(int)
+    pipe = Pipeline(
+        [
+            (
+                "features",
+                build_feature_pipeline(FeatureConfig(numeric=("x", "n"), categorical=("color",))),
+            ),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(X[["x", "n", "color"]], y)
+    columns = [
+        Column("x", "double", False),
+        Column("n", "long", True),
+        Column("color", "string", False),
+    ]
+    model = ServedModel("m", 1, pipe, columns, served.ServedProblem("binary", "y", ("no", "yes")))
+    sent = pd.DataFrame([{"x": None, "n": 45, "color": None}], columns=["x", "n", "color"])
+    trained_on = pd.DataFrame({"x": [np.nan], "n": [45], "color": [np.nan]})
+    expected = pipe.predict_proba(trained_on)
+    assert np.allclose(model.predict(sent).probabilities, expected)
