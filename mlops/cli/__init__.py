@@ -277,7 +277,7 @@ def policy_apply(pipeline: PipelineOption = None) -> None:
             str(found.mlflow_tracking_uri),
             cfg.model_name,
             cfg.policy,
-            set(cfg.contract.columns),
+            set(cfg.features.columns),
             current_user(),
             cfg.target.kind,
         )

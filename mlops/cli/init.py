@@ -389,7 +389,7 @@ def initialise(found: Settings, request: InitRequest, out: Callable[[str], None]
     for file, text in files.items():
         (out_dir / file).write_text(text, encoding="utf-8")
     cfg = load_pipeline_config(pipeline)  # as training loads them: a file that does not is a bug
-    load_policy(cfg.policy, set(cfg.contract.columns), cfg.target.kind)
+    load_policy(cfg.policy, set(cfg.features.columns), cfg.target.kind)
     out(f"wrote {', '.join(str(out_dir / f) for f in files)}")
 
     deployments = register_deployments(found, pipeline, request.register, out)

@@ -33,7 +33,7 @@ class RunContext:
         path = settings.project_dir / pipeline if pipeline else settings.pipeline
         config = load_pipeline_config(path)
         policy, digest = load_policy(
-            config.policy, set(config.contract.columns), config.target.kind
+            config.policy, set(config.features.columns), config.target.kind
         )
         return cls(settings=settings, config=config, policy=policy, policy_digest=digest)
 

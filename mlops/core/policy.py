@@ -299,6 +299,9 @@ def load_policy(
     if columns is not None:
         missing = sorted(set(policy.fairness.sensitive) - columns)
         if missing:
-            raise ConfigError(f"{path}: fairness.sensitive names unknown columns {missing}")
+            raise ConfigError(
+                f"{path}: fairness.sensitive names {missing}, which are not features of the "
+                "pipeline (the fairness gate judges the holdout, which holds the features)"
+            )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return policy, digest

@@ -97,7 +97,9 @@ def test_policy_comparing_on_an_unknown_metric_is_refused(tmp_path: Path) -> Non
 def test_policy_with_unknown_sensitive_column_is_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load((EXAMPLE / "policy.yaml").read_text())
     raw["fairness"]["sensitive"] = ["sex", "religion"]
-    with pytest.raises(ConfigError, match=r"unknown columns \['religion'\]"):
+    with pytest.raises(
+        ConfigError, match=r"fairness.sensitive names \['religion'\], which are not features"
+    ):
         load_policy(_write(tmp_path / "policy.yaml", raw), {"sex", "race"})
 
 
@@ -200,3 +202,25 @@ def test_a_fairness_limit_that_does_not_fit_the_problem_is_refused_naming_field_
         load_policy(_policy(tmp_path, metrics={}, fairness={"max_error_rate_difference": 2}))
     wide = _policy(tmp_path, metrics={}, fairness={"max_mean_prediction_difference": 2})
     assert load_policy(wide, problem="regression")[0].fairness.max_mean_prediction_difference == 2
+
+
+def test_a_sensitive_column_of_the_data_that_is_not_a_feature_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """The fairness gate judges the holdout, which holds the features: a contract column that
+    is not one (here `fnlwgt`, dropped from the features) passed the load and then failed the
+    gate with a KeyError."""
+    import shutil
+
+    from mlops.core.context import RunContext
+
+    for name in ("contract.yaml", "policy.yaml", "pipeline.yaml"):
+        shutil.copy(EXAMPLE / name, tmp_path / name)
+    pipeline = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())
+    pipeline["features"]["numeric"].remove("fnlwgt")
+    _write(tmp_path / "pipeline.yaml", pipeline)
+    policy = yaml.safe_load((tmp_path / "policy.yaml").read_text())
+    policy["fairness"]["sensitive"] = ["sex", "fnlwgt"]
+    _write(tmp_path / "policy.yaml", policy)
+    with pytest.raises(ConfigError, match=r"\['fnlwgt'\], which are not features"):
+        RunContext.load(Settings(project_dir=tmp_path), "pipeline.yaml")
