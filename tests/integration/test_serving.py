@@ -29,6 +29,7 @@ from mlops.adapters.prediction_window import read_log, read_prediction_window
 from mlops.adapters.tracking import tracking_server
 from mlops.cli.serving import load_served_model
 from mlops.core.errors import MlopsError
+from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError
 from mlops.core.settings import Settings
 from mlops.release.smoke import wait_until_ready
@@ -92,7 +93,8 @@ def test_answers_equal_the_models_own_predictions(
     body = r.json()
     with tracking_server(str(local_stack.mlflow_tracking_uri)):
         model = mlflow.sklearn.load_model(f"models:/{server['name']}/{server['version']}")
-    expected = model.predict_proba(pd.DataFrame(rows))
+    # the rows' missing values are JSON nulls; in training they were NaN, and so they are served
+    expected = model.predict_proba(missing_as_nan(pd.DataFrame(rows)))
     assert body["problem"] == "binary" and body["classes"] == ["<=50K", ">50K"]
     assert np.allclose(body["probabilities"], expected, rtol=0, atol=1e-12)
     assert body["predictions"] == [body["classes"][int(p >= 0.5)] for p in expected[:, 1]]
