@@ -127,11 +127,12 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
 
     status = mlops(user_env, "status")
     assert status.returncode == 0
-    assert [line.split()[0] for line in status.stdout.splitlines()] == [
-        "prefect",
-        "mlflow",
-        "worker",
-    ]
+    services, _, table = status.stdout.partition("\n\n")
+    assert [line.split()[0] for line in services.splitlines()] == ["prefect", "mlflow", "worker"]
+    # then the project's models: adult's champion v2 serving through its router, judged
+    adult = next(line for line in table.splitlines() if line.startswith("adult-income "))
+    assert adult.split()[1:3] == ["examples/adult/pipeline.yaml", "v2"], table
+    assert f"http://127.0.0.1:{user_env['MLOPS_ROUTER_PORT']} (v2)" in adult, table
 
     # a server that dies is reported, and a command that needs it says so
     state = json.loads((Path(user_env["MLOPS_STATE_DIR"]) / "stack.json").read_text())
