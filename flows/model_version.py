@@ -10,7 +10,7 @@ flows use it and ``training`` hands over through ``delivery``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import pandas as pd
 from prefect import get_run_logger
@@ -30,6 +30,7 @@ from mlops.core.lineage import (
     SAGEMAKER_JOB_TAG,
     DataVersion,
 )
+from mlops.ml.contract import contract_of
 from mlops.ml.fingerprint import training_fingerprint
 from mlops.ml.problems import problem_for
 from mlops.ml.production_data import read_production_data
@@ -134,10 +135,16 @@ def _validated_split(
     cfg = ctx.config
     frame = load_dataset(ctx.project_dir, data, cfg.data.na_values)
     source = f"{data.path}@{data.short}"
+    reports = ctx.settings.reports_dir / run_id
+    valid = validate_dataset(frame, cfg.contract, source, reports)
     if extra is not None:
-        frame = pd.concat([frame, extra.frame], ignore_index=True)
+        # production rows hold the model's columns only (its features and target): beside the
+        # data version, which meets the whole contract, they meet its rules for those columns
+        columns = [*cfg.features.columns, cfg.target.column]
+        rows = cast(pd.DataFrame, frame)  # the task's declared type is wider than what runs
+        joined = pd.concat([rows[columns], extra.frame[columns]], ignore_index=True)
         source += f" + {len(extra.frame)} production rows @{extra.md5[:8]}"
-    valid = validate_dataset(frame, cfg.contract, source, ctx.settings.reports_dir / run_id)
+        valid = validate_dataset(joined, contract_of(cfg.contract, columns), source, reports)
     return split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
 
 

@@ -110,6 +110,19 @@ def row_schema(contract: DataContract) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(_columns(strict), strict=contract.strict)
 
 
+def contract_of(contract: DataContract, columns: list[str]) -> DataContract:
+    """The contract's rules for ``columns`` only, in the contract's order: what judges rows that
+    carry just those (a model's labelled production rows hold its features and its target,
+    never the dataset's other columns). A column the contract does not name is a KeyError."""
+    unknown = [c for c in columns if c not in contract.columns]
+    if unknown:
+        raise KeyError(f"columns {unknown} are not in the data contract")
+    wanted = set(columns)
+    return contract.model_copy(
+        update={"columns": {n: s for n, s in contract.columns.items() if n in wanted}}
+    )
+
+
 @dataclass(frozen=True)
 class RowVerdict:
     """Which rows of a frame meet the contract's row-level checks, and what the others broke."""

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mlops.core.config import PipelineConfig
 from mlops.core.frames import missing_as_nan
-from mlops.ml.contract import split_by_contract
+from mlops.ml.contract import contract_of, split_by_contract
 from mlops.ml.monitoring import Window, read_answers
 from mlops.ml.prediction_shift import ExpectedPredictions, class_counts, quantiles_of, shares
 from mlops.ml.problems import Problem, problem_for
@@ -163,7 +163,10 @@ def collect_production_data(window: Window, cfg: PipelineConfig, path: Path) -> 
     (none written when no row does); the others counted and described."""
     frame = labelled_rows(window, cfg)
     requests = frame.pop(REQUEST)
-    verdict = split_by_contract(frame, cfg.contract, "labelled production rows")
+    # the rows hold what the model was served and its label: the contract's other columns
+    # (in the dataset, not read by the model) are not theirs to meet
+    contract = contract_of(cfg.contract, list(frame.columns))
+    verdict = split_by_contract(frame, contract, "labelled production rows")
     failed = verdict.failed_rows.assign(**{REQUEST: requests.reindex(verdict.failed_rows.index)})
     rejected = _rejected(failed, verdict.checks)
     kept = verdict.kept.reset_index(drop=True)

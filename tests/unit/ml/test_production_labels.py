@@ -160,3 +160,17 @@ def test_a_label_that_is_no_number_is_left_out_by_the_contract(tmp_path: Path) -
     )
     assert collected.kept == 2 and collected.rejected.count == 1
     assert collected.data is not None and collected.data.expected.quantiles[0] == 1.5
+
+
+def test_rows_of_a_model_that_reads_only_some_contract_columns_are_kept(tmp_path: Path) -> None:
+    """The served rows hold the model's features and its label, never the dataset's other
+    columns (the penguins' ``year``): the contract's rules for those columns judge them."""
+    _config(tmp_path, {}, {"type": "float"})
+    contract = yaml.safe_load((tmp_path / "contract.yaml").read_text())
+    contract["columns"]["z"] = {"type": "int", "min": 2000}  # in the data, not a feature
+    (tmp_path / "contract.yaml").write_text(yaml.safe_dump(contract))
+    cfg = load_pipeline_config(tmp_path / "pipeline.yaml")
+    collected = collect_production_data(_window([1.5, -2.0, 2.5]), cfg, tmp_path / "rows.parquet")
+    assert collected.kept == 3 and collected.rejected.count == 0, collected.rejected.summary()
+    assert collected.data is not None
+    assert list(pd.read_parquet(collected.data.path).columns) == ["x", "y"]

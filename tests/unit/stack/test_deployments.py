@@ -55,7 +55,10 @@ def test_the_adult_deployments_of_prefect_yaml_are_what_its_config_renders() -> 
     cfg = load_pipeline_config(PROJECT / ADULT)
     text = (PROJECT / PREFECT_FILE).read_text()
     rendered = deployments_for(ADULT, cfg)
-    assert parsed(PROJECT / PREFECT_FILE) == rendered  # the file holds adult's and nothing else
+    examples = [ADULT, *(Path(f"examples/{n}/pipeline.yaml") for n in ("diabetes", "penguins"))]
+    assert parsed(PROJECT / PREFECT_FILE) == [  # the file holds the examples' and nothing else
+        d for p in examples for d in deployments_for(p, load_pipeline_config(PROJECT / p))
+    ]
     assert render_block(ADULT, cfg) in text  # written by the renderer, to the byte
     assert deployment_names(rendered) == [
         "training/adult",

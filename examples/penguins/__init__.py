@@ -1,0 +1,2 @@
+"""The Palmer penguins example (a multiclass classifier): its documented shift of production
+traffic (``shift.py``)."""
