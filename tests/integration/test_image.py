@@ -20,6 +20,7 @@ import pytest
 from flows.packaging import packaging
 from mlops.adapters.registry import registry_client
 from mlops.adapters.tracking import tracking_server
+from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG, ModelIntegrityError
 from mlops.core.settings import Settings
 from mlops.release.packaging import (
@@ -112,7 +113,8 @@ def test_image_pulled_by_digest_serves_the_models_predictions_and_metrics(
         body = answer.json()
         with tracking_server(str(local_stack.mlflow_tracking_uri)):
             model = mlflow.sklearn.load_model(f"models:/{project['name']}/{project['version']}")
-        expected = model.predict_proba(pd.DataFrame(rows))
+        # missing values arrive as JSON nulls; training saw NaN, and so does the server
+        expected = model.predict_proba(missing_as_nan(pd.DataFrame(rows)))
         assert np.allclose(body["probabilities"], expected, rtol=0, atol=1e-12)
         assert body["model"] == {"name": project["name"], "version": project["version"]}
         metrics = httpx.get(f"{base}/metrics").text
