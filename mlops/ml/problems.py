@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from mlops.core.answers import class_columns
 from mlops.core.config import TargetConfig
 from mlops.core.errors import MlopsError
 from mlops.core.metrics import REGISTRY, ProblemType
@@ -110,36 +111,12 @@ class Problem:
         if not self.is_classifier:
             return Predictions(np.asarray(model.predict(X), dtype="float64"))
         raw = np.asarray(model.predict_proba(X), dtype="float64")  # type: ignore[attr-defined]
-        proba = self.class_columns(raw, getattr(model, "classes_", None))
+        proba = class_columns(raw, getattr(model, "classes_", None), self.classes)
         if self.kind == "binary":
             labels = (proba[:, 1] >= self.threshold).astype("int64")
         else:
             labels = proba.argmax(axis=1).astype("int64")
         return Predictions(labels, proba)
-
-    def class_columns(self, raw: np.ndarray, known: Any) -> np.ndarray:
-        """``predict_proba``'s columns placed at their classes' positions (``known``: the
-        model's ``classes_``, the label of each column)."""
-        k = len(self.classes)
-        if known is None:
-            if raw.shape[1] != k:
-                raise MlopsError(
-                    f"the model gives {raw.shape[1]} probability columns for the {k} classes "
-                    f"{list(self.classes)} and no classes_ saying which is which"
-                )
-            return raw
-        if raw.shape[1] == k and list(known) == list(range(k)):
-            return raw
-        outside = [label for label in np.asarray(known).tolist() if label not in range(k)]
-        if outside:
-            raise MlopsError(
-                f"the model knows labels {outside} outside 0..{k - 1}, the positions of the "
-                f"classes {list(self.classes)}: was it fitted on encoded labels?"
-            )
-        proba = np.zeros((raw.shape[0], k))
-        for column, label in enumerate(known):
-            proba[:, int(label)] = raw[:, column]
-        return proba
 
     # scores ---------------------------------------------------------------------------------
     def metrics(self) -> list[str]:

@@ -24,6 +24,7 @@ import pandas as pd
 from mlflow.models import Model
 from threadpoolctl import ThreadpoolController
 
+from mlops.core.answers import class_columns
 from mlops.core.errors import MlopsError
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
@@ -144,42 +145,12 @@ class ServedModel:
         if not problem.is_classifier:
             return Answers([float(v) for v in np.asarray(self.estimator.predict(X), dtype=float)])
         raw = np.asarray(self.estimator.predict_proba(X), dtype="float64")
-        proba = _class_columns(raw, getattr(self.estimator, "classes_", None), problem.classes)
+        proba = class_columns(raw, getattr(self.estimator, "classes_", None), problem.classes)
         if problem.kind == "binary":
             labels = (proba[:, 1] >= THRESHOLD).astype(int)
         else:
             labels = proba.argmax(axis=1)
         return Answers([problem.classes[int(i)] for i in labels], proba)
-
-
-def _class_columns(raw: np.ndarray, known: Any, classes: tuple[str, ...]) -> np.ndarray:
-    """``predict_proba``'s columns placed at their classes' positions: the estimator's
-    ``classes_`` are label indexes, and a class absent from training is a column of zeros."""
-    k = len(classes)
-    if raw.ndim != 2:
-        raise MlopsError(
-            f"predict_proba answered an array of shape {raw.shape}, not rows x classes"
-        )
-    if known is None:
-        if raw.shape[1] != k:
-            raise MlopsError(
-                f"the model answered {raw.shape[1]} probability columns for the {k} classes "
-                f"{list(classes)}"
-            )
-        return raw
-    labels = list(known)
-    if len(labels) != raw.shape[1] or not all(
-        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < k for c in labels
-    ):
-        raise MlopsError(
-            f"the model's classes_ {np.asarray(known).tolist()} are not label indexes 0..{k - 1} of its "
-            f"{raw.shape[1]} probability columns (classes {list(classes)})"
-        )
-    if labels == list(range(k)):
-        return raw
-    proba = np.zeros((raw.shape[0], k))
-    proba[:, [int(c) for c in labels]] = raw
-    return proba
 
 
 def served_problem(metadata: Any, what: str) -> ServedProblem:
