@@ -249,7 +249,7 @@ def _first_breach(run: _Release, stable: str, candidate: str) -> str | None:
     rules = run.rules
     for where, traffic in traffic_steps(run.strategy, rules.canary_steps, stable, candidate):
         shift_traffic(run.where, run.name, traffic)
-        verdict = watch_candidate(
+        decision = watch_candidate(
             run.where,
             run.name,
             stable,
@@ -258,9 +258,10 @@ def _first_breach(run: _Release, stable: str, candidate: str) -> str | None:
             rules,
             run.expected,
             run.ctx.config.target.classes,
+            stable_before=stable not in traffic.serving,
         )
-        if verdict.breached:
-            return f"{where}: {'; '.join(verdict.reasons)}"
+        if decision.action != "pass":
+            return f"{where}: {decision.reason}"
     return None
 
 

@@ -24,7 +24,7 @@ from mlops.adapters.registry import download_model, lookup_model_version, regist
 from mlops.core.policy import Policy, ReleasePolicy
 from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.release import promotion
-from mlops.release.canary import Verdict, judge
+from mlops.release.analysis import Decision, StepAnalysis, analyse
 from mlops.release.promotion import (
     CHAMPION,
     PROMOTION_TAGS,
@@ -34,9 +34,10 @@ from mlops.release.promotion import (
     interrupted_release,
     settlement_refusal,
 )
+from mlops.release.providers.base import measure_window
 from mlops.release.router import Traffic
 from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, known_batch, warm_up
-from mlops.release.targets.base import Deployed, ReleaseTarget, SlotSample
+from mlops.release.targets.base import Deployed, ReleaseTarget
 from tasks import step
 
 record_audit_entry = step(
@@ -252,40 +253,40 @@ def watch_candidate(
     policy: ReleasePolicy,
     expected: ExpectedPredictions | None = None,
     classes: Sequence[str] = (),
-) -> Verdict:
-    """Read both slots' metrics every interval for ``seconds``; return at the first breach.
+    stable_before: bool = False,
+) -> Decision:
+    """Analyse the step every interval, over the step so far, until it decides
+    (``mlops.release.analysis.StepAnalysis``): pass, roll back, or hold; an inconclusive end the
+    policy extends goes on watching.
 
-    ``expected`` and ``classes`` go to ``mlops.release.canary.judge``: the predictions expected
-    of the candidate (default: the champion's), and the target's classes in label order."""
-    start = target.sample()
-    deadline = time.monotonic() + seconds
-    verdict = Verdict(False, [])
+    ``expected`` and ``classes`` go to ``mlops.release.analysis.analyse``: the predictions
+    expected of the candidate (default: the stable version's), and the target's classes in
+    label order. ``stable_before``: the stable slot takes no traffic in this step (after a
+    blue-green switch, in the bake), so its figures are those of the ``seconds`` before the step
+    began."""
+    provider = target.metrics()
+    step = StepAnalysis(policy, seconds)
+    started = time.monotonic()
     while True:
-        # wait first: a sample taken right after ``start`` would only compare it with itself
-        time.sleep(min(policy.analysis_interval_seconds, max(0.0, deadline - time.monotonic())))
-        now = target.sample()
-        verdict = judge(
-            now.get(candidate, SlotSample()).since(start.get(candidate, SlotSample())),
-            now.get(stable, SlotSample()).since(start.get(stable, SlotSample())),
-            policy,
-            expected,
-            classes,
-        )
-        if verdict.breached or time.monotonic() >= deadline:
+        # wait first: a window of no time holds nothing to judge
+        left = max(0.0, started + step.deadline - time.monotonic())
+        time.sleep(min(policy.analysis_interval_seconds, left))
+        elapsed = time.monotonic() - started
+        if (broken := target.health()) is not None:
+            decision = Decision("rollback", broken, (), elapsed, step.failures + 1)
             break
-    figures = [f"| {k} | {v:.4g} |" for k, v in sorted(verdict.figures.items())]
+        before = (seconds, elapsed) if stable_before else None
+        window = measure_window(provider, candidate, stable, elapsed, policy.checks, before)
+        decision = step.decide(analyse(window, policy, expected, classes), elapsed)
+        if decision.action in ("pass", "rollback", "hold"):
+            break
+    rows = [f"| {r.name} | {r.outcome} | {r.reason} |" for r in decision.results]
     _artifact(
         model,
-        f"{candidate}: {'BREACH' if verdict.breached else 'healthy'} after {seconds:g} s",
-        [
-            "; ".join(verdict.reasons) or "within policy",
-            "",
-            "| figure | value |",
-            "|---|---|",
-            *figures,
-        ],
+        f"{candidate}: {decision.action} after {decision.elapsed:.0f} s",
+        [decision.reason, "", "| check | outcome | why |", "|---|---|---|", *rows],
     )
-    return verdict
+    return decision
 
 
 @step(name="route-all-to-candidate")

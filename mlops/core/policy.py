@@ -138,8 +138,75 @@ class DataPolicy(_Strict):
     sample_rows: int = Field(5000, ge=100, description="Rows per side for the drift check.")
 
 
+#: The phases of a release a hook may run at (``HookPolicy``).
+HOOK_PHASES = ("before-first-step", "before-traffic-increase", "before-promotion", "after-rollback")
+
+
+class QueryCheck(_Strict):
+    """A check the user writes: a query of the target's metrics provider, asked of the candidate
+    and of the stable version over the same window, and a limit.
+
+    In the query, ``{selector}`` becomes the label matchers of the side asked (Prometheus: e.g.
+    ``model="adult-income",version="3"``; CloudWatch: the dimensions), ``{window}`` the window
+    (``30s``) and ``{offset}`` how long ago it ended (`` offset 30s``, or nothing; write it after
+    the range: ``rate(x{{selector}}[{window}]{offset})``). Limits: ``max`` / ``min`` on the candidate's value; ``max_ratio`` /
+    ``max_increase`` on the candidate against the stable version (a canary-versus-stable
+    comparison, not an absolute threshold). An empty answer is inconclusive, never a pass."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    query: str = Field(min_length=1)
+    max: float | None = None
+    min: float | None = None
+    max_ratio: float | None = Field(None, gt=0)
+    max_increase: float | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> QueryCheck:
+        if all(v is None for v in (self.max, self.min, self.max_ratio, self.max_increase)):
+            raise ValueError(
+                f"check {self.name!r} needs a limit: max, min, max_ratio or max_increase"
+            )
+        if "{selector}" not in self.query:
+            raise ValueError(
+                f"check {self.name!r}: the query must hold {{selector}}, where the side's label "
+                "matchers go (else both sides ask the same thing)"
+            )
+        return self
+
+
+class HookPolicy(_Strict):
+    """A gate between release steps: a person's confirmation (``manual``: the flow run pauses
+    with a form in the Prefect UI) or an HTTP ``webhook`` (POSTed the release's state as JSON; a
+    2xx answer lets the step go on, anything else refuses it). At ``after-rollback`` a hook is
+    told, and cannot refuse."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    phase: Literal[
+        "before-first-step", "before-traffic-increase", "before-promotion", "after-rollback"
+    ]
+    kind: Literal["manual", "webhook"]
+    url: str | None = Field(None, description="webhook: where to POST.")
+    timeout_seconds: float = Field(
+        600, gt=0, description="manual: how long to wait for an answer; webhook: for a response."
+    )
+
+    @model_validator(mode="after")
+    def _url(self) -> HookPolicy:
+        if self.kind == "webhook" and not self.url:
+            raise ValueError(f"hook {self.name!r}: a webhook needs `url`")
+        if self.kind == "manual" and self.url:
+            raise ValueError(f"hook {self.name!r}: a manual hook takes no `url`")
+        return self
+
+
 class ReleasePolicy(_Strict):
-    """How a validated version goes live, and what makes it roll back by itself."""
+    """How a validated version goes live, and what makes it roll back by itself.
+
+    Each step is judged by analysis (``mlops.release.analysis``): every ``analysis_interval_seconds``
+    the built-in checks (error rate, latency, predictions) and the user's ``checks`` compare the
+    candidate with the stable version over the step so far. A check passes, fails, or is
+    inconclusive (too few requests, an empty query); ``failure_limit`` failed analyses are
+    tolerated, the next rolls back; a step that ends inconclusive does ``on_inconclusive``."""
 
     strategy: Literal["blue-green", "canary", "shadow"] = "canary"
     target: Literal["local", "kserve", "gitops", "lambda"] = Field(
@@ -176,6 +243,45 @@ class ReleasePolicy(_Strict):
         "classes, the change of the positive share), the Kolmogorov-Smirnov distance of the "
         "predicted values' histograms (regression). mlops.release.canary.judge.",
     )
+
+    failure_limit: int = Field(
+        0, ge=0, description="Failed analyses tolerated in a step; the next one rolls back."
+    )
+    on_inconclusive: Literal["extend", "hold", "rollback"] = Field(
+        "extend",
+        description="What a step (or the bake) that ends without enough evidence does: extend "
+        "it by bake_seconds (up to max_extensions times, then roll back), hold (pause for a "
+        "person's answer in the Prefect UI, up to hold_timeout_seconds, then roll back), or roll "
+        "back. Never a silent pass.",
+    )
+    max_extensions: int = Field(3, ge=0)
+    hold_timeout_seconds: float = Field(3600, gt=0)
+    error_significance: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="How unlikely the candidate's errors must be, were its error rate the "
+        "stable version's plus max_error_rate_increase, to fail it (one-sided binomial test): "
+        "three errors in three requests fail a step, one in a hundred does not.",
+    )
+    bake_after_promotion_seconds: float = Field(
+        0,
+        ge=0,
+        description="After promotion the previous version stays ready this long while the "
+        "checks go on against its figures from the last step; a breach rolls back to it.",
+    )
+    checks: tuple[QueryCheck, ...] = ()
+    hooks: tuple[HookPolicy, ...] = ()
+
+    @field_validator("checks", "hooks")
+    @classmethod
+    def _unique_names(
+        cls, items: tuple[QueryCheck, ...] | tuple[HookPolicy, ...]
+    ) -> tuple[QueryCheck, ...] | tuple[HookPolicy, ...]:
+        names = [i.name for i in items]
+        if len(names) != len(set(names)):
+            raise ValueError(f"names must be unique: {names}")
+        return items
 
     @field_validator("canary_steps")
     @classmethod

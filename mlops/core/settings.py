@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     pushgateway_url: str | None = Field(
         None, description="Prometheus Pushgateway the monitoring flow pushes its figures to."
     )
+    prometheus_port: int = Field(
+        9090, ge=1, le=65535, description="The local stack's Prometheus (mlops up starts it)."
+    )
+    prometheus_url: str | None = Field(
+        None,
+        description="The Prometheus the release's analysis queries (local, kserve and gitops "
+        "targets); derived from host and prometheus_port when unset.",
+    )
 
     # release targets beyond the local one (targets/): each is used only when a release names it
     k8s_kubeconfig: Path | None = Field(
@@ -177,6 +185,8 @@ class Settings(BaseSettings):
             self.prefect_api_url = f"http://{self.host}:{self.prefect_port}/api"
         if self.mlflow_tracking_uri is None:
             self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
+        if self.prometheus_url is None:
+            self.prometheus_url = f"http://{self.host}:{self.prometheus_port}"
         return self
 
     @property

@@ -39,6 +39,13 @@ from mlops.stack.processes import (
     stop_process_group,
     tail,
 )
+from mlops.stack.prometheus import (
+    INSTALL_HINT,
+    PROMETHEUS,
+    prometheus_argv,
+    prometheus_binary,
+    render_config,
+)
 
 WORKER = "worker"
 
@@ -96,6 +103,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MLOPS_MLFLOW_PORT": str(settings.mlflow_port),
         "MLOPS_PREFECT_API_URL": str(settings.prefect_api_url),
         "MLOPS_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "MLOPS_PROMETHEUS_PORT": str(settings.prometheus_port),
+        "MLOPS_PROMETHEUS_URL": str(settings.prometheus_url),
         "MLOPS_WORK_POOL": settings.work_pool,
     }
     if settings.aws_endpoint_url:  # an S3-compatible store or an emulation: every client goes there
@@ -209,6 +218,8 @@ def auth_mode(settings: Settings, name: str) -> str:
         return f"basic-auth app, user {settings.mlflow_username}"
     if name == WORKER:
         return "sends the auth string" if settings.prefect_auth_string is not None else "no auth"
+    if name == PROMETHEUS:
+        return "scrapes every 1 s, no auth"
     return ""
 
 
@@ -251,6 +262,13 @@ def services(settings: Settings) -> list[Service]:
             port=settings.mlflow_port,
             health_url=f"{settings.mlflow_tracking_uri}/health",
             ui_url=str(settings.mlflow_tracking_uri),
+        ),
+        Service(
+            name=PROMETHEUS,
+            argv=prometheus_argv(settings) if prometheus_binary() else [],
+            port=settings.prometheus_port,
+            health_url=f"{settings.prometheus_url}/-/ready",
+            ui_url=str(settings.prometheus_url),
         ),
         Service(
             name=WORKER,
@@ -323,6 +341,11 @@ class LocalStack:
         started: list[Running] = []
         try:
             servers = [by_name["prefect"], by_name["mlflow"]]
+            if by_name[PROMETHEUS].argv:
+                render_config(self.settings)
+                servers.append(by_name[PROMETHEUS])
+            else:
+                self.out(f"{PROMETHEUS}: not started. {INSTALL_HINT}")
             for svc in servers:
                 self._ensure_running(state, svc, env, started)
             for svc in servers:
@@ -517,9 +540,15 @@ def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Setting
         MLOPS_STATE_DIR=str(state_dir),
         MLOPS_PREFECT_PORT=str(free_port()),
         MLOPS_MLFLOW_PORT=str(free_port()),
+        MLOPS_PROMETHEUS_PORT=str(free_port()),
         **env,
     )
-    for derived in ("MLOPS_PREFECT_API_URL", "MLOPS_MLFLOW_TRACKING_URI", "MLOPS_PIPELINE"):
+    for derived in (
+        "MLOPS_PREFECT_API_URL",
+        "MLOPS_MLFLOW_TRACKING_URI",
+        "MLOPS_PROMETHEUS_URL",
+        "MLOPS_PIPELINE",
+    ):
         os.environ.pop(derived, None)
     settings = Settings()
     os.environ.update(service_env(settings))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
 from mlops.core.errors import MlopsError
 from mlops.release.router import Traffic
+
+if TYPE_CHECKING:
+    from mlops.release.providers.base import MetricsProvider
 
 
 class TargetError(MlopsError):
@@ -86,8 +89,14 @@ class ReleaseTarget(Protocol):
         """Record ``slot`` as the one production traffic belongs to."""
         ...
 
-    def sample(self) -> dict[str, SlotSample]:
-        """Cumulative counters per slot, now."""
+    def metrics(self) -> MetricsProvider:
+        """Where the analysis reads each slot's figures (``mlops.release.providers``), for the
+        slots deployed now."""
+        ...
+
+    def health(self) -> str | None:
+        """What the target itself reports wrong with a slot now (a revision KServe reports
+        failed, a server process gone); None when nothing. Any answer rolls back at once."""
         ...
 
     def retire(self, slot: str) -> None:

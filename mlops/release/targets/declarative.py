@@ -12,8 +12,9 @@ from uuid import UUID
 from mlops.core.settings import Settings
 from mlops.release.guard import start_guard, stop_guard
 from mlops.release.manifests import ReleaseSpec, SlotSpec, render_checked
+from mlops.release.providers.prometheus import PrometheusProvider, server_series
 from mlops.release.router import SLOTS, Traffic
-from mlops.release.targets.base import Deployed, SlotSample, TargetError, TargetState, need_image
+from mlops.release.targets.base import Deployed, TargetError, TargetState, need_image
 
 
 class DeclarativeTarget(ABC):
@@ -41,8 +42,19 @@ class DeclarativeTarget(ABC):
     @abstractmethod
     def wait_ready(self, deployed: Deployed, timeout: float) -> None: ...
 
-    def sample(self) -> dict[str, SlotSample]:
-        return {}
+    def metrics(self) -> PrometheusProvider:
+        """The model servers' own metrics in the cluster's Prometheus (``settings.prometheus_url``):
+        each revision's server labels its series with the model and its version."""
+        spec = self.spec()
+        series = {
+            slot: server_series(f'model="{self.model}",version="{s.version}"')
+            for slot, s in spec.slots.items()
+        }
+        assert self.settings.prometheus_url is not None
+        return PrometheusProvider(self.settings.prometheus_url, series)
+
+    def health(self) -> str | None:
+        return None
 
     # the release interface ---------------------------------------------------------------------
     def spec(self) -> ReleaseSpec:

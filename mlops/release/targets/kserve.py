@@ -14,7 +14,7 @@ from typing import Any
 
 from mlops.core.settings import Settings
 from mlops.release.manifests import ReleaseSpec
-from mlops.release.targets.base import Deployed, SlotSample, TargetError, missing_settings
+from mlops.release.targets.base import Deployed, TargetError, missing_settings
 from mlops.release.targets.declarative import DeclarativeTarget
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
@@ -130,9 +130,7 @@ class KServeTarget(DeclarativeTarget):
                 )
             time.sleep(0.5)
 
-    def sample(self) -> dict[str, SlotSample]:
+    def health(self) -> str | None:
         """A revision that fails while taking traffic is a breach (the status says why)."""
         _, failure = self._status()
-        if failure:
-            raise TargetError(f"KServe reports {failure}")
-        return {}
+        return f"KServe reports {failure}" if failure else None

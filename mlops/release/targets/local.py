@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mlops.core.files import write_atomic
 from mlops.core.settings import Settings
 from mlops.release.guard import start_guard, stop_guard
+from mlops.release.providers.prometheus import PrometheusProvider, SlotSeries, server_series
 from mlops.release.router import SLOTS, Router, Traffic
 from mlops.release.targets.base import Deployed, SlotSample, TargetError, TargetState
 from mlops.stack.local import auth_headers, service_env
@@ -32,6 +33,7 @@ from mlops.stack.processes import (
     stop_process_group,
     tail,
 )
+from mlops.stack.prometheus import scrape_targets_dir
 
 
 @dataclass
@@ -95,19 +97,47 @@ class LocalTarget:
         self._write_scrape_targets(state)
 
     def _write_scrape_targets(self, state: _State) -> None:
-        """The slots' servers for Prometheus' file service discovery (infra/monitoring/)."""
-        folder = self.settings.state_dir / "metrics"
+        """The model's router and slot servers for Prometheus' file service discovery
+        (``infra/monitoring/prometheus.yml``; the stack's Prometheus reads them)."""
+        folder = scrape_targets_dir(self.settings)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "slots.json"
-        others = [t for t in _read_json(path) if t["labels"].get("model") != self.model]
-        ours = [
+        servers = [
             {
                 "targets": [f"{self.settings.host}:{info['port']}"],
                 "labels": {"model": self.model, "slot": slot, "version": str(info["version"])},
             }
             for slot, info in sorted(state.slots.items())
         ]
-        write_atomic(path, json.dumps(others + ours, indent=2))
+        router = [
+            {
+                "targets": [f"{self.settings.host}:{self.router.port}"],
+                "labels": {"model": self.model},
+            }
+        ]
+        for name, ours in (("slots.json", servers), ("routers.json", router)):
+            path = folder / name
+            others = [t for t in _read_json(path) if t["labels"].get("model") != self.model]
+            write_atomic(path, json.dumps(others + ours, indent=2))
+
+    def metrics(self) -> PrometheusProvider:
+        """The stack's Prometheus: each slot as callers saw it through the router (Traefik's
+        per-service counters, a dead slot's 502s included), its predictions as its server
+        counted them."""
+        state = self._load()
+        series = {}
+        for slot, info in state.slots.items():
+            router = f'model="{self.model}",service="{slot}@file"'
+            server = server_series(f'model="{self.model}",version="{info["version"]}"')
+            series[slot] = SlotSeries(
+                requests=f"traefik_service_requests_total{{{router}}}",
+                errors=f'traefik_service_requests_total{{{router},code=~"5.."}}',
+                latency=f"traefik_service_request_duration_seconds_bucket{{{router}}}",
+                labels=server.labels,
+                values=server.values,
+                matchers=server.matchers,
+            )
+        assert self.settings.prometheus_url is not None
+        return PrometheusProvider(self.settings.prometheus_url, series)
 
     def _url(self, slot: dict[str, Any]) -> str:
         return f"http://{self.settings.host}:{slot['port']}"
@@ -241,6 +271,18 @@ class LocalTarget:
             if info and process_alive(info["pid"], info["started"]):
                 stop_process_group(info["pid"], timeout=10)
         (self.dir / "state.json").unlink(missing_ok=True)
+
+    def health(self) -> str | None:
+        """A slot's server that died while the router still sends it traffic."""
+        state = self._load()
+        now = self.router.current()
+        for slot in (
+            sorted(set(now.serving) | ({now.mirror} if now.mirror else set())) if now else []
+        ):
+            info = state.slots.get(slot)
+            if info and not process_alive(info["pid"], info["started"]):
+                return f"the {slot} server (v{info['version']}) exited:\n{tail(Path(info['log']))}"
+        return None
 
     # metrics ---------------------------------------------------------------------------------
     def sample(self) -> dict[str, SlotSample]:

@@ -61,7 +61,7 @@ def test_a_multiclass_candidate_is_judged_by_each_class_share_and_the_class_is_n
     assert moved.breached and moved.figures["prediction_shift"] == pytest.approx(0.2)
     assert moved.figures["total_variation"] == pytest.approx(0.2)
     assert moved.reasons == [  # of equal differences, the class predicted more often now
-        "'virginica' predicted for 40.0% of requests against 20.0% for the champion (allowed ±15%)"
+        "'virginica' predicted for 40.0% of requests against 20.0% for the stable version (allowed ±15%)"
     ]
     # a class the champion never predicted counts from 0
     new_class = judge(_classes(200, {"setosa": 0.5, "virginica": 0.2, "versicolor": 0.1, "other": 0.2}), champion, POLICY)  # fmt: skip
@@ -121,7 +121,7 @@ def test_a_regression_candidate_is_judged_by_the_distance_of_its_value_histogram
     assert moved.breached and moved.figures["prediction_shift"] == pytest.approx(0.31, abs=0.06)
     assert moved.figures["reference_median"] == pytest.approx(100, abs=2)
     [reason] = moved.reasons
-    assert "Kolmogorov-Smirnov over the value buckets" in reason and "for the champion" in reason
+    assert "Kolmogorov-Smirnov over the value buckets" in reason and "for the stable version" in reason
     assert moved.figures["candidate_median"] == pytest.approx(112, abs=4)
     median = f"median {moved.figures['candidate_median']:.4g} against {moved.figures['reference_median']:.4g}"
     assert median in reason and "(allowed 0.15)" in reason
