@@ -19,6 +19,7 @@ from mlops.core.errors import MlopsError
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.core.policy import ReleasePolicy
 from mlops.ml.prediction_shift import ExpectedPredictions
+from mlops.release.analysis import Decision
 from mlops.release.canary import ReleaseFailed, ReleaseOutcome, check_strategy, traffic_steps
 from mlops.release.promotion import (
     Settlement,
@@ -236,16 +237,18 @@ def _deploy(run: _Release, stable: str | None) -> str:
 
 
 def _shift_and_watch(run: _Release, stable: str, candidate: str) -> None:
-    """Each step of the strategy, watched; the first breach (or failure) rolls back."""
+    """Each step of the strategy, watched; the first breach (or failure) rolls back, with the
+    analysis that decided it as the audit entry's evidence."""
     try:
         breach = _first_breach(run, stable, candidate)
     except MlopsError as exc:
         _roll_back(run, stable, str(exc))
     if breach:
-        _roll_back(run, stable, breach)
+        reason, decision = breach
+        _roll_back(run, stable, reason, analysis=decision.as_dict())
 
 
-def _first_breach(run: _Release, stable: str, candidate: str) -> str | None:
+def _first_breach(run: _Release, stable: str, candidate: str) -> tuple[str, Decision] | None:
     rules = run.rules
     for where, traffic in traffic_steps(run.strategy, rules.canary_steps, stable, candidate):
         shift_traffic(run.where, run.name, traffic)
@@ -261,7 +264,7 @@ def _first_breach(run: _Release, stable: str, candidate: str) -> str | None:
             stable_before=stable not in traffic.serving,
         )
         if decision.action != "pass":
-            return f"{where}: {decision.reason}"
+            return f"{where}: {decision.reason}", decision
     return None
 
 
@@ -277,10 +280,11 @@ def _promote(run: _Release, candidate: str, stable: str | None) -> None:
         _roll_back(run, stable, f"promotion failed: {type(exc).__name__}: {exc}")
 
 
-def _roll_back(run: _Release, stable: str | None, reason: str) -> NoReturn:
-    """All traffic back on ``stable``, an audit entry, and the release fails with ``reason``."""
+def _roll_back(run: _Release, stable: str | None, reason: str, **evidence: object) -> NoReturn:
+    """All traffic back on ``stable``, an audit entry (with ``evidence``), and the release fails
+    with ``reason``."""
     roll_back_traffic(run.where, run.name, stable, reason)
-    unwritten = run.audit.record_or_report(run.version, "release-rolled-back", reason)
+    unwritten = run.audit.record_or_report(run.version, "release-rolled-back", reason, **evidence)
     raise ReleaseFailed(
         f"{run.name} v{run.version} rolled back: {reason}" + (f"; {unwritten}" if unwritten else "")
     )
