@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup engine tools demo up down status test test-unit lint bench clean
+.PHONY: help setup engine prometheus tools demo up down status test test-unit lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,15 +23,17 @@ setup: $(STAMP) ## Create .venv and install the project with its pinned dependen
 engine: ## Podman (Docker API) and a local image registry, for building and running model images
 	@infra/docker/setup-engine.sh || echo "no container engine set up: the image tests will skip (use Docker with DOCKER_HOST, or run this as root on Debian)"
 
-tools: ## kubectl (manifest dry-runs) and promtool (alert rules) from Debian's packages when missing; checkov (Terraform) in .tools/
+prometheus: ## Prometheus (server, promtool) and the Pushgateway from Debian's packages when missing: the release's canary analysis reads its metrics there
+	@(command -v prometheus && command -v promtool && command -v prometheus-pushgateway) >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway) || echo "no Prometheus: mlops up will say what to install; releases cannot judge their canaries without it"
+
+tools: prometheus ## kubectl (manifest dry-runs) from Debian's packages when missing; checkov (Terraform) in .tools/
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
-	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) || echo "no promtool: the monitoring config tests will skip"
 	@test -x .tools/checkov/bin/checkov || ($(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -c infra/terraform/checkov-constraints.txt checkov) || echo "no checkov: the Terraform scan tests will skip"
 
-demo: $(STAMP) ## The main job: start the local stack and run the training deployment on it
+demo: $(STAMP) prometheus ## The main job: start the local stack and run the training deployment on it
 	$(BIN)/mlops demo
 
-up: $(STAMP) ## Start the local stack (Prefect server, MLflow server, worker)
+up: $(STAMP) prometheus ## Start the local stack (Prefect server, MLflow server, Prometheus, Pushgateway, worker)
 	$(BIN)/mlops up
 
 down: $(STAMP) ## Stop the local stack

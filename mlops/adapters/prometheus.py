@@ -3,6 +3,7 @@ textfile collector) and, when configured, on the Pushgateway."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -61,4 +62,13 @@ def write_prometheus(outcome: MonitoringOutcome, path: Path, pushgateway: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), registry)  # written aside and renamed: never half a file
     if pushgateway:
-        push_to_gateway(pushgateway, job=f"mlops-monitoring-{outcome.model}", registry=registry)
+        try:
+            push_to_gateway(pushgateway, job=f"mlops-monitoring-{outcome.model}", registry=registry)
+        except OSError as exc:  # the figures are in the textfile; the window's verdict stands
+            logging.getLogger(__name__).warning(
+                "the Pushgateway at %s did not take %s's figures (%s); they are in %s",
+                pushgateway,
+                outcome.model,
+                exc,
+                path,
+            )

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     pushgateway_url: str | None = Field(
         None, description="Prometheus Pushgateway the monitoring flow pushes its figures to."
     )
+    pushgateway_port: int = Field(
+        9091,
+        ge=1,
+        le=65535,
+        description="The local stack's Pushgateway (when pushgateway_url is unset).",
+    )
     prometheus_port: int = Field(
         9090, ge=1, le=65535, description="The local stack's Prometheus (mlops up starts it)."
     )
@@ -158,6 +164,11 @@ class Settings(BaseSettings):
         None,
         description="Bearer token the model servers require; the local target's servers keep it "
         "and the release's smoke test and metric reads send it.",
+    )
+    hook_secret: SecretStr | None = Field(
+        None,
+        description="Release webhooks are signed with it: X-Mlops-Signature: sha256=<HMAC of "
+        "the body> (mlops.release.hooks).",
     )
 
     @model_validator(mode="after")

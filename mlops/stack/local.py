@@ -42,8 +42,11 @@ from mlops.stack.processes import (
 from mlops.stack.prometheus import (
     INSTALL_HINT,
     PROMETHEUS,
+    PUSHGATEWAY,
     prometheus_argv,
     prometheus_binary,
+    pushgateway_argv,
+    pushgateway_url,
     render_config,
 )
 
@@ -105,8 +108,11 @@ def service_env(settings: Settings) -> dict[str, str]:
         "MLOPS_MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "MLOPS_PROMETHEUS_PORT": str(settings.prometheus_port),
         "MLOPS_PROMETHEUS_URL": str(settings.prometheus_url),
+        "MLOPS_PUSHGATEWAY_PORT": str(settings.pushgateway_port),
         "MLOPS_WORK_POOL": settings.work_pool,
     }
+    if pushgateway := pushgateway_url(settings):
+        env["MLOPS_PUSHGATEWAY_URL"] = pushgateway
     if settings.aws_endpoint_url:  # an S3-compatible store or an emulation: every client goes there
         env |= {
             "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
@@ -220,6 +226,8 @@ def auth_mode(settings: Settings, name: str) -> str:
         return "sends the auth string" if settings.prefect_auth_string is not None else "no auth"
     if name == PROMETHEUS:
         return "scrapes every 1 s, no auth"
+    if name == PUSHGATEWAY:
+        return "no auth"
     return ""
 
 
@@ -269,6 +277,13 @@ def services(settings: Settings) -> list[Service]:
             port=settings.prometheus_port,
             health_url=f"{settings.prometheus_url}/-/ready",
             ui_url=str(settings.prometheus_url),
+        ),
+        Service(
+            name=PUSHGATEWAY,
+            argv=[] if settings.pushgateway_url else pushgateway_argv(settings),
+            port=settings.pushgateway_port,
+            health_url=f"http://{settings.host}:{settings.pushgateway_port}/-/ready",
+            ui_url=f"http://{settings.host}:{settings.pushgateway_port}",
         ),
         Service(
             name=WORKER,
@@ -341,6 +356,8 @@ class LocalStack:
         started: list[Running] = []
         try:
             servers = [by_name["prefect"], by_name["mlflow"]]
+            if by_name[PUSHGATEWAY].argv:
+                servers.append(by_name[PUSHGATEWAY])
             if by_name[PROMETHEUS].argv:
                 render_config(self.settings)
                 servers.append(by_name[PROMETHEUS])
@@ -541,6 +558,7 @@ def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Setting
         MLOPS_PREFECT_PORT=str(free_port()),
         MLOPS_MLFLOW_PORT=str(free_port()),
         MLOPS_PROMETHEUS_PORT=str(free_port()),
+        MLOPS_PUSHGATEWAY_PORT=str(free_port()),
         **env,
     )
     for derived in (

@@ -22,6 +22,8 @@ from mlops.core.settings import Settings
 
 PROMETHEUS = "prometheus"
 
+PUSHGATEWAY = "pushgateway"
+
 #: How often the local Prometheus scrapes: a canary step's analysis reads seconds-old figures.
 SCRAPE_INTERVAL = "1s"
 
@@ -36,6 +38,32 @@ INSTALL_HINT = (
 
 def prometheus_binary() -> str | None:
     return shutil.which("prometheus")
+
+
+def pushgateway_binary() -> str | None:
+    """Debian's ``prometheus-pushgateway`` (or a ``pushgateway`` on PATH)."""
+    return shutil.which("prometheus-pushgateway") or shutil.which("pushgateway")
+
+
+def pushgateway_url(settings: Settings) -> str | None:
+    """Where the monitoring flow pushes its figures: the settings' Pushgateway, else the
+    stack's own where it can run one; None when neither."""
+    if settings.pushgateway_url:
+        return settings.pushgateway_url
+    if pushgateway_binary():
+        return f"http://{settings.host}:{settings.pushgateway_port}"
+    return None
+
+
+def pushgateway_argv(settings: Settings) -> list[str]:
+    binary = pushgateway_binary()
+    if binary is None:
+        return []
+    return [
+        binary,
+        f"--web.listen-address={settings.host}:{settings.pushgateway_port}",
+        f"--persistence.file={settings.state_dir / 'prometheus' / 'pushgateway.db'}",
+    ]
 
 
 def scrape_targets_dir(settings: Settings) -> Path:
@@ -67,8 +95,8 @@ def render_config(settings: Settings) -> Path:
             sd["files"] = [str(targets / Path(f).name) for f in sd["files"]]
             sd["refresh_interval"] = SCRAPE_INTERVAL
         for static in job.get("static_configs", []):
-            if job.get("job_name") == "mlops-monitoring" and settings.pushgateway_url:
-                static["targets"] = [settings.pushgateway_url.split("://", 1)[-1].rstrip("/")]
+            if job.get("job_name") == "mlops-monitoring" and (url := pushgateway_url(settings)):
+                static["targets"] = [url.split("://", 1)[-1].rstrip("/")]
     for name in ("routers.json", "slots.json"):
         if not (targets / name).exists():
             write_atomic(targets / name, "[]")
