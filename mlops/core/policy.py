@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -142,6 +143,10 @@ class DataPolicy(_Strict):
 HOOK_PHASES = ("before-first-step", "before-traffic-increase", "before-promotion", "after-rollback")
 
 
+#: What a user check's query may hold in braces, filled in per side by the metrics provider.
+QUERY_PLACEHOLDERS = frozenset({"selector", "window", "offset"})
+
+
 class QueryCheck(_Strict):
     """A check the user writes: a query of the target's metrics provider, asked of the candidate
     and of the stable version over the same window, and a limit.
@@ -171,6 +176,17 @@ class QueryCheck(_Strict):
                 f"check {self.name!r}: the query must hold {{selector}}, where the side's label "
                 "matchers go (else both sides ask the same thing)"
             )
+        unknown = sorted(set(re.findall(r"\{([A-Za-z_]\w*)\}", self.query)) - QUERY_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(
+                f"check {self.name!r}: unknown placeholder(s) "
+                + ", ".join(f"{{{u}}}" for u in unknown)
+                + " in the query: it may hold {selector}, {window} and {offset}"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(
+                f"check {self.name!r}: min {self.min:g} is above max {self.max:g}: no value passes"
+            )
         return self
 
 
@@ -196,6 +212,11 @@ class HookPolicy(_Strict):
             raise ValueError(f"hook {self.name!r}: a webhook needs `url`")
         if self.kind == "manual" and self.url:
             raise ValueError(f"hook {self.name!r}: a manual hook takes no `url`")
+        if self.kind == "manual" and self.phase == "after-rollback":
+            raise ValueError(
+                f"hook {self.name!r}: after-rollback hooks are told, not asked; a manual hook "
+                "there has nothing to answer (use a webhook)"
+            )
         return self
 
 
@@ -214,7 +235,10 @@ class ReleasePolicy(_Strict):
     )
     canary_steps: tuple[int, ...] = (5, 25, 50, 100)
     bake_seconds: float = Field(
-        60, ge=0, description="Per canary step; the shadow and blue-green watch."
+        60,
+        gt=0,
+        description="Per canary step; the shadow and blue-green watch (a watch of no time has "
+        "no evidence: every release beside a stable version would end inconclusive).",
     )
     analysis_interval_seconds: float = Field(1.0, gt=0, le=30)
     ready_timeout_seconds: float = Field(120, gt=0)

@@ -19,8 +19,8 @@ The checks, and the test each uses (chosen for the small samples a canary step s
   ``max_prediction_shift``.
 - each of the policy's ``checks``: the user's query asked of both sides, and its limits.
 
-Too little traffic (fewer than ``min_requests`` candidate requests), no reference on the stable
-side, or an empty query is **inconclusive**: never a silent pass, never a crash.
+Too little traffic (fewer than ``min_requests`` candidate requests, or predictions for the
+prediction check), no reference on the stable side, or an empty query is **inconclusive**: never a silent pass, never a crash.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from scipy.stats import binomtest
 
@@ -42,12 +42,28 @@ from mlops.ml.prediction_shift import (
     shares,
     total_variation,
 )
-from mlops.release.targets.base import SlotSample
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 
 #: How unlikely, for a candidate as fast as the stable version, its count of slow requests must be.
 LATENCY_SIGNIFICANCE = 0.001
+
+
+class SlotSample(Protocol):
+    """One slot's figures over a window, as the analysis reads them: the shape of
+    ``mlops.release.targets.base.SlotSample``, which providers fill in (described here, not
+    imported: the targets' interface names the providers, which name this module)."""
+
+    @property
+    def requests(self) -> float: ...
+    @property
+    def errors(self) -> float: ...
+    @property
+    def latency_buckets(self) -> dict[float, float]: ...  # le -> cumulative count
+    @property
+    def labels(self) -> dict[str, float]: ...  # predicted class -> count
+    @property
+    def values(self) -> dict[float, float]: ...  # le -> cumulative count of predicted values
 
 
 @dataclass(frozen=True)
@@ -92,15 +108,20 @@ class CheckResult:
     query: dict[str, str] = field(default_factory=dict)  # side.figure -> resolved query
 
     def as_dict(self) -> dict[str, object]:
+        """Strict JSON (an infinite ratio against a stable 0 is the string ``"inf"``)."""
         return {
             "name": self.name,
             "outcome": self.outcome,
             "reason": self.reason,
-            "candidate": self.candidate,
-            "stable": self.stable,
-            "statistic": self.statistic,
+            "candidate": _json_number(self.candidate),
+            "stable": _json_number(self.stable),
+            "statistic": {k: _json_number(v) for k, v in self.statistic.items()},
             "query": self.query,
         }
+
+
+def _json_number(value: float | None) -> float | str | None:
+    return value if value is None or math.isfinite(value) else str(value)
 
 
 def _queries(window: Window, *figures: str) -> dict[str, str]:
@@ -164,7 +185,9 @@ def class_shares(sample: SlotSample, classes: Sequence[str] = ()) -> dict[str, f
 def error_rate(window: Window, policy: ReleasePolicy) -> CheckResult:
     cand, stab = window.candidate.sample, window.stable.sample
     query = _queries(window, "requests", "errors")
-    n, k = round(cand.requests), round(cand.errors)
+    # two queries, each increase() extrapolated on its own: never more errors than requests
+    n = round(cand.requests)
+    k = min(round(cand.errors), n)
     if n <= 0:
         return CheckResult(
             "error-rate",
@@ -238,10 +261,10 @@ def predictions(
     """The candidate's predictions against the stable version's (or ``expected``)."""
     cand = window.candidate.sample
     query = _queries(window, "labels", "values")
-    if cand.requests < max(policy.min_requests, 1) and (
-        sum(cand.labels.values()) < max(policy.min_requests, 1)
-    ):
-        n = max(cand.requests, sum(cand.labels.values()))
+    # what the server predicted, not what the router counted (a request answered 500 predicted
+    # nothing): the class counts, or the values histogram's total
+    n = sum(cand.labels.values()) if cand.labels else max(cand.values.values(), default=0.0)
+    if n < max(policy.min_requests, 1):
         return CheckResult(
             "predictions",
             "inconclusive",
