@@ -11,6 +11,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.release import release
+from mlops.adapters.adoption import (
+    AdoptionRefused,
+    needs_adoption,
+    record_evaluation,
+    record_registration,
+)
 from mlops.adapters.audit import AuditTrail
 from mlops.adapters.locks import held
 from mlops.adapters.registry import RegisteredVersion, lookup_model_version, registry_client
@@ -34,6 +40,7 @@ from mlops.release.promotion import (
     promotion_lock_name,
     release_eligibility,
 )
+from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
 from tasks.gates import (
     check_fairness,
     check_metric_thresholds,
@@ -47,6 +54,7 @@ from tasks.gates import (
 from tasks.registry import load_model_version, resolve_model_version
 from tasks.release import AuditContext, promote_to_champion
 from tasks.reporting import write_model_card
+from tasks.training import evaluate_model
 
 
 @flow(name="promotion", persist_result=True)
@@ -95,6 +103,8 @@ def promotion(
         return PromotionOutcome(name, candidate.version, False, previous, "already champion", [])
 
     audit = _audit(ctx, candidate, previous, actor, trigger)
+    if needs_adoption(candidate):  # registered outside mlops' flows (a notebook, say)
+        candidate = _adopt(ctx, audit, candidate)
     results = _judge(ctx, audit, candidate, champion)
     audit = _clear(ctx, audit, candidate, results)
 
@@ -172,6 +182,31 @@ def _judge(
         audit.record(candidate.version, "rejected", str(failure))
         raise failure
     return results
+
+
+def _adopt(ctx: RunContext, audit: AuditContext, candidate: RegisteredVersion) -> RegisteredVersion:
+    """Adopt a version registered outside mlops (``mlops.adapters.adoption``): its artifacts'
+    format checked and checksum recorded, its provenance, and its scores on the holdout of the
+    pipeline's current data version, split as training splits it, on its run for the gates."""
+    uri, name, cfg = ctx.tracking_uri, ctx.model_name, ctx.config
+    run_id = str(flow_run.get_id() or "local")
+    try:
+        provenance = record_registration(uri, candidate, f"promotion flow run {run_id}")
+    except AdoptionRefused as exc:
+        audit.record(candidate.version, "rejected", str(exc))
+        raise
+    data = resolve_data_version(ctx.project_dir, cfg.data.path, None)
+    frame = load_dataset(ctx.project_dir, data, cfg.data.na_values)
+    source = f"{data.path}@{data.short}"
+    valid = validate_dataset(frame, cfg.contract, source, ctx.settings.reports_dir / run_id)
+    split = split_dataset(valid, cfg.features.columns, problem_for(cfg.target), cfg.split)
+    registered = resolve_model_version(uri, name, str(candidate.version))
+    model = cast(Model, load_model_version(uri, name, candidate.version))
+    metrics = evaluate_model(model, split)
+    record_evaluation(uri, registered, split, metrics)
+    audit.record(candidate.version, "adopted", provenance, data=source, holdout_metrics=metrics)
+    get_run_logger().info("%s v%s adopted: %s", name, candidate.version, provenance)
+    return resolve_model_version(uri, name, str(candidate.version))
 
 
 def _audit(

@@ -74,11 +74,13 @@ Action = Literal[
     "release-started",
     "released",
     "release-rolled-back",
+    "release-baked",  # the bake after a release's promotion ended and the new champion stays
     "release-failed",
     "retraining-triggered",
     "retraining-skipped",
     "retraining-failed",
     "production-data-collected",
+    "adopted",  # a version registered outside mlops' flows, recorded (mlops.adapters.adoption)
 ]
 
 

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(
         9090, ge=1, le=65535, description="The local stack's Prometheus (mlops up starts it)."
     )
+    registry_webhook_port: int = Field(
+        9766,
+        ge=1,
+        le=65535,
+        description="The local stack's receiver of MLflow registry webhooks (mlops up starts it).",
+    )
     prometheus_url: str | None = Field(
         None,
         description="The Prometheus the release's analysis queries (local, kserve and gitops "
@@ -169,6 +175,12 @@ class Settings(BaseSettings):
         None,
         description="Release webhooks are signed with it: X-Mlops-Signature: sha256=<HMAC of "
         "the body> (mlops.release.hooks).",
+    )
+
+    registry_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Secret MLflow signs its registry webhooks with (HMAC-SHA256); one is "
+        "generated into <state_dir>/registry-webhooks/secret (mode 0600) when unset.",
     )
 
     @model_validator(mode="after")

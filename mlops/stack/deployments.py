@@ -25,7 +25,13 @@ import yaml
 
 from mlops.core.config import PipelineConfig, load_pipeline_config
 from mlops.core.errors import MlopsError
-from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED, POLICY_UPDATED, model_resource
+from mlops.core.events import (
+    DRIFT_DETECTED,
+    PERFORMANCE_DEGRADED,
+    POLICY_UPDATED,
+    REGISTRY_VERSION_CREATED,
+    model_resource,
+)
 from mlops.core.files import write_atomic
 from mlops.core.lineage import CHALLENGER_ALIAS, CHAMPION_ALIAS
 
@@ -61,6 +67,13 @@ TRIGGER_PARAMETERS = {
     "reason": "{{ event.event }}",
     "event_id": "{{ event.id | string }}",
     "evidence": "{{ event.payload }}",
+}
+# A version registered outside mlops' flows (MLflow's webhook, mlops.stack.registry_webhooks) is
+# judged by the promotion deployment: every such event, no cool-down (each is another version).
+REGISTRY_TRIGGER_PARAMETERS = {
+    "version": "{{ event.payload.version }}",
+    "trigger": "registry webhook (delivery {{ event.payload.delivery_id }})",
+    "actor": "registry-webhook",
 }
 
 HEADER = """\
@@ -119,7 +132,9 @@ def deployments_for(pipeline_path: Path, cfg: PipelineConfig) -> list[dict[str, 
             "work_pool": {"name": WORK_POOL},
         }
 
-    def trigger(events: list[str], within: int) -> dict[str, Any]:
+    def trigger(
+        events: list[str], within: int, parameters: dict[str, str] = TRIGGER_PARAMETERS
+    ) -> dict[str, Any]:
         return {
             "type": "event",
             "enabled": True,
@@ -128,7 +143,7 @@ def deployments_for(pipeline_path: Path, cfg: PipelineConfig) -> list[dict[str, 
             "posture": "Reactive",
             "threshold": 1,
             "within": within,
-            "parameters": dict(TRIGGER_PARAMETERS),
+            "parameters": dict(parameters),
         }
 
     found = [
@@ -223,6 +238,8 @@ def deployments_for(pipeline_path: Path, cfg: PipelineConfig) -> list[dict[str, 
         trigger([DRIFT_DETECTED, PERFORMANCE_DEGRADED], DECAY_COOL_DOWN_SECONDS),
         trigger([POLICY_UPDATED], POLICY_COOL_DOWN_SECONDS),
     ]
+    promotion = next(d for d in found if d["entrypoint"] == PROMOTION)
+    promotion["triggers"] = [trigger([REGISTRY_VERSION_CREATED], 0, REGISTRY_TRIGGER_PARAMETERS)]
     return found
 
 

@@ -48,6 +48,14 @@ from mlops.stack.prometheus import (
     pushgateway_argv,
     pushgateway_url,
     render_config,
+    scrape_targets_dir,
+)
+from mlops.stack.registry_webhooks import (
+    REGISTRY_WEBHOOK,
+    mlflow_server_env,
+    register_webhook,
+    service_argv,
+    write_scrape_target,
 )
 
 WORKER = "worker"
@@ -142,8 +150,9 @@ def server_env(settings: Settings, name: str) -> dict[str, str]:
     against. For MLflow's auth app this writes its config under the state folder (mode 0600)."""
     if name == "prefect" and settings.prefect_auth_string is not None:
         return {"PREFECT_SERVER_API_AUTH_STRING": settings.prefect_auth_string.get_secret_value()}
-    if name == "mlflow" and settings.mlflow_password is not None:
-        return mlflow_auth_env(settings)
+    if name == "mlflow":  # delivers the registry webhooks to the stack's receiver
+        auth = mlflow_auth_env(settings) if settings.mlflow_password is not None else {}
+        return auth | mlflow_server_env(settings)
     return {}
 
 
@@ -228,6 +237,8 @@ def auth_mode(settings: Settings, name: str) -> str:
         return "scrapes every 1 s, no auth"
     if name == PUSHGATEWAY:
         return "no auth"
+    if name == REGISTRY_WEBHOOK:
+        return "HMAC-signed MLflow deliveries only"
     return ""
 
 
@@ -284,6 +295,13 @@ def services(settings: Settings) -> list[Service]:
             port=settings.pushgateway_port,
             health_url=f"http://{settings.host}:{settings.pushgateway_port}/-/ready",
             ui_url=f"http://{settings.host}:{settings.pushgateway_port}",
+        ),
+        Service(
+            name=REGISTRY_WEBHOOK,
+            argv=service_argv(settings),
+            port=settings.registry_webhook_port,
+            health_url=f"http://{settings.host}:{settings.registry_webhook_port}/health",
+            ui_url=f"http://{settings.host}:{settings.registry_webhook_port}/metrics",
         ),
         Service(
             name=WORKER,
@@ -355,7 +373,8 @@ class LocalStack:
         by_name = {s.name: s for s in services(self.settings)}
         started: list[Running] = []
         try:
-            servers = [by_name["prefect"], by_name["mlflow"]]
+            servers = [by_name["prefect"], by_name["mlflow"], by_name[REGISTRY_WEBHOOK]]
+            write_scrape_target(self.settings, scrape_targets_dir(self.settings))
             if by_name[PUSHGATEWAY].argv:
                 servers.append(by_name[PUSHGATEWAY])
             if by_name[PROMETHEUS].argv:
@@ -370,6 +389,7 @@ class LocalStack:
                 assert run is not None
                 self._wait_healthy(svc, run)
                 check_credentials(self.settings, svc.name)
+            register_webhook(self.settings, auth_headers(self.settings, "mlflow"))
             self.ensure_work_pool()
             if deploy:
                 self.deploy(env)
@@ -559,6 +579,7 @@ def use_private_stack(project_dir: Path, state_dir: Path, **env: str) -> Setting
         MLOPS_MLFLOW_PORT=str(free_port()),
         MLOPS_PROMETHEUS_PORT=str(free_port()),
         MLOPS_PUSHGATEWAY_PORT=str(free_port()),
+        MLOPS_REGISTRY_WEBHOOK_PORT=str(free_port()),
         **env,
     )
     for derived in (

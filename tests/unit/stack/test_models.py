@@ -88,7 +88,7 @@ def test_model_add_with_the_stack_stopped_writes_and_says_how_to_register(
     assert refused.returncode == 1
     assert refused.stderr.startswith(
         "error: rival/pipeline.yaml: its model_name 'churn-model' is already deployed by "
-        "conf/pipeline.yaml (packaging/churn, retraining/churn)"
+        "conf/pipeline.yaml (promotion/churn, packaging/churn, retraining/churn)"
     ), refused.stderr
 
 
