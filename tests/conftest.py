@@ -114,6 +114,8 @@ def user_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         MLOPS_PREFECT_PORT=str(free_port()),
         MLOPS_MLFLOW_PORT=str(free_port()),
         MLOPS_REGISTRY_WEBHOOK_PORT=str(free_port()),
+        MLOPS_PROMETHEUS_PORT=str(free_port()),
+        MLOPS_PUSHGATEWAY_PORT=str(free_port()),
         MLOPS_ROUTER_PORT=str(free_port()),
         MLOPS_ROUTER_ADMIN_PORT=str(free_port()),
         PATH=f"{BIN}:{env.get('PATH', '')}",

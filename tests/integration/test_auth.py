@@ -112,7 +112,15 @@ def stack_processes(state: Path) -> dict[str, list[psutil.Process]]:
 
 def test_secrets_reach_the_servers_through_the_environment_only(auth_stack: AuthStack) -> None:
     processes = stack_processes(auth_stack.state)
-    assert set(processes) == {"prefect", "mlflow", "worker"}
+    assert set(processes) >= {"prefect", "mlflow", "worker", "registry_webhook"}
+    assert set(processes) <= {
+        "prefect",
+        "mlflow",
+        "worker",
+        "registry_webhook",
+        "prometheus",
+        "pushgateway",
+    }
     for name, procs in processes.items():
         for proc in procs:
             cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
