@@ -6,25 +6,34 @@ the release, the release's repair of an alias left behind by a killed release)."
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import httpx
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.exceptions import FailedRun, FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 from prefect.transactions import Transaction, get_transaction, transaction
+from pydantic import Field
 
 from mlops.adapters.audit import Action, AuditEntry, AuditTrail
+from mlops.adapters.events import emit_model_event
 from mlops.adapters.registry import download_model, lookup_model_version, registry_client
-from mlops.core.policy import Policy, ReleasePolicy
+from mlops.core.events import RELEASE_STEP, version_resource
+from mlops.core.policy import HookPolicy, Policy, ReleasePolicy
 from mlops.ml.prediction_shift import ExpectedPredictions
 from mlops.release import promotion
 from mlops.release.analysis import Decision, StepAnalysis, analyse
+from mlops.release.hooks import AFTER_ROLLBACK, HookAnswer, HookPayload, call_webhook, hooks_at
 from mlops.release.promotion import (
     CHAMPION,
     PROMOTION_TAGS,
@@ -39,6 +48,9 @@ from mlops.release.router import Traffic
 from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, known_batch, warm_up
 from mlops.release.targets.base import Deployed, ReleaseTarget
 from tasks import step
+
+#: Where a release writes its steps on the version's MLflow run: <folder>/<release id>/step-<n>.json
+RELEASE_RUN_FOLDER = "release"
 
 record_audit_entry = step(
     promotion.record_audit_entry,
@@ -254,6 +266,7 @@ def watch_candidate(
     expected: ExpectedPredictions | None = None,
     classes: Sequence[str] = (),
     stable_before: bool = False,
+    stable_ago: float = 0.0,
 ) -> Decision:
     """Analyse the step every interval, over the step so far, until it decides
     (``mlops.release.analysis.StepAnalysis``): pass, roll back, or hold; an inconclusive end the
@@ -263,29 +276,28 @@ def watch_candidate(
     expected of the candidate (default: the stable version's), and the target's classes in
     label order. ``stable_before``: the stable slot takes no traffic in this step (after a
     blue-green switch, in the bake), so its figures are those of the ``seconds`` before the step
-    began."""
+    began, or, with ``stable_ago``, before it last took traffic that long before the step began
+    (the bake after a blue-green switch).
+
+    The flow tells the decision (``explain_step``): after a hold, with the person's answer."""
     provider = target.metrics()
     step = StepAnalysis(policy, seconds)
     started = time.monotonic()
     while True:
-        # wait first: a window of no time holds nothing to judge
-        left = max(0.0, started + step.deadline - time.monotonic())
-        time.sleep(min(policy.analysis_interval_seconds, left))
+        # wait first: a window of no time holds nothing to judge; past the deadline (a failure
+        # tolerated there) a whole interval, or the tolerated analyses would run back to back
+        left = started + step.deadline - time.monotonic()
+        interval = policy.analysis_interval_seconds
+        time.sleep(min(interval, left) if left > 0 else interval)
         elapsed = time.monotonic() - started
         if (broken := target.health()) is not None:
             decision = Decision("rollback", broken, (), elapsed, step.failures + 1)
             break
-        before = (seconds, elapsed) if stable_before else None
+        before = (seconds, elapsed + stable_ago) if stable_before else None
         window = measure_window(provider, candidate, stable, elapsed, policy.checks, before)
         decision = step.decide(analyse(window, policy, expected, classes), elapsed)
         if decision.action in ("pass", "rollback", "hold"):
             break
-    rows = [f"| {r.name} | {r.outcome} | {r.reason} |" for r in decision.results]
-    _artifact(
-        model,
-        f"{candidate}: {decision.action} after {decision.elapsed:.0f} s",
-        [decision.reason, "", "| check | outcome | why |", "|---|---|---|", *rows],
-    )
     return decision
 
 
@@ -315,6 +327,181 @@ def roll_back_traffic(target: ReleaseTarget, model: str, stable: str | None, rea
     if stable is not None:
         target.set_traffic(Traffic.only(stable))
     _artifact(model, "rolled back", [reason, "", f"traffic: {stable or 'none'} 100%"])
+
+
+def restore_champion(
+    audit: AuditContext, back_to: int, rolled_back: int, reason: str, **evidence: object
+) -> None:
+    """Undo a promotion as one recorded act (the bake's rollback): the `champion` alias back on
+    ``back_to`` (if it still points at ``rolled_back``), its promotion tags (promoted over
+    ``rolled_back``, by the audit's actor) and the `release-rolled-back` entry of
+    ``rolled_back`` change together or not at all."""
+    undone = dataclasses.replace(audit, previous_champion=rolled_back)
+    with transaction():
+        move_champion_alias(audit.tracking_uri, audit.model, back_to, expected=rolled_back)
+        tag_promoted_version(audit.tracking_uri, audit.model, back_to, audit.actor, rolled_back)
+        undone.record(rolled_back, "release-rolled-back", reason, **evidence)
+
+
+class HoldDecision(RunInput):
+    """The form a person answers when a release step ended inconclusive and the policy holds."""
+
+    action: Literal["continue", "rollback"] = Field(
+        description="continue: the step counts as passed and the release goes on; rollback: "
+        "all traffic back on the stable version."
+    )
+    by: str = Field(description="Who decides (name or e-mail).", min_length=1)
+    reason: str = Field(
+        description="Why: recorded with the step and in the audit trail.", min_length=1
+    )
+
+
+@dataclass(frozen=True)
+class HoldAnswer:
+    """What became of a held step: who let it go on or rolled it back, and why."""
+
+    proceed: bool
+    by: str
+    reason: str
+    waited_seconds: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "proceed": self.proceed,
+            "by": self.by,
+            "reason": self.reason,
+            "waited_seconds": round(self.waited_seconds, 3),
+        }
+
+
+def hold_step(
+    model: str,
+    version: int,
+    step_name: str,
+    decision: Decision,
+    timeout_seconds: float,
+    poll_interval: int = 2,
+) -> tuple[Decision, HoldAnswer]:
+    """Pause this flow run with a form (``HoldDecision``) in the Prefect UI: a step that ended
+    inconclusive under ``on_inconclusive: hold`` goes on (it passes) or rolls back as a person
+    answers; no answer within ``timeout_seconds`` rolls back. Returns the step's final decision
+    (its reason says who decided and why) and the answer.
+
+    Must be called from a flow run (the pause is the flow run's state)."""
+    timeout = max(1, round(timeout_seconds))
+    description = (
+        f"{model} v{version}, {step_name}: {decision.reason}. Continue (the step passes) or roll "
+        f"back? With no answer within {timeout} s the release rolls back."
+    )
+    started = time.monotonic()
+    try:
+        form = pause_flow_run(
+            wait_for_input=HoldDecision.with_initial_data(
+                description=description, action="rollback", by="", reason=""
+            ),
+            timeout=timeout,
+            poll_interval=poll_interval,
+        )
+        answer = HoldAnswer(
+            form.action == "continue", form.by, form.reason, time.monotonic() - started
+        )
+    except (FlowPauseTimeout, FailedRun):
+        # the client gives up at the timeout, or finds the server failed the paused run for it
+        answer = HoldAnswer(
+            False, "(nobody)", f"no answer within {timeout} s", time.monotonic() - started
+        )
+    said = "continue" if answer.proceed else "roll back"
+    reason = f"{decision.reason}; held: {answer.by} said {said}: {answer.reason}"
+    final = dataclasses.replace(decision, action="pass" if answer.proceed else "rollback")
+    return dataclasses.replace(final, reason=reason), answer
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ") if value is not None else "–"
+
+
+def step_markdown(decision: Decision, held: HoldAnswer | None = None) -> list[str]:
+    """A step's decision for a person: the verdict, each check's figures and test statistic,
+    and the queries each figure was read by."""
+    lines = [f"**{decision.action}** after {decision.elapsed:.1f} s: {_cell(decision.reason)}", ""]
+    if held is not None:
+        lines += [f"held {held.waited_seconds:.0f} s; answered by {held.by}: {held.reason}", ""]
+    lines += [
+        "| check | outcome | candidate | stable | statistic | why |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in decision.results:
+        stats = ", ".join(f"{k} = {_cell(v)}" for k, v in r.statistic.items())
+        lines.append(
+            f"| {r.name} | {r.outcome} | {_cell(r.candidate)} | {_cell(r.stable)} | "
+            f"{stats or '–'} | {_cell(r.reason)} |"
+        )
+    queries = [(r.name, side, q) for r in decision.results for side, q in r.query.items()]
+    if queries:
+        lines += ["", "queries:", *(f"- {name} {side}: `{q}`" for name, side, q in queries)]
+    return lines
+
+
+@step(name="explain-step", task_run_name="explain-{model}-step-{number}")
+def explain_step(
+    tracking_uri: str,
+    model: str,
+    version: int,
+    run_id: str,
+    release_id: str,
+    number: int,
+    step_name: str,
+    decision: Decision,
+    held: HoldAnswer | None = None,
+    **context: object,
+) -> dict[str, object]:
+    """A watched step's decision, told where people and automations look: a markdown artifact,
+    ``release/<release id>/step-<n>.json`` on the version's MLflow run and an
+    ``mlops.release.step`` event about the model. Returns the document (the audit's evidence).
+
+    A write that fails is logged, not raised: the release acts on the decision either way."""
+    log = get_run_logger()
+    document: dict[str, object] = {
+        "model": model,
+        "version": version,
+        "release": release_id,
+        "step": number,
+        "name": step_name,
+        "time": datetime.now(UTC).isoformat(),
+        **context,
+        "decision": decision.as_dict(),
+        "held": held.as_dict() if held else None,
+    }
+    title = (
+        f"v{version} step {number} ({step_name}): {decision.action} after {decision.elapsed:.0f} s"
+    )
+    try:
+        _artifact(model, title, step_markdown(decision, held))
+    except Exception as exc:  # Prefect's API refusing: the run and the event still tell it
+        log.warning("%s v%s: step %s has no artifact: %s", model, version, number, exc)
+    if run_id:
+        try:
+            path = f"{RELEASE_RUN_FOLDER}/{release_id}/step-{number}.json"
+            registry_client(tracking_uri).log_dict(run_id, document, path)
+        except Exception as exc:  # MLflow away: the artifact and the event still tell it
+            log.warning(
+                "%s v%s: step %s not logged to run %s: %s", model, version, number, run_id, exc
+            )
+    emit_model_event(RELEASE_STEP, model, document, related=[version_resource(model, version)])
+    return document
+
+
+def tell_release_outcome(event: str, model: str, version: int, payload: dict[str, object]) -> None:
+    """``mlops.release.promoted`` or ``mlops.release.rolled-back`` about the model (the version
+    and the flow run as related resources), for the event feed and automations."""
+    emitted = emit_model_event(
+        event, model, payload | {"model": model, "version": version},
+        related=[version_resource(model, version)],
+    )  # fmt: skip
+    if emitted is None:
+        get_run_logger().warning("%s v%s: events are off; %s not emitted", model, version, event)
 
 
 def settle_champion(
@@ -347,3 +534,73 @@ def settle_champion(
     except Exception as exc:  # MLflow refusing or away: report, the release goes on judging
         return Settlement(False, f"{where}: repair failed: {type(exc).__name__}: {exc}", champion)
     return Settlement(True, reason, champion)
+
+
+class HookDecision(RunInput):
+    """The form a person fills in at a release's manual gate: go on to the next step, or not."""
+
+    proceed: bool = Field(description="Let the release take its next step?")
+    by: str = Field(description="Who decides (name or e-mail).", min_length=1)
+    reason: str = Field(description="Why: recorded in the audit trail.", min_length=1)
+
+
+@step(name="call-webhook", task_run_name="hook-{hook.name}")
+def call_hook_webhook(hook: HookPolicy, payload: HookPayload, secret: str | None) -> HookAnswer:
+    """POST the release's state to the hook's webhook; its answer lets the step go on or not."""
+    answer = call_webhook(hook, payload, secret)
+    _artifact(payload.model, f"{payload.phase}: {answer.describe()}", [f"step: {payload.step}"])
+    return answer
+
+
+def ask_hook_person(hook: HookPolicy, payload: HookPayload, poll_interval: int = 2) -> HookAnswer:
+    """Pause this flow run at a manual gate until a person answers the form (``HookDecision``)
+    in the Prefect UI; no answer within the hook's ``timeout_seconds`` is a refusal.
+
+    Must be called from a flow run (the pause is the flow run's state)."""
+    description = (
+        f"{payload.model} v{payload.version}, {payload.strategy} on {payload.target}: "
+        f"{payload.phase} ({payload.step}). Proceed?"
+    )
+    timeout = max(1, round(hook.timeout_seconds))
+    try:
+        answer = pause_flow_run(
+            wait_for_input=HookDecision.with_initial_data(
+                description=description, proceed=False, by="", reason=""
+            ),
+            timeout=timeout,
+            poll_interval=poll_interval,
+        )
+    except (FlowPauseTimeout, FailedRun):
+        # the client gives up at the timeout, or finds the server failed the paused run for it
+        return HookAnswer(hook.name, False, "(nobody)", f"no answer within {timeout} s")
+    return HookAnswer(hook.name, answer.proceed, answer.by, answer.reason)
+
+
+def run_hooks(
+    phase: str, hooks: Sequence[HookPolicy], payload: HookPayload, secret: str | None = None
+) -> HookAnswer | None:
+    """Each hook of ``phase`` in the policy's order (a webhook is one task run named after it,
+    a manual gate pauses the flow run); returns the first refusal, and the rest do not run.
+
+    At ``after-rollback`` the hooks are told and cannot refuse: a refusal or a failure is logged,
+    never raised (the rollback's own reason must reach the caller)."""
+    log = get_run_logger()
+    for hook in hooks_at(tuple(hooks), phase):
+        try:
+            if hook.kind == "webhook":
+                answer = call_hook_webhook(hook, payload, secret)
+            else:
+                answer = ask_hook_person(hook, payload)
+        except Exception as exc:
+            if phase != AFTER_ROLLBACK:
+                raise
+            log.warning("hook %r (%s) failed: %s: %s", hook.name, phase, type(exc).__name__, exc)
+            continue
+        if answer.proceed:
+            log.info("%s: %s", phase, answer.describe())
+        elif phase == AFTER_ROLLBACK:
+            log.warning("%s: %s (told only: the rollback stands)", phase, answer.describe())
+        else:
+            log.warning("%s: %s", phase, answer.describe())
+            return answer
+    return None

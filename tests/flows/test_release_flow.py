@@ -244,8 +244,9 @@ def test_training_hands_a_passing_challenger_to_the_release(project: dict[str, A
     pipeline, name, target = project["pipeline"], project["name"], project["target"]
     release(version=str(project["v1"]), pipeline=str(pipeline))
     edit_yaml(pipeline, model={"params": {"max_iter": 60}})
-    try:
-        v3 = training(pipeline=str(pipeline), trigger="test", hand_over="release").version
+    try:  # callers call: a canary with no traffic would be inconclusive, never promoted
+        with Load(target.router.url, clients=2):
+            v3 = training(pipeline=str(pipeline), trigger="test", hand_over="release").version
     finally:
         edit_yaml(pipeline, model={"params": {"max_iter": 40}})
     assert v3 not in (project["v1"], project["v2"])
@@ -361,10 +362,11 @@ def test_an_mlflow_failure_while_promoting_rolls_back_with_an_audit_entry(
             outcome["error"] = str(exc)
 
     thread = threading.Thread(target=run)
-    thread.start()
-    _wait_for_split(target, thread.is_alive)
-    client.delete_model_version(name, str(doomed))
-    thread.join(timeout=120)
+    with Load(target.router.url, clients=2):  # the canary's steps pass on real traffic
+        thread.start()
+        _wait_for_split(target, thread.is_alive)
+        client.delete_model_version(name, str(doomed))
+        thread.join(timeout=120)
     assert "promotion failed: RestException: RESOURCE_DOES_NOT_EXIST" in outcome["error"], outcome
     assert target.router.current() == Traffic.only(stable)
     assert _champion(name) == project["v1"]

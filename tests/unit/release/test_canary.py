@@ -121,7 +121,9 @@ def test_a_regression_candidate_is_judged_by_the_distance_of_its_value_histogram
     assert moved.breached and moved.figures["prediction_shift"] == pytest.approx(0.31, abs=0.06)
     assert moved.figures["reference_median"] == pytest.approx(100, abs=2)
     [reason] = moved.reasons
-    assert "Kolmogorov-Smirnov over the value buckets" in reason and "for the stable version" in reason
+    assert (
+        "Kolmogorov-Smirnov over the value buckets" in reason and "for the stable version" in reason
+    )
     assert moved.figures["candidate_median"] == pytest.approx(112, abs=4)
     median = f"median {moved.figures['candidate_median']:.4g} against {moved.figures['reference_median']:.4g}"
     assert median in reason and "(allowed 0.15)" in reason
