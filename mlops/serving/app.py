@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -153,10 +154,14 @@ class Metrics:
     ``mlops_prediction_probability`` P(positive) (binary), ``mlops_prediction_value`` the
     predicted numbers (regression, in the model's ``value_buckets``)."""
 
-    def __init__(self, model: str, version: str) -> None:
+    def __init__(self, model: str, version: str, emf: bool | None = None) -> None:
         self.registry = CollectorRegistry()
         labels = {"model": model, "version": version}
         self.labels = labels
+        # In AWS Lambda no Prometheus scrapes the server: the class counts also go to stdout as
+        # CloudWatch embedded-metric-format lines (namespace mlops, metric Predictions), which
+        # Lambda's logs turn into metrics the release's CloudWatch provider reads.
+        self.emf = "AWS_LAMBDA_FUNCTION_NAME" in os.environ if emf is None else emf
         self.requests = Counter(
             "mlops_requests",
             "Requests by route and status.",
@@ -211,12 +216,37 @@ class Metrics:
         if problem.is_classifier:
             for label in answers.predictions:
                 self.predictions.labels(**self.labels, label=label).inc()
+            if self.emf:
+                self._emf(answers)
         if self.probability is not None and answers.probabilities is not None:
             for p in answers.probabilities[:, 1]:  # P(positive): made for binary models only
                 self.probability.labels(**self.labels).observe(float(p))
         if self.value is not None and not problem.is_classifier:
             for v in answers.predictions:
                 self.value.labels(**self.labels).observe(v)
+
+    def _emf(self, answers: Answers) -> None:
+        counts: dict[str, int] = {}
+        for label in answers.predictions:
+            counts[str(label)] = counts.get(str(label), 0) + 1
+        now = int(time.time() * 1000)
+        for label, n in counts.items():
+            line = {
+                "_aws": {
+                    "Timestamp": now,
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": "mlops",
+                            "Dimensions": [["model", "version", "label"]],
+                            "Metrics": [{"Name": "Predictions", "Unit": "Count"}],
+                        }
+                    ],
+                },
+                **self.labels,
+                "label": label,
+                "Predictions": n,
+            }
+            print(json.dumps(line, separators=(",", ":")), flush=True)
 
 
 class SafeJSON(JSONResponse):

@@ -7,7 +7,8 @@ takes the extra weight; promotion points the alias at the candidate alone; a rol
 weights. Which model version runs in which logical slot is kept in the alias's description, so
 the alias is the one record of a release and a later run recovers from it.
 
-Metrics are CloudWatch's ``AWS/Lambda`` Invocations and Errors per executed version of the alias.
+Metrics are CloudWatch's (``mlops.release.providers.cloudwatch``): ``AWS/Lambda`` Invocations,
+Errors and Duration per executed version of the alias.
 The image must answer Lambda's invocation API (the AWS Lambda Web Adapter in front of the model
 server); Lambda has no URL per version reachable from here, so the smoke test is readiness.
 """
@@ -16,16 +17,15 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from mlops.core.settings import Settings
 from mlops.release.guard import start_guard, stop_guard
+from mlops.release.providers.cloudwatch import PERCENTILES, CloudWatchProvider, LambdaSlot
 from mlops.release.router import SLOTS, Traffic
 from mlops.release.targets.base import (
     Deployed,
-    SlotSample,
     TargetError,
     TargetState,
     missing_settings,
@@ -35,6 +35,8 @@ from mlops.release.targets.base import (
 
 class LambdaTarget:
     name = "lambda"
+    # Duration's percentiles read for the latency check (moto's emulation computes none)
+    percentiles: tuple[float, ...] = PERCENTILES
 
     def __init__(self, settings: Settings, model: str) -> None:
         missing = [
@@ -57,7 +59,6 @@ class LambdaTarget:
         kwargs = {"region_name": settings.aws_region, "endpoint_url": settings.aws_endpoint_url}
         self.aws = boto3.client("lambda", **kwargs)
         self.cloudwatch = boto3.client("cloudwatch", **kwargs)
-        self._since = datetime.now(UTC) - timedelta(minutes=1)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -257,28 +258,32 @@ class LambdaTarget:
     def unguard(self) -> None:
         stop_guard(self.dir / "guard-lambda.json")
 
-    def _metric(self, name: str, lambda_version: str) -> float:
-        answer = self._call(
-            "read metrics",
-            self.cloudwatch.get_metric_statistics,
-            Namespace="AWS/Lambda",
-            MetricName=name,
-            Dimensions=[
-                {"Name": "FunctionName", "Value": self.function},
-                {"Name": "Resource", "Value": f"{self.function}:{self.alias}"},
-                {"Name": "ExecutedVersion", "Value": lambda_version},
-            ],
-            StartTime=self._since,
-            EndTime=datetime.now(UTC) + timedelta(minutes=1),
-            Period=60,
-            Statistics=["Sum"],
-        )
-        return float(sum(p["Sum"] for p in (answer or {}).get("Datapoints", [])))
-
-    def sample(self) -> dict[str, SlotSample]:
-        """Invocations and errors per slot from CloudWatch, counted since this target was made."""
+    def metrics(self) -> CloudWatchProvider:
+        """CloudWatch's figures of each slot's published version behind the alias."""
         record = self._record(self._alias())
-        return {
-            slot: SlotSample(self._metric("Invocations", lv), self._metric("Errors", lv))
-            for slot, (_, lv) in record["slots"].items()
+        slots = {
+            slot: LambdaSlot(self.function, self.alias, str(lv), self.model, int(version))
+            for slot, (version, lv) in record["slots"].items()
         }
+        return CloudWatchProvider(self.cloudwatch, slots, self.percentiles)
+
+    def health(self) -> str | None:
+        """A slot's Lambda version that Lambda reports Failed or Inactive is a breach."""
+        record = self._record(self._alias())
+        for slot, (version, lv) in sorted(record["slots"].items()):
+            conf = self._call(
+                "read function",
+                self.aws.get_function_configuration,
+                FunctionName=self.function,
+                Qualifier=str(lv),
+            )
+            if conf is None:
+                return f"Lambda version {lv} of {self.function} ({slot}, v{version}) is gone"
+            state, update = conf.get("State"), conf.get("LastUpdateStatus")
+            if state in ("Failed", "Inactive") or update == "Failed":
+                reason = conf.get("StateReason") or conf.get("LastUpdateStatusReason") or ""
+                return (
+                    f"Lambda reports version {lv} of {self.function} ({slot}, v{version}) "
+                    f"{state if state != 'Active' else 'update Failed'}: {reason}".rstrip(": ")
+                )
+        return None
