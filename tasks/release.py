@@ -209,9 +209,14 @@ def load_known_batch(
 def deploy_candidate(
     target: ReleaseTarget, model: str, version: int, image: str | None, ready_timeout: float
 ) -> Deployed:
-    """Start the candidate in the idle slot and wait until it is ready."""
+    """Start the candidate in the idle slot and wait until it is ready; its URL as the target
+    reports it once ready (a cluster's status names the new revision's URL only then: read at
+    deploy time it was the previous revision's, whose answers the smoke test then refused)."""
     deployed = target.deploy(version, image)
     target.wait_ready(deployed, ready_timeout)
+    ready = target.state().idle
+    if ready is not None and ready.slot == deployed.slot and ready.version == version:
+        deployed = ready
     where = f" at {deployed.url}" if deployed.url else ""
     _artifact(
         model,

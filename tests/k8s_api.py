@@ -7,7 +7,10 @@ create / read / replace of custom objects with ``resourceVersion`` conflicts and
 the schema check is ``mlops.release.manifests.validate_manifest`` against the same CRDs.) A small controller plays KServe:
 after a delay it marks each InferenceService generation ready (a new revision per predictor
 change, the canary share routed as ``canaryTrafficPercent`` says), or failed when its image is
-in ``failing``. It is no KServe: nothing runs, and the revision URLs point nowhere.
+in ``failing``. It is no KServe: nothing runs in it. A test may back revisions with real model servers: ``urls``
+maps an image to the server that plays its revision (its URL is then the revision's in the
+status, as KServe reports one), and ``routes`` says how an ingress would split a request among
+the revisions' images right now (the test's load plays KServe's ingress by it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class EmulatedKubernetes:
         self.ready_after = ready_after
         self.failing: set[str] = set()  # images whose revisions fail
         self.urls: dict[str, str] = {}  # image -> where its revision answers (none by default)
+        self.revision_images: dict[str, str] = {}  # revision name -> its image
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.writes: list[dict[str, Any]] = []  # every accepted object, in order
         self.config_path: Path | None = None  # the last kubeconfig written
@@ -104,6 +108,7 @@ class EmulatedKubernetes:
                 else old.get("latestCreatedRevision")
             )
             previous = old.get("latestReadyRevision") if changed else old.get("_previous")
+            self.revision_images[revision] = image
             canary = predictor.get("canaryTrafficPercent")
             status: dict[str, Any] = {"observedGeneration": generation}
             if image in self.failing:
@@ -151,6 +156,21 @@ class EmulatedKubernetes:
             predictor_status |= {"_image": image, "_previous": previous}
             status["components"] = {"predictor": predictor_status}
             obj["status"] = status
+
+    def routes(self, name: str) -> list[tuple[str, int]]:
+        """(image, percent) of each revision of InferenceService ``name`` that takes traffic, as
+        its status routes it now (empty before the first ready revision)."""
+        with self._lock:
+            for (_, plural, _, found), obj in self.objects.items():
+                if plural != "inferenceservices" or found != name:
+                    continue
+                predictor = obj.get("status", {}).get("components", {}).get("predictor", {})
+                return [
+                    (self.revision_images[t["revisionName"]], int(t["percent"]))
+                    for t in predictor.get("traffic", [])
+                    if t.get("percent") and t["revisionName"] in self.revision_images
+                ]
+        return []
 
     # the API -----------------------------------------------------------------------------------
     def _build(self) -> FastAPI:

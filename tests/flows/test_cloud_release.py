@@ -7,9 +7,13 @@ registry, cluster or AWS account is reachable here."""
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import subprocess
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,12 +28,19 @@ from mlflow import MlflowClient
 from flows.release import release
 from mlops.adapters.audit import AuditTrail
 from mlops.adapters.registry import registry_client
+from mlops.core.files import write_atomic
 from mlops.core.integrity import IMAGE_TAG
 from mlops.core.settings import Settings
 from mlops.release.canary import ReleaseFailed
+from mlops.release.manifests import ReleaseSpec
 from mlops.release.promotion import GATES_TAG
+from mlops.release.smoke import wait_until_ready
+from mlops.release.targets.aws_lambda import LambdaTarget
+from mlops.stack.local import service_env
+from mlops.stack.processes import console_script, free_port, spawn, stop_process_group
+from mlops.stack.prometheus import scrape_targets_dir
 from tests.fixtures import trained_project
-from tests.helpers import git
+from tests.helpers import caller_rows, git
 from tests.k8s_api import EmulatedKubernetes
 
 pytestmark = pytest.mark.flows
@@ -51,7 +62,12 @@ def project(
     policy = {
         "release": {
             "canary_steps": [5, 25, 50, 100],
-            "bake_seconds": 1,
+            # each step judged on what the emulated ingress or Lambda's figures bring in 3 s
+            "bake_seconds": 3,
+            "min_requests": 5,
+            # availability is judged here; a 5 % step's handful of predictions is no sample of
+            # their distribution (the prediction check is tested on the local target)
+            "max_prediction_shift": 0.6,
             "analysis_interval_seconds": 0.25,
             "ready_timeout_seconds": 20,
         }
@@ -65,6 +81,104 @@ def project(
         for v in (v1, v2):
             client.set_model_version_tag(name, str(v), IMAGE_TAG, image(name, v))
         yield {"name": name, "pipeline": str(p.pipeline), "v1": v1, "v2": v2, "root": p.root}
+
+
+@pytest.fixture(scope="module")
+def servers(
+    project: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[int, str]]:
+    """A real model server per version, playing its revision on the cluster targets, in the
+    stack's Prometheus file discovery (scraped every second, as a cluster's Prometheus scrapes
+    the revisions' pods): version -> its URL."""
+    settings = Settings()
+    logs = tmp_path_factory.mktemp("revisions")
+    started: dict[int, tuple[Any, str]] = {}
+    try:
+        for v in (project["v1"], project["v2"]):
+            port = free_port(settings.host)
+            proc = spawn(
+                [
+                    console_script("mlops"),
+                    "serve",
+                    project["name"],
+                    "--version",
+                    str(v),
+                    "--port",
+                    str(port),
+                    "--log-root",
+                    str(logs / f"log-{v}"),
+                ],
+                logs / f"v{v}.log",
+                cwd=settings.project_dir,
+                env=os.environ | service_env(settings),
+            )
+            started[v] = (proc, f"http://{settings.host}:{port}")
+        for _, url in started.values():
+            wait_until_ready(url, 300, lambda: None)
+        folder = scrape_targets_dir(settings)
+        revisions = [
+            {"targets": [url.split("://", 1)[1]], "labels": {"cluster": "emulated"}}
+            for _, url in started.values()
+        ]
+        before = json.loads((folder / "slots.json").read_text())
+        write_atomic(folder / "slots.json", json.dumps([*before, *revisions]))
+        yield {v: url for v, (_, url) in started.items()}
+    finally:
+        for proc, _ in started.values():
+            stop_process_group(proc.pid, timeout=10)
+
+
+class Ingress:
+    """The cluster's ingress, EMULATED (no cluster runs here): each caller's request goes to the
+    real server of one revision, picked by the split ``routes`` reports right now ((version,
+    percent) pairs: KServe's status, or the manifest Argo CD would sync)."""
+
+    def __init__(self, routes: Any, backends: dict[int, str], clients: int = 2) -> None:
+        self.routes, self.backends, self.clients = routes, backends, clients
+        self.answered: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def _run(self, seed: int) -> None:
+        rng, rows, i = random.Random(seed), caller_rows(), 0
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                split = [(v, w) for v, w in self.routes() if w > 0 and v in self.backends]
+                if not split:
+                    self._stop.wait(0.05)
+                    continue
+                (version,) = rng.choices([v for v, _ in split], weights=[w for _, w in split])
+                try:
+                    r = client.post(
+                        f"{self.backends[version]}/predict", json={"row": rows[i % len(rows)]}
+                    )
+                    self.answered[version] += r.status_code == 200
+                except httpx.TransportError:
+                    pass
+                i += 1
+                self._stop.wait(0.01)
+
+    def __enter__(self) -> Ingress:
+        for k in range(self.clients):
+            t = threading.Thread(target=self._run, args=(k,), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+
+def _kserve_routes(api: EmulatedKubernetes, name: str, versions: tuple[int, ...]) -> Any:
+    by_image = {image(name, v): v for v in versions}
+    return lambda: [(by_image[i], w) for i, w in api.routes(name) if i in by_image]
+
+
+def _analysed(entry: Any) -> list[dict[str, Any]]:
+    """The checks of every step of a release, from its closing audit entry."""
+    return [c for step in entry.evidence.get("steps", []) for c in step["decision"]["checks"]]
 
 
 def _release(project: dict[str, Any], version: int, target: str, **kw: Any) -> Any:
@@ -102,12 +216,29 @@ def _predictor_writes(api: EmulatedKubernetes, name: str) -> list[tuple[int | No
 
 
 def test_kserve_canary_steps_through_canary_traffic_percent(
-    project: dict[str, Any], cluster: EmulatedKubernetes
+    project: dict[str, Any], cluster: EmulatedKubernetes, servers: dict[int, str]
 ) -> None:
+    """Each step judged by the cluster's Prometheus: the revisions' real servers, scraped, their
+    series told apart by model and version."""
     name, v1, v2 = project["name"], project["v1"], project["v2"]
+    cluster.urls = {image(name, v): url for v, url in servers.items()}  # smoke-tested for real
     assert _release(project, v1, "kserve", strategy="canary").serving
-    outcome = _release(project, v2, "kserve", strategy="canary")
+    with Ingress(_kserve_routes(cluster, name, (v1, v2)), servers) as ingress:
+        outcome = _release(project, v2, "kserve", strategy="canary")
     assert outcome.serving and outcome.previous_champion == v1
+    assert ingress.answered[v1] > 0 and ingress.answered[v2] > 0
+    checks = _analysed(_last_audit(name))
+    errors = [c for c in checks if c["name"] == "error-rate"]
+    assert len(errors) == 3 and all(c["outcome"] == "pass" for c in errors), errors
+    for c in errors:  # PromQL over the servers' own series, each side by its version
+        assert (
+            f'mlops_requests_total{{model="{name}",version="{v2}"'
+            in c["query"]["candidate.requests"]
+        )
+        assert (
+            f'mlops_requests_total{{model="{name}",version="{v1}"' in c["query"]["stable.requests"]
+        )
+        assert c["statistic"]["requests"] >= 1
     writes = _predictor_writes(cluster, name)
     new = image(name, v2)
     # staged at 0 %, the policy's steps, all traffic, then the plain spec of the new champion
@@ -155,10 +286,91 @@ def aws_lambda(aws: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, 
         "MLOPS_LAMBDA_ROLE_ARN": role,
     }.items():
         monkeypatch.setenv(key, value)
+    # moto computes no extended statistics (it answers p99 with a 500): the latency check reads
+    # Duration's SampleCount and Maximum alone here
+    monkeypatch.setattr(LambdaTarget, "percentiles", ())
     yield {
         "lambda": boto3.client("lambda", region_name=REGION, endpoint_url=aws),
         "cloudwatch": boto3.client("cloudwatch", region_name=REGION, endpoint_url=aws),
     }
+
+
+class LambdaService:
+    """An EMULATION of what Lambda's service publishes (moto runs no functions): while running,
+    every 0.2 s each version the alias routes to gets AWS/Lambda Invocations, Errors and Duration
+    by its weight, and the model server's prediction counts (namespace ``mlops``). ``errors`` is
+    the candidate's (the alias's extra version's) share of failing invocations."""
+
+    def __init__(self, clients: dict[str, Any], name: str, errors: float = 0.0) -> None:
+        self.clients, self.name, self.errors = clients, name, errors
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> LambdaService:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            alias = self.clients["lambda"].get_alias(FunctionName=self.name, Name="live")
+            record = json.loads(alias.get("Description") or "{}")
+            model_version = {lv: mv for mv, lv in record.get("slots", {}).values()}
+            extra = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+            weights = {alias["FunctionVersion"]: 1 - sum(extra.values()), **extra}
+            for version, weight in weights.items():
+                calls = round(200 * weight)
+                if not calls or version not in model_version:
+                    continue
+                failed = round(calls * self.errors) if version in extra else 0
+                self._publish(version, model_version[version], calls, failed)
+
+    def _publish(self, version: str, model_version: int, calls: int, failed: int) -> None:
+        dims = [
+            {"Name": "FunctionName", "Value": self.name},
+            {"Name": "Resource", "Value": f"{self.name}:live"},
+            {"Name": "ExecutedVersion", "Value": version},
+        ]
+        now = datetime.now(UTC)
+        cw = self.clients["cloudwatch"]
+        cw.put_metric_data(
+            Namespace="AWS/Lambda",
+            MetricData=[
+                {"MetricName": "Invocations", "Dimensions": dims, "Value": calls, "Timestamp": now},
+                {"MetricName": "Errors", "Dimensions": dims, "Value": failed, "Timestamp": now},
+                {
+                    "MetricName": "Duration",
+                    "Dimensions": dims,
+                    "Values": [20.0, 25.0, 30.0],
+                    "Counts": [calls // 2, calls - calls // 2 - 1, 1],
+                    "Unit": "Milliseconds",
+                    "Timestamp": now,
+                },
+            ],
+        )
+        answered = calls - failed
+        model = [
+            {"Name": "model", "Value": self.name},
+            {"Name": "version", "Value": str(model_version)},
+        ]
+        cw.put_metric_data(
+            Namespace="mlops",
+            MetricData=[
+                {
+                    "MetricName": "Predictions",
+                    "Dimensions": [*model, {"Name": "label", "Value": label}],
+                    "Value": n,
+                    "Timestamp": now,
+                }
+                for label, n in (
+                    ("<=50K", answered * 3 // 4),
+                    (">50K", answered - answered * 3 // 4),
+                )
+            ],
+        )
 
 
 def test_lambda_canary_moves_the_alias_weights_then_the_alias(
@@ -183,7 +395,8 @@ def test_lambda_canary_moves_the_alias_weights_then_the_alias(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        assert _release(project, v2, "lambda", strategy="canary").serving
+        with LambdaService(aws_lambda, name):  # both versions' figures alike
+            assert _release(project, v2, "lambda", strategy="canary").serving
     finally:
         stop.set()
         watcher.join()
@@ -203,40 +416,12 @@ def test_lambda_canary_whose_errors_breach_policy_rolls_back_the_alias(
 ) -> None:
     name, v1, v2 = project["name"], project["v1"], project["v2"]
     _release(project, v1, "lambda")
-    stop = threading.Event()
-
-    def failing_candidate() -> None:
-        """While the candidate takes traffic, CloudWatch shows 30 % of its invocations failing."""
-        while not stop.wait(0.2):
-            alias = aws_lambda["lambda"].get_alias(FunctionName=name, Name="live")
-            for version in (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}:
-                dims = [
-                    {"Name": "FunctionName", "Value": name},
-                    {"Name": "Resource", "Value": f"{name}:live"},
-                    {"Name": "ExecutedVersion", "Value": version},
-                ]
-                now = datetime.now(UTC)
-                aws_lambda["cloudwatch"].put_metric_data(
-                    Namespace="AWS/Lambda",
-                    MetricData=[
-                        {
-                            "MetricName": "Invocations",
-                            "Dimensions": dims,
-                            "Value": 10,
-                            "Timestamp": now,
-                        },
-                        {"MetricName": "Errors", "Dimensions": dims, "Value": 3, "Timestamp": now},
-                    ],
-                )
-
-    errors = threading.Thread(target=failing_candidate)
-    errors.start()
-    try:
-        with pytest.raises(ReleaseFailed, match="rolled back: at 5%: error rate"):
-            _release(project, v2, "lambda", strategy="canary")
-    finally:
-        stop.set()
-        errors.join()
+    # 30 % of the candidate's invocations fail, CloudWatch says
+    with (
+        LambdaService(aws_lambda, name, errors=0.3),
+        pytest.raises(ReleaseFailed, match="rolled back: at 5%: error rate"),
+    ):
+        _release(project, v2, "lambda", strategy="canary")
     alias = aws_lambda["lambda"].get_alias(FunctionName=name, Name="live")
     assert alias["FunctionVersion"] == "1" and not alias.get("RoutingConfig", {}).get(
         "AdditionalVersionWeights"
@@ -244,6 +429,29 @@ def test_lambda_canary_whose_errors_breach_policy_rolls_back_the_alias(
     assert _champion(name) == v1
     last = _last_audit(name)
     assert last.action == "release-rolled-back" and "error rate" in last.reason
+    checks = {c["name"]: c for c in last.evidence["analysis"]["checks"]}
+    rate = checks["error-rate"]
+    assert rate["outcome"] == "fail" and rate["candidate"] > rate["stable"]
+    query = json.loads(rate["query"]["candidate.errors"])["MetricDataQueries"][0]["MetricStat"]
+    assert (
+        query["Metric"]["Namespace"] == "AWS/Lambda" and query["Metric"]["MetricName"] == "Errors"
+    )
+    assert {"Name": "ExecutedVersion", "Value": "2"} in query["Metric"]["Dimensions"]
+
+
+def test_lambda_canary_without_figures_is_inconclusive_and_rolls_back(
+    project: dict[str, Any], aws_lambda: dict[str, Any]
+) -> None:
+    """No CloudWatch figures at all: never a silent pass; extended, then rolled back."""
+    name, v1, v2 = project["name"], project["v1"], project["v2"]
+    _release(project, v1, "lambda")
+    with pytest.raises(ReleaseFailed, match="rolled back"):
+        _release(project, v2, "lambda", strategy="canary")
+    alias = aws_lambda["lambda"].get_alias(FunctionName=name, Name="live")
+    assert alias["FunctionVersion"] == "1"
+    assert _champion(name) == v1
+    checks = _last_audit(name).evidence["analysis"]["checks"]
+    assert checks and all(c["outcome"] == "inconclusive" for c in checks)
 
 
 def test_lambda_without_its_settings_names_them(
@@ -258,7 +466,10 @@ def test_lambda_without_its_settings_names_them(
 
 
 def test_gitops_commits_one_step_at_a_time_as_a_cloud_run_service(
-    project: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    project: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    servers: dict[int, str],
 ) -> None:
     name, v1, v2 = project["name"], project["v1"], project["v2"]
     remote = tmp_path / "deploy.git"
@@ -267,7 +478,26 @@ def test_gitops_commits_one_step_at_a_time_as_a_cloud_run_service(
     monkeypatch.setenv("MLOPS_GITOPS_FORMAT", "knative")
     _release(project, v1, "gitops")
     head = git(remote, "rev-parse", "main")
-    assert _release(project, v2, "gitops", strategy="canary").serving
+
+    def synced() -> list[tuple[int, int]]:  # what Argo CD would sync: the branch's manifest
+        shown = subprocess.run(
+            ["git", "-C", str(remote), "show", f"main:deploy/{name}.yaml"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        spec = ReleaseSpec.of(yaml.safe_load(shown.stdout)) if shown.returncode == 0 else None
+        if spec is None or spec.traffic is None:
+            return []
+        return [
+            (spec.slots[s].version, w) for s, w in spec.traffic.weights.items() if s in spec.slots
+        ]
+
+    with Ingress(synced, servers):
+        assert _release(project, v2, "gitops", strategy="canary").serving
+    checks = [c for c in _analysed(_last_audit(name)) if c["name"] == "error-rate"]
+    assert checks and all(c["outcome"] == "pass" for c in checks), checks
+    assert all(f'version="{v2}"' in c["query"]["candidate.requests"] for c in checks)
     assert git(remote, "log", "--reverse", "--format=%s", f"{head}..main").splitlines() == [
         f"{name}: deploy v{v2} in green (blue 100%)",
         f"{name}: traffic blue 95%, green 5%",
