@@ -315,10 +315,12 @@ def test_killing_the_release_in_the_bake_leaves_the_new_champion_whole(
         proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
         try:
             deadline = time.monotonic() + 180
-            while _champion(name) != v2:
+            # in the bake: the promotion's act is whole once its audit entry is written (the
+            # alias moves first, inside the same transaction)
+            while _champion(name) != v2 or _entries(name, v2)[-1].action != "released":
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            time.sleep(1)  # in the bake
+            time.sleep(1)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             time.sleep(2)  # the guard's poll and recovery

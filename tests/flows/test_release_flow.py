@@ -74,6 +74,14 @@ def _champion(name: str) -> int:
     return int(client.get_model_version_by_alias(name, "champion").version)
 
 
+def _champion_first(project: dict[str, Any], **release_args: Any) -> None:
+    """Make sure ``version`` serves before a test begins: a release under callers' load (an
+    earlier test may have left the other version serving, and a canary without traffic is
+    inconclusive, never promoted)."""
+    with Load(project["target"].router.url, clients=2):
+        release(**release_args)
+
+
 def _wait_for_split(target: LocalTarget, running: Any = lambda: True) -> float:
     """Wait until the candidate takes its first share of traffic; returns a deadline for the rest."""
     deadline = time.monotonic() + 120
@@ -124,7 +132,7 @@ def test_blue_green_and_canary_under_steady_load(project: dict[str, Any]) -> Non
 
 def test_a_failing_canary_rolls_back_by_itself_within_2_s(project: dict[str, Any]) -> None:
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline, strategy="canary")
     stable = target.state().stable.slot
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 30})
     outcome: dict[str, Any] = {}
@@ -174,7 +182,7 @@ def test_killing_the_release_mid_canary_leaves_traffic_on_one_model(
     import sys
 
     pipeline, target = str(project["pipeline"]), project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline, strategy="canary")
     stable = target.state().stable.slot
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 60})
     code = (
@@ -200,7 +208,7 @@ def test_a_router_that_goes_away_mid_canary_ends_the_release_on_the_champion(
     project: dict[str, Any],
 ) -> None:
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline, strategy="canary")
     stable = target.state().stable.slot
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 30})
     outcome: dict[str, Any] = {}
@@ -226,7 +234,7 @@ def test_a_router_that_goes_away_mid_canary_ends_the_release_on_the_champion(
 
 def test_the_next_release_recovers_a_split_left_behind(project: dict[str, Any]) -> None:
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline, strategy="canary")
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline, strategy="canary")
     state = target.state()
     if state.idle is None:  # the other slot must run something for a split
         target.deploy(project["v2"])
@@ -242,7 +250,7 @@ def test_the_next_release_recovers_a_split_left_behind(project: dict[str, Any]) 
 def test_training_hands_a_passing_challenger_to_the_release(project: dict[str, Any]) -> None:
     """training(hand_over="release"): a new version goes through the gates into production."""
     pipeline, name, target = project["pipeline"], project["name"], project["target"]
-    release(version=str(project["v1"]), pipeline=str(pipeline))
+    _champion_first(project, version=str(project["v1"]), pipeline=str(pipeline))
     edit_yaml(pipeline, model={"params": {"max_iter": 60}})
     try:  # callers call: a canary with no traffic would be inconclusive, never promoted
         with Load(target.router.url, clients=2):
@@ -279,7 +287,7 @@ def test_the_release_refuses_what_the_policy_requires_a_person_to_approve_and_no
     project: dict[str, Any],
 ) -> None:
     pipeline, name, v1, v2 = str(project["pipeline"]), project["name"], project["v1"], project["v2"]
-    release(version=str(v1), pipeline=pipeline)
+    _champion_first(project, version=str(v1), pipeline=pipeline)
     policy = Path(pipeline).parent / "policy.yaml"
     edit_yaml(policy, require_approval=True)
     try:
@@ -304,7 +312,7 @@ def test_a_release_killed_between_the_switch_and_the_alias_is_finished_by_the_ne
     the next release does not call that "already serving" but moves the alias."""
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
     v1, v2 = project["v1"], project["v2"]
-    release(version=str(v1), pipeline=pipeline)
+    _champion_first(project, version=str(v1), pipeline=pipeline)
     candidate = target.deploy(v2)
     target.wait_ready(candidate, 120)
     AuditTrail(Settings().mlflow_tracking_uri).append(
@@ -339,7 +347,7 @@ def test_an_mlflow_failure_while_promoting_rolls_back_with_an_audit_entry(
     """MLflow refuses the alias (the version was deleted meanwhile): traffic goes back to the
     champion and the audit trail says why; before, the release ended with no entry."""
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline)
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline)
     stable = target.state().stable.slot
     client = _client()
     v2 = client.get_model_version(name, str(project["v2"]))
@@ -378,7 +386,7 @@ def test_a_caller_cannot_hide_its_requests_from_monitoring(project: dict[str, An
     """The synthetic mark is the release's: through the router it is removed, so the request is
     logged and counted; sent to a slot directly (the smoke test) it still hides the request."""
     pipeline, target = str(project["pipeline"]), project["target"]
-    release(version=str(project["v1"]), pipeline=pipeline)
+    _champion_first(project, version=str(project["v1"]), pipeline=pipeline)
     stable = target.state().stable
 
     def counted() -> float:

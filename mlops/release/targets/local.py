@@ -273,8 +273,12 @@ class LocalTarget:
         (self.dir / "state.json").unlink(missing_ok=True)
 
     def health(self) -> str | None:
-        """A slot's server that died while the router still sends it traffic."""
+        """The router gone, or a slot's server that died while the router still sends it
+        traffic (Prometheus would only stop seeing their series)."""
         state = self._load()
+        router = state.router
+        if router and not process_alive(router["pid"], router["started"]):
+            return f"the router at {self.router.url} cannot be reached: its process is gone"
         now = self.router.current()
         for slot in (
             sorted(set(now.serving) | ({now.mirror} if now.mirror else set())) if now else []
