@@ -39,7 +39,11 @@ def test_the_rendered_config_is_infra_monitoring_with_the_stacks_paths(tmp_path:
     discovered = [
         f for job in jobs.values() for sd in job.get("file_sd_configs", []) for f in sd["files"]
     ]
-    assert sorted(Path(f).name for f in discovered) == ["routers.json", "slots.json"]
+    assert sorted(Path(f).name for f in discovered) == [
+        "registry-webhooks.json",
+        "routers.json",
+        "slots.json",
+    ]
     assert all(Path(f).parent == scrape_targets_dir(settings) for f in discovered)
     assert all(Path(rule).is_absolute() and Path(rule).exists() for rule in config["rule_files"])
     checked = subprocess.run(
