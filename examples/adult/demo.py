@@ -239,10 +239,16 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
 
     out("\n== 4. no hands: the automation retrains, the gates judge, a canary releases ==")
     stop = threading.Event()
-    background = threading.Thread(  # callers keep calling while the canary is judged
-        target=lambda: send_traffic(router, shifted.iloc[2000:], target, clients=2, stop=stop),
-        daemon=True,
-    )
+
+    def callers() -> None:
+        """Callers keep calling while the canary is judged (a step without traffic is
+        inconclusive, never promoted): the rest of the shifted rows with their labels, then
+        the same rows again without them (a label twice would be a duplicated production row)."""
+        send_traffic(router, shifted.iloc[2000:], target, clients=2, stop=stop)
+        while not stop.is_set():
+            send_traffic(router, shifted.iloc[2000:], target, clients=2, feedback=False, stop=stop)
+
+    background = threading.Thread(target=callers, daemon=True)
     background.start()
     try:
         retrained = wait_for_retraining(settings, shift_at, retraining_timeout, out)

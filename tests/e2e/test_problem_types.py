@@ -334,12 +334,14 @@ def test_train_serve_drift_retrain_and_a_new_champion(
 
     # 5. no hands: the model's automation runs retraining; the canary is judged on live traffic
     stop = threading.Event()
-    background = threading.Thread(
-        target=send_traffic,
-        args=(router, population.sample(BACKGROUND_ROWS, replace=True, random_state=3), target),
-        kwargs={"clients": 2, "stop": stop},
-        daemon=True,
-    )
+    callers = population.sample(BACKGROUND_ROWS, replace=True, random_state=3)
+
+    def call() -> None:  # until the retraining ends: a canary step without traffic never passes
+        send_traffic(router, callers, target, clients=2, stop=stop)
+        while not stop.is_set():  # the same rows again, without labels (no duplicated rows)
+            send_traffic(router, callers, target, clients=2, feedback=False, stop=stop)
+
+    background = threading.Thread(target=call, daemon=True)
     background.start()
     try:
         run = wait_for_retraining(f"retraining/{example.name}", shift_at, RETRAINING_TIMEOUT)
