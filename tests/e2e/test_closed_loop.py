@@ -101,7 +101,8 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
 
     # up again: nothing new is started
     again = mlops(user_env, "up")
-    assert again.returncode == 0 and again.stdout.count("already running") == 3
+    # prefect, mlflow, the webhook receiver, the Pushgateway, Prometheus and the worker
+    assert again.returncode == 0 and again.stdout.count("already running") == 6, again.stdout
     assert "started" not in again.stdout
 
     # the Prefect CLI against the stack runs the deployment through the worker
@@ -128,7 +129,14 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
     status = mlops(user_env, "status")
     assert status.returncode == 0
     services, _, table = status.stdout.partition("\n\n")
-    assert [line.split()[0] for line in services.splitlines()] == ["prefect", "mlflow", "worker"]
+    assert [line.split()[0] for line in services.splitlines()] == [
+        "prefect",
+        "mlflow",
+        "registry_webhook",
+        "pushgateway",
+        "prometheus",
+        "worker",
+    ], services
     # then the project's models: adult's champion v2 serving through its router, judged
     adult = next(line for line in table.splitlines() if line.startswith("adult-income "))
     assert adult.split()[1:3] == ["examples/adult/pipeline.yaml", "v2"], table
