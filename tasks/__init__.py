@@ -10,11 +10,15 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FailedRun, FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
 
 from mlops.core.retries import only_connection_errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=RunInput)
 
 #: What every step does unless it says otherwise: no cache, no persisted result.
 DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -39,3 +43,21 @@ def on_connection_errors(*delays: float) -> dict[str, Any]:
         "retry_delay_seconds": list(delays),
         "retry_condition_fn": only_connection_errors,
     }
+
+
+def ask_in_ui(form: type[F], timeout_seconds: int, poll_interval: int, **initial: Any) -> F | None:
+    """Pause this flow run with ``form`` (filled in with ``initial``) in the Prefect UI until a
+    person answers it; None when nobody does within ``timeout_seconds``: the client gives up at
+    the timeout (``FlowPauseTimeout``), or finds the server already failed the paused run for
+    it (``FailedRun``). The approval, a held step and a manual hook ask this way.
+
+    Must be called from a flow run (the pause is the flow run's state)."""
+    try:
+        answer: F = pause_flow_run(
+            wait_for_input=form.with_initial_data(**initial),
+            timeout=timeout_seconds,
+            poll_interval=poll_interval,
+        )
+    except (FlowPauseTimeout, FailedRun):
+        return None
+    return answer

@@ -9,8 +9,6 @@ from datetime import UTC, datetime
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.exceptions import FailedRun, FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
@@ -28,7 +26,7 @@ from mlops.release.approval import (
     APPROVED,
     REFUSED,
 )
-from tasks import step
+from tasks import ask_in_ui, step
 
 check_metric_thresholds = step(gates.check_metric_thresholds, name="check-metric-thresholds")
 compare_with_champion = step(gates.compare_with_champion, name="compare-with-champion")
@@ -92,17 +90,16 @@ def request_approval(
 
     Must be called from a flow run (the pause is the flow run's state).
     """
-    try:
-        decision = pause_flow_run(
-            wait_for_input=ApprovalDecision.with_initial_data(
-                description=description, approve=False, approver="", reason=""
-            ),
-            timeout=timeout_seconds,
-            poll_interval=poll_interval,
-        )
-    except (FlowPauseTimeout, FailedRun):
-        # The client gives up at the timeout (FlowPauseTimeout), or finds the server already
-        # failed the paused run for it (FailedRun): either way nobody approved.
+    decision = ask_in_ui(
+        ApprovalDecision,
+        timeout_seconds,
+        poll_interval,
+        description=description,
+        approve=False,
+        approver="",
+        reason="",
+    )
+    if decision is None:  # nobody approved
         return ApprovalDecision(
             approve=False,
             approver="(nobody)",

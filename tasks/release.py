@@ -19,8 +19,6 @@ import httpx
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import FailedRun, FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.transactions import Transaction, get_transaction, transaction
 from pydantic import Field
@@ -47,7 +45,7 @@ from mlops.release.providers.base import measure_window
 from mlops.release.router import Traffic
 from mlops.release.smoke import KnownBatch, SmokeTestFailed, check_answers, known_batch, warm_up
 from mlops.release.targets.base import Deployed, ReleaseTarget
-from tasks import step
+from tasks import ask_in_ui, step
 
 #: Where a release writes its steps on the version's MLflow run: <folder>/<release id>/step-<n>.json
 RELEASE_RUN_FOLDER = "release"
@@ -399,22 +397,21 @@ def hold_step(
         f"back? With no answer within {timeout} s the release rolls back."
     )
     started = time.monotonic()
-    try:
-        form = pause_flow_run(
-            wait_for_input=HoldDecision.with_initial_data(
-                description=description, action="rollback", by="", reason=""
-            ),
-            timeout=timeout,
-            poll_interval=poll_interval,
-        )
-        answer = HoldAnswer(
-            form.action == "continue", form.by, form.reason, time.monotonic() - started
-        )
-    except (FlowPauseTimeout, FailedRun):
-        # the client gives up at the timeout, or finds the server failed the paused run for it
-        answer = HoldAnswer(
-            False, "(nobody)", f"no answer within {timeout} s", time.monotonic() - started
-        )
+    form = ask_in_ui(
+        HoldDecision,
+        timeout,
+        poll_interval,
+        description=description,
+        action="rollback",
+        by="",
+        reason="",
+    )
+    waited = time.monotonic() - started
+    answer = (
+        HoldAnswer(form.action == "continue", form.by, form.reason, waited)
+        if form is not None
+        else HoldAnswer(False, "(nobody)", f"no answer within {timeout} s", waited)
+    )
     said = "continue" if answer.proceed else "roll back"
     reason = f"{decision.reason}; held: {answer.by} said {said}: {answer.reason}"
     final = dataclasses.replace(decision, action="pass" if answer.proceed else "rollback")
@@ -567,16 +564,16 @@ def ask_hook_person(hook: HookPolicy, payload: HookPayload, poll_interval: int =
         f"{payload.phase} ({payload.step}). Proceed?"
     )
     timeout = max(1, round(hook.timeout_seconds))
-    try:
-        answer = pause_flow_run(
-            wait_for_input=HookDecision.with_initial_data(
-                description=description, proceed=False, by="", reason=""
-            ),
-            timeout=timeout,
-            poll_interval=poll_interval,
-        )
-    except (FlowPauseTimeout, FailedRun):
-        # the client gives up at the timeout, or finds the server failed the paused run for it
+    answer = ask_in_ui(
+        HookDecision,
+        timeout,
+        poll_interval,
+        description=description,
+        proceed=False,
+        by="",
+        reason="",
+    )
+    if answer is None:
         return HookAnswer(hook.name, False, "(nobody)", f"no answer within {timeout} s")
     return HookAnswer(hook.name, answer.proceed, answer.by, answer.reason)
 
