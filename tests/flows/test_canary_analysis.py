@@ -300,7 +300,9 @@ def test_a_candidate_whose_latency_breaches_rolls_back_with_the_evidence(
     stats = check["statistic"]
     assert check["candidate"] >= 500 > check["stable"]  # p99 ms: slept 500 ms against not
     assert stats["candidate_p99_ms"] > stats["limit_ms"] > stats["stable_p99_ms"]
-    assert stats["slower_than_limit"] >= 10 and stats["requests"] >= 10
+    # a loaded machine answers fewer slow requests in the window: the test must convict on what came
+    assert stats["requests"] >= stats["slower_than_limit"] >= 5
+    assert stats["p_value"] < 0.001, stats
     assert "traefik_service_request_duration_seconds_bucket" in check["query"]["candidate.latency"]
     assert f'service="{_candidate_slot(project)}@file"' in check["query"]["candidate.latency"]
     assert "stable.latency" in check["query"]
