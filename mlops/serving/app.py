@@ -423,9 +423,8 @@ def create_app(
     ) -> tuple[str, Answers]:
         """Rows already validated through the model, counted and logged: the one path of /predict
         and V2 inference alike. ``where`` names row i in a refusal."""
-        frame = pd.DataFrame(checked, columns=[c.name for c in model.columns])
         with model_lock:
-            answers = model.predict(frame)
+            answers = model.predict_records(checked)
         bad = answers.non_finite()
         if bad:  # a 4xx, not a 5xx: the rows caused it, and a canary must not roll back for it
             why = "the model's answer is not a finite number (the values are likely far outside "

@@ -140,6 +140,11 @@ class ServedModel:
                 return self._answer(X)
         return self._answer(X)
 
+    def predict_records(self, records: list[dict[str, Any]]) -> Answers:
+        """The answers for rows already validated against ``columns``, as dicts in column order:
+        the serving path's entry (a fast path may answer without building a DataFrame)."""
+        return self.predict(pd.DataFrame(records, columns=[c.name for c in self.columns]))
+
     def _answer(self, X: pd.DataFrame) -> Answers:
         problem = self.problem
         if not problem.is_classifier:
