@@ -4,7 +4,6 @@ tiers share (one copy each, so a change of how a project is trained or loaded is
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -135,7 +134,6 @@ class Load:
     versions: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     connection_errors: list[str] = field(default_factory=list)
-    first_error_at: float | None = None  # when the first non-200 answer came (monotonic clock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -150,8 +148,6 @@ class Load:
                         self.versions[r.json()["model"]["version"]] += 1
                     else:
                         self.failures.append(f"{r.status_code}: {r.text[:120]}")
-                        if self.first_error_at is None:
-                            self.first_error_at = time.monotonic()
                 except httpx.TransportError as exc:
                     self.connection_errors.append(f"{type(exc).__name__}: {exc}")
                     self.failures.append(self.connection_errors[-1])

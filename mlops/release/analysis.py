@@ -16,7 +16,10 @@ The checks, and the test each uses (chosen for the small samples a canary step s
 - ``predictions``: the distribution of what the candidate predicts against the stable version's
   (or the expected, after a retraining): the largest change of one class's share (classifiers),
   the Kolmogorov-Smirnov distance of the predicted values' histograms (regression), against
-  ``max_prediction_shift``.
+  ``max_prediction_shift``; a class shift past it fails only where the chi-square test of the
+  two samples' class counts (binomial, against shares given without their sample) says chance
+  does not explain it at ``PREDICTION_SIGNIFICANCE``: forty requests move a share by 7 points
+  by luck alone.
 - each of the policy's ``checks``: the user's query asked of both sides, and its limits.
 
 Too little traffic (fewer than ``min_requests`` candidate requests, or predictions for the
@@ -35,6 +38,7 @@ from scipy.stats import binomtest
 from mlops.core.policy import QueryCheck, ReleasePolicy
 from mlops.ml.prediction_shift import (
     ExpectedPredictions,
+    chi_square_p,
     distance_to_quantiles,
     histogram_distance,
     histogram_quantile,
@@ -47,6 +51,10 @@ Outcome = Literal["pass", "fail", "inconclusive"]
 
 #: How unlikely, for a candidate as fast as the stable version, its count of slow requests must be.
 LATENCY_SIGNIFICANCE = 0.001
+
+#: How unlikely, for a candidate predicting as the reference does, its class counts must be for a
+#: shift past ``max_prediction_shift`` to fail (below it a shift is too small to matter).
+PREDICTION_SIGNIFICANCE = 0.001
 
 
 class SlotSample(Protocol):
@@ -167,7 +175,12 @@ def cumulative_at(buckets: dict[float, float], x: float) -> float:
 
 
 def class_shares(sample: SlotSample, classes: Sequence[str] = ()) -> dict[str, float]:
-    """The slot's predicted classes' shares, by class name. A server older than problem types
+    """The slot's predicted classes' shares, by class name (``predicted_counts``)."""
+    return shares(predicted_counts(sample, classes))
+
+
+def predicted_counts(sample: SlotSample, classes: Sequence[str] = ()) -> dict[str, float]:
+    """How often the slot predicted each class, by class name. A server older than problem types
     counted a binary model's predictions as "0" and "1": given the target's ``classes`` (in label
     order) those are named as the negative and the positive class."""
     counts = dict(sample.labels)
@@ -178,7 +191,7 @@ def class_shares(sample: SlotSample, classes: Sequence[str] = ()) -> dict[str, f
         and not set(counts) <= set(classes)
     ):
         counts = {classes[int(k)]: v for k, v in counts.items()}
-    return shares(counts)
+    return counts
 
 
 # the built-in checks ------------------------------------------------------------------------------
@@ -283,11 +296,15 @@ def _class_shift(
     classes: Sequence[str],
     query: dict[str, str],
 ) -> CheckResult:
-    now = class_shares(window.candidate.sample, classes)
+    counted = predicted_counts(window.candidate.sample, classes)
+    now = shares(counted)
+    reference: dict[str, float] | None  # the reference's counts, where it is a sample
     if expected is not None and expected.shares:
         before, against = dict(expected.shares), f"in {expected.source}"
+        reference = {c: s * expected.rows for c, s in before.items()} if expected.rows else None
     else:
-        before, against = class_shares(window.stable.sample, classes), "for the stable version"
+        reference = predicted_counts(window.stable.sample, classes)
+        before, against = shares(reference), "for the stable version"
     if not now or not before:
         side = "candidate" if not now else "stable version"
         return CheckResult(
@@ -295,15 +312,29 @@ def _class_shift(
         )
     name, c, h = largest_share_shift(now, before)
     shift = abs(c - h)
-    stats = {"prediction_shift": shift, "total_variation": total_variation(now, before)}
+    # a shift past the limit fails only where chance cannot explain it: forty requests put a
+    # class's share within a few points only by luck (their standard error is ~7 points)
+    n = sum(counted.values())
+    if reference is not None:
+        p = chi_square_p(counted, reference)
+        test = "chi-square"
+    else:  # shares given without their sample: known exactly
+        p = float(binomtest(round(c * n), round(n), h).pvalue) if 0 < h < 1 else float(c == h)
+        test = "binomial"
+    stats = {
+        "prediction_shift": shift,
+        "total_variation": total_variation(now, before),
+        "p_value": p,
+    }
     for label in sorted(set(now) | set(before)):
         stats[f"candidate_share[{label}]"] = now.get(label, 0.0)
         stats[f"reference_share[{label}]"] = before.get(label, 0.0)
     described = (
         f"{name!r} predicted for {c:.1%} of requests against {h:.1%} {against} "
-        f"(allowed ±{policy.max_prediction_shift:.0%})"
+        f"(allowed ±{policy.max_prediction_shift:.0%}; {n:.0f} requests, {test} p = {p:.2g})"
     )
-    outcome: Outcome = "fail" if shift > policy.max_prediction_shift else "pass"
+    beyond = shift > policy.max_prediction_shift and p < PREDICTION_SIGNIFICANCE
+    outcome: Outcome = "fail" if beyond else "pass"
     return CheckResult("predictions", outcome, described, c, h, stats, query)
 
 

@@ -131,6 +131,8 @@ def test_blue_green_and_canary_under_steady_load(project: dict[str, Any]) -> Non
 
 
 def test_a_failing_canary_rolls_back_by_itself_within_2_s(project: dict[str, Any]) -> None:
+    """Timed from the crash: callers may see a few 502s before the rollback, or none at all when
+    the target sees the process gone before a request reaches it (CI has seen both)."""
     pipeline, name, target = str(project["pipeline"]), project["name"], project["target"]
     _champion_first(project, version=str(project["v1"]), pipeline=pipeline, strategy="canary")
     stable = target.state().stable.slot
@@ -147,15 +149,14 @@ def test_a_failing_canary_rolls_back_by_itself_within_2_s(project: dict[str, Any
         assert candidate is not None and candidate.version == project["v2"]
         info = target._load().slots[candidate.slot]
         os.killpg(os.getpgid(info["pid"]), signal.SIGKILL)  # the candidate crashes
-        while load.first_error_at is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert load.first_error_at is not None
+        killed_at = time.monotonic()
         while target.router.current() != Traffic.only(stable) and time.monotonic() < deadline:
             time.sleep(0.01)
-        held_after = time.monotonic() - load.first_error_at
+        held_after = time.monotonic() - killed_at
         thread.join(timeout=60)
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 3})
     assert held_after < 2.0, held_after
+    assert load.connection_errors == [], load.connection_errors  # the router answers every call
     # the target itself reports the crash (its process is gone) before the error rate would
     assert "rolled back" in outcome["error"] and "server (v2) exited" in outcome["error"]
     assert _champion(name) == project["v1"]

@@ -63,7 +63,9 @@ class App:
 
 
 def _query(url: str, query: str) -> list[dict[str, Any]]:
-    body = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=5).json()
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=5)
+    answer.raise_for_status()  # a Prometheus still starting answers 503 "Service Unavailable"
+    body = answer.json()
     result: list[dict[str, Any]] = body["data"]["result"]
     return result
 

@@ -61,7 +61,7 @@ def test_a_multiclass_candidate_is_judged_by_each_class_share_and_the_class_is_n
     assert moved.breached and moved.figures["prediction_shift"] == pytest.approx(0.2)
     assert moved.figures["total_variation"] == pytest.approx(0.2)
     assert moved.reasons == [  # of equal differences, the class predicted more often now
-        "'virginica' predicted for 40.0% of requests against 20.0% for the stable version (allowed ±15%)"
+        "'virginica' predicted for 40.0% of requests against 20.0% for the stable version (allowed ±15%; 200 requests, chi-square p = 3e-11)"
     ]
     # a class the champion never predicted counts from 0
     new_class = judge(_classes(200, {"setosa": 0.5, "virginica": 0.2, "versicolor": 0.1, "other": 0.2}), champion, POLICY)  # fmt: skip
@@ -102,8 +102,30 @@ def test_a_retrained_classifier_is_judged_against_the_class_shares_of_production
     wrong = judge(champion, champion, POLICY, labels)
     assert wrong.reasons == [
         "'setosa' predicted for 50.0% of requests against 25.0% in the last 1000 production "
-        "labels (allowed ±15%)"
+        "labels (allowed ±15%; 2000 requests, chi-square p = 2.2e-54)"
     ]
+
+
+def test_a_shift_past_the_limit_that_chance_explains_on_few_requests_passes() -> None:
+    """CI's penguins retraining, at its 25 % step: 33 of 40 requests predicted 'Gentoo' against
+    614 of the last 915 labels (82.5 % vs 67.1 %, past the ±15 %). Forty requests move a share
+    by 7 points by luck alone: the shift is not evidence. The same shares over 400 requests are."""
+    labels = ExpectedPredictions(
+        shares={"Gentoo": 614 / 915, "Adelie": 301 / 915}, rows=915, source="the last 915 labels"
+    )
+    few = SlotSample(40, 0, {le: c * 0.4 for le, c in LATENCY.items()}, {"Gentoo": 33, "Adelie": 7})
+    lucky = judge(few, few, ReleasePolicy(min_requests=40), labels)
+    assert lucky.figures["prediction_shift"] > 0.15 and not lucky.breached, lucky.reasons
+    assert 0.001 < lucky.figures["p_value"] < 0.1
+    many = SlotSample(
+        400, 0, {le: c * 4 for le, c in LATENCY.items()}, {"Gentoo": 330, "Adelie": 70}
+    )
+    shifted = judge(many, many, ReleasePolicy(min_requests=40), labels)
+    assert shifted.breached and "'Gentoo' predicted for 82.5%" in shifted.reasons[0]
+    # shares given without their sample are known exactly: the binomial test of the count
+    exact = ExpectedPredictions(shares=dict(labels.shares), source="a survey")
+    assert judge(many, many, ReleasePolicy(min_requests=40), exact).breached
+    assert not judge(few, few, ReleasePolicy(min_requests=40), exact).breached
 
 
 BOUNDS = [float(b) for b in np.linspace(40, 160, 13)]
