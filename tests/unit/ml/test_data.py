@@ -107,6 +107,35 @@ def test_pull_seeds_an_empty_remote_from_the_verified_copy(tmp_path: Path) -> No
     assert len(pd.read_csv(data)) == 1500
 
 
+def _pull(project: Path, seed: Path) -> str:
+    return pull_dataset(project, "data/adult.csv", seed)
+
+
+def test_processes_pulling_one_repo_at_once_each_get_the_verified_data(tmp_path: Path) -> None:
+    """Two flows (or test workers) on one machine pull the same dataset: one seeds, the others
+    wait for DVC's lock instead of failing on it, and no one reads a half-copied file."""
+    import gzip
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    project = tmp_path / "project"
+    make_project(project)
+    data = project / "data" / "adult.csv"
+    expected = data.read_bytes()
+    seed = tmp_path / "seed.csv.gz"
+    with data.open("rb") as src, gzip.open(seed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    configure_remote(project, str(tmp_path / "remote"))
+    data.unlink()
+    shutil.rmtree(project / ".dvc" / "cache")
+
+    with ProcessPoolExecutor(3) as pool:
+        done = list(pool.map(_pull, [project] * 3, [seed] * 3))
+    assert "seeded" in done and set(done) <= {"seeded", "pulled", "present"}, done
+    assert data.read_bytes() == expected
+    assert not list(data.parent.glob("*.seeding*")), "no copy in progress is left behind"
+
+
 def test_a_seed_that_differs_from_the_record_is_refused(tmp_path: Path) -> None:
     import gzip
     import shutil
