@@ -6,8 +6,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Test files run on this many workers, each with its own servers, state folder and ports (the
-# tiers mostly wait on servers and canary windows; two suit a 2-core machine). 0: one process.
+# Test files run on this many workers, each with its own servers, state folder and ports. The
+# tiers are CPU-bound (every server and CLI call is a Python start), so two workers on two cores
+# gain little more than the waits: 51 min of tests took 45. Files go out in collection order,
+# the long end-to-end and fault tiers first, so no long file starts last. 0: one process.
 TEST_WORKERS ?= 2
 
 .PHONY: help setup engine prometheus tools demo up down status test test-unit lint bench clean
@@ -46,7 +48,7 @@ status: $(STAMP) ## Show what runs where
 	$(BIN)/mlops status
 
 test: $(STAMP) engine tools ## Run every test tier: unit, flows (real servers), integration (the CLI, stack, images)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-unit: $(STAMP) ## Only the unit tier (no services)
 	$(BIN)/python -m pytest -m unit

@@ -152,7 +152,9 @@ def server_env(settings: Settings, name: str) -> dict[str, str]:
         return {"PREFECT_SERVER_API_AUTH_STRING": settings.prefect_auth_string.get_secret_value()}
     if name == "mlflow":  # delivers the registry webhooks to the stack's receiver
         auth = mlflow_auth_env(settings) if settings.mlflow_password is not None else {}
-        return auth | mlflow_server_env(settings)
+        # MLflow 3's Huey job runner (seven processes, each importing MLflow) runs its GenAI jobs;
+        # the registry and tracking need none of it, and webhooks go out from the server's threads
+        return auth | mlflow_server_env(settings) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return {}
 
 

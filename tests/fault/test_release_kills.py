@@ -35,7 +35,7 @@ from tests.helpers import BIN
 
 pytestmark = pytest.mark.fault
 
-KILLS = 12  # a fixed budget: each round is a real `mlops release` process (~20 s)
+KILLS = 8  # a fixed budget: each round is a real `mlops release` process (~20 s)
 SEED = 13
 
 

@@ -20,7 +20,7 @@ from tests.training_worker import TrainingWorker
 
 pytestmark = pytest.mark.fault
 
-KILLS = 16  # a fixed budget: seeded points over one whole run
+KILLS = 12  # a fixed budget: seeded points over one whole run
 SEED = 13
 
 

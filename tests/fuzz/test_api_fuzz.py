@@ -49,8 +49,9 @@ pytestmark = [
 ]
 
 SEED = 20_13  # issue 13
-#: Cases per operation, half schema-valid and half schema-breaking: 10,000 in all.
-BUDGET = {"/predict": 6_000, "/feedback": 4_000}
+#: Cases per operation, half schema-valid and half schema-breaking: 6,000 in all (about 100 s of
+#: the CI's 45 minutes; 10,000 found nothing 6,000 did not).
+BUDGET = {"/predict": 3_600, "/feedback": 2_400}
 TOKEN = "fuzz-" + uuid.uuid4().hex
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # ignored_auth re-sends every case twice without the token (the ctx that would remember an

@@ -52,6 +52,20 @@ def test_the_rendered_config_is_infra_monitoring_with_the_stacks_paths(tmp_path:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
+def test_the_mlflow_server_runs_without_its_job_runner(local_stack: Settings) -> None:
+    """MLflow 3's server starts a Huey job runner (seven consumer processes, each importing MLflow)
+    for its GenAI jobs; the registry and tracking the stack uses need none of it (webhooks are
+    delivered from the server's own threads), so the stack's server starts without it."""
+    import psutil
+
+    mlflow = LocalStack(local_stack).load().get("mlflow")
+    assert mlflow is not None
+    tree = [psutil.Process(mlflow.pid), *psutil.Process(mlflow.pid).children(recursive=True)]
+    commands = [" ".join(p.cmdline()) for p in tree]
+    assert any("uvicorn" in c for c in commands), commands  # the server itself is there
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+
+
 @needs_prometheus
 def test_mlops_up_runs_prometheus_scraping_what_the_targets_write(local_stack: Settings) -> None:
     rows = {name: (state, url) for name, state, url in LocalStack(local_stack).status()}
