@@ -1,9 +1,11 @@
-"""Smoke tests of a running model server: ready, and the model's input example answered exactly
-as the model answers it in process."""
+"""Smoke tests of a running model server: ready, and the model's input example answered as the
+registered model answers it in process. When the model compiles (``mlops.serving.fast_path``),
+the server answers by its compiled path, and the probe rows (missing values, unseen and known
+categories) are checked too: the compiled path is held to the registered model loaded here,
+within the compiled path's tolerance, a differing row named with both answers."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +18,11 @@ import pandas as pd
 
 from mlops.adapters.prediction_log import SYNTHETIC_HEADER
 from mlops.core.errors import MlopsError
+from mlops.serving.fast_path import TOLERANCE
+
+#: Most rows the smoke test posts (one batch, well under the server's batch limit): the example,
+#: then probe rows, each text column's categories taken in turn.
+SMOKE_ROWS = 100
 
 
 class SmokeTestFailed(MlopsError):
@@ -37,19 +44,18 @@ class KnownBatch:
 
 
 def known_batch(model_dir: Path, name: str, version: int, sha256: str | None) -> KnownBatch:
-    """The model's logged input example and its in-process answers (the folder is verified)."""
-    from mlops.serving.model import load_model_folder
+    """The model's logged input example with the registered model's in-process answers (the
+    folder is verified); for a model the server answers by its compiled path, the probe rows a
+    server accepts too, so the smoke test holds that path to the registered model."""
+    from mlops.serving.model import input_example, load_model_folder
 
-    example = model_dir / "input_example.json"
-    if not example.is_file():
+    if not (model_dir / "input_example.json").is_file():
         raise SmokeTestFailed(f"{model_dir}: no input_example.json to smoke-test with")
-    data = json.loads(example.read_text())
-    frame = pd.DataFrame(data["data"], columns=data["columns"])
     model = load_model_folder(model_dir, name, version, sha256)
-    answers = model.predict(frame)
-    rows = [
-        {k: (None if pd.isna(v) else v) for k, v in row.items()} for row in frame.to_dict("records")
-    ]
+    example = input_example(model_dir)
+    compiled = model.path.name == "compiled"
+    rows = model.probe_rows(example, servable=True, limit=SMOKE_ROWS) if compiled else example
+    answers = model.predict(pd.DataFrame(rows, columns=[c.name for c in model.columns]))
     classifier = answers.probabilities is not None
     return KnownBatch(
         name,
@@ -60,11 +66,6 @@ def known_batch(model_dir: Path, name: str, version: int, sha256: str | None) ->
         list(model.problem.classes) if classifier else None,
         answers.probabilities.tolist() if answers.probabilities is not None else None,
     )
-
-
-#: How far a served number may be from the in-process one: the same model on the same rows
-#: answers the same floats; this only absorbs a JSON round trip.
-TOLERANCE = 1e-9
 
 
 def _close(a: Any, b: Any) -> bool:
@@ -139,9 +140,18 @@ def check_answers(base: str, batch: KnownBatch, token: str | None = None) -> Non
     differences = answer_differences(body, batch)
     if differences:
         raise SmokeTestFailed(
-            f"{base}: answers differ from the model's in-process predictions: "
-            + "; ".join(differences[:5])
+            f"{base} (answering by its {_served_path(base)} path): answers differ from the "
+            "registered model's in-process predictions: " + "; ".join(differences[:5])
         )
+
+
+def _served_path(base: str) -> str:
+    """The inference path the server's /ready names (compiled, registered), or "unknown"."""
+    try:
+        path = httpx.get(f"{base}/ready", timeout=5).json().get("path")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return "unknown"
+    return str(path.get("name")) if isinstance(path, dict) else "unknown"
 
 
 def warm_up(base: str, batch: KnownBatch, requests: int, token: str | None = None) -> float:

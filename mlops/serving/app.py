@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -68,7 +68,7 @@ from mlops.adapters.prediction_log import (
 )
 from mlops.core.errors import MlopsError
 from mlops.serving import open_inference as oip
-from mlops.serving.model import Answers, Column, ServedModel, ServedProblem
+from mlops.serving.model import Answers, Column, InferencePath, ServedModel, ServedProblem
 from mlops.serving.openapi import merge, operations
 
 logger = logging.getLogger(__name__)
@@ -212,6 +212,16 @@ class Metrics:
                 registry=self.registry,
             )
 
+    def for_path(self, path: InferencePath) -> None:
+        """``mlops_inference_path{path,reason} 1``: which path answers (compiled or registered)
+        and why, once the model has loaded (mlops.serving.fast_path)."""
+        Gauge(
+            "mlops_inference_path",
+            "The inference path answering validated rows, and why.",
+            [*self.labels, "path", "reason"],
+            registry=self.registry,
+        ).labels(**self.labels, path=path.name, reason=path.reason).set(1)
+
     def observe(self, problem: ServedProblem, answers: Answers) -> None:
         if problem.is_classifier:
             for label in answers.predictions:
@@ -317,6 +327,7 @@ def create_app(
             state["row"] = row_model(model.columns)
             state["feedback"] = feedback_model(model.problem)
             metrics.for_problem(model.problem)
+            metrics.for_path(model.path)
             _give_schemas(log, model)
             _warm(model, log)
             app.openapi_schema = merge(
@@ -649,6 +660,7 @@ def create_app(
                 "ready": True,
                 "model": {"name": model.name, "version": model.version},
                 "log": log_status(request),
+                "path": asdict(model.path),  # compiled or registered, why, the measured difference
             }
         )
 

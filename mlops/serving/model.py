@@ -7,13 +7,21 @@ class names and one probability per class, a regression a number. The server may
 ``mlops.ml``, so the few lines that read a fitted model's answers are written here again, to the
 same rules as ``mlops.ml.problems.Problem.predict`` (tests/unit/serving/test_served_problem.py
 holds the two to the same answers).
+
+Validated rows are answered by the compiled path (``mlops.serving.fast_path``: the feature
+pipeline as numpy, then the estimator) when the model compiles and both paths agree on the probe
+rows at load; otherwise by the registered Pipeline on a DataFrame. ``ServedModel.path`` says which
+and why.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -29,15 +37,27 @@ from mlops.core.errors import MlopsError
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
 from mlops.core.lineage import PROBLEM_METADATA
+from mlops.serving.fast_path import (
+    CompiledPipeline,
+    InferencePath,
+    NotCompiled,
+    compile_pipeline,
+    disagreement,
+    probe_rows,
+)
 
 __all__ = [
     "Answers",
+    "InferencePath",
     "ModelIntegrityError",
     "ServedModel",
     "ServedProblem",
+    "input_example",
     "load_model_folder",
     "served_problem",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Small batches predict on one OpenMP thread: splitting a row or two across threads costs more in
 # thread wake-ups than it saves, and on a busy machine spinning threads make it several times
@@ -115,47 +135,109 @@ class Answers:
         return [i for i, v in enumerate(self.predictions) if not math.isfinite(v)]
 
 
+#: A model nobody tried to compile (built directly, as in tests) answers by its registered path.
+NOT_COMPILED = InferencePath("registered", "no compiled path was tried for this model")
+
+
 @dataclass
 class ServedModel:
-    """A model version ready to answer: its estimator, its input columns, its identity and what
-    it answers (``problem``)."""
+    """A model version ready to answer: its estimator, its input columns, its identity, what it
+    answers (``problem``) and the path that answers validated rows (``path``; ``compiled`` holds
+    the compiled path while it serves)."""
 
     name: str
     version: int
     estimator: Any
     columns: list[Column]
     problem: ServedProblem = field(default=LEGACY_BINARY)
+    compiled: CompiledPipeline | None = field(default=None, repr=False, compare=False)
+    path: InferencePath = field(default=NOT_COMPILED)
 
     def predict(self, frame: pd.DataFrame) -> Answers:
-        """The answers for rows already checked against ``columns``. A missing value reaches the
-        model as NaN, as in training: rows built from JSON hold ``None``, which scikit-learn's
-        imputers do not match (mlops.core.frames), and a numeric column whose only value is a
-        ``None`` would be an object column the median imputer refuses."""
+        """The registered model's answers for rows already checked against ``columns``: the
+        reference the compiled path is held to. A missing value reaches the model as NaN, as in
+        training: rows built from JSON hold ``None``, which scikit-learn's imputers do not match
+        (mlops.core.frames), and a numeric column whose only value is a ``None`` would be an
+        object column the median imputer refuses."""
         X = missing_as_nan(frame[[c.name for c in self.columns]])
         numeric = [c.name for c in self.columns if c.type in _NUMERIC and X[c.name].dtype == object]
         if numeric:
             X = X.astype({name: "float64" for name in numeric})
-        if len(X) <= SINGLE_THREAD_ROWS:
-            with _threads().limit(limits=1, user_api="openmp"):
-                return self._answer(X)
-        return self._answer(X)
+        return self._limited(self.estimator, X)
 
     def predict_records(self, records: list[dict[str, Any]]) -> Answers:
         """The answers for rows already validated against ``columns``, as dicts in column order:
-        the serving path's entry (a fast path may answer without building a DataFrame)."""
+        the serving path's entry. By the compiled path while it serves (the rows straight into a
+        float array), else by the registered model on a DataFrame; the same Answers either way."""
+        if self.compiled is not None:
+            return self._limited(self.compiled.final, self.compiled.transform(records))
         return self.predict(pd.DataFrame(records, columns=[c.name for c in self.columns]))
 
-    def _answer(self, X: pd.DataFrame) -> Answers:
+    def probe_rows(
+        self, example: Sequence[dict[str, Any]], servable: bool = False, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """``mlops.serving.fast_path.probe_rows`` of this model: the example, then missing values,
+        unseen and every known category of the compiled path's encoders."""
+        known = self.compiled.categories() if self.compiled is not None else {}
+        return probe_rows(self.columns, example, known, servable=servable, limit=limit)
+
+    def with_fast_path(
+        self, example: Sequence[dict[str, Any]], compiled: CompiledPipeline | None = None
+    ) -> ServedModel:
+        """This model answering by the compiled path (``compiled``, or the estimator compiled
+        here) if both paths give the same answers to its probe rows; otherwise by the registered
+        path, with the reason (what did not compile, the failure, or the disagreement and its
+        largest difference)."""
+        registered = replace(self, compiled=None)
+        if compiled is None:
+            try:
+                compiled = compile_pipeline(self.estimator, self.columns)
+            except NotCompiled as exc:
+                return replace(registered, path=InferencePath("registered", str(exc)))
+        candidate = replace(self, compiled=compiled)
+        rows = candidate.probe_rows(example)
+        try:
+            want = registered.predict_records(rows)
+            got = candidate.predict_records(rows)
+        except Exception as exc:  # any estimator can fail in any way: serve the registered one
+            why = f"answering the probe rows failed: {type(exc).__name__}: {exc!s:.200}"
+            return replace(registered, path=InferencePath("registered", why))
+        check = disagreement(_numbers(want), _numbers(got), self.problem.classes)
+        if not check.agrees:
+            why = (
+                f"the compiled path disagrees on {check.differing} of {check.rows} probe rows "
+                f"(first {check.first}); max difference {check.max_difference:.3g}"
+            )
+            # JSON (/ready) has no infinity: a shape or a NaN apart is said in the reason only
+            measured = check.max_difference if math.isfinite(check.max_difference) else None
+            return replace(registered, path=InferencePath("registered", why, measured))
+        why = f"agrees with the registered model on {check.rows} probe rows"
+        return replace(candidate, path=InferencePath("compiled", why, check.max_difference))
+
+    def _limited(self, estimator: Any, X: Any) -> Answers:
+        if len(X) <= SINGLE_THREAD_ROWS:
+            with _threads().limit(limits=1, user_api="openmp"):
+                return self._answer(estimator, X)
+        return self._answer(estimator, X)
+
+    def _answer(self, estimator: Any, X: Any) -> Answers:
         problem = self.problem
         if not problem.is_classifier:
-            return Answers([float(v) for v in np.asarray(self.estimator.predict(X), dtype=float)])
-        raw = np.asarray(self.estimator.predict_proba(X), dtype="float64")
-        proba = class_columns(raw, getattr(self.estimator, "classes_", None), problem.classes)
+            return Answers([float(v) for v in np.asarray(estimator.predict(X), dtype=float)])
+        raw = np.asarray(estimator.predict_proba(X), dtype="float64")
+        proba = class_columns(raw, getattr(estimator, "classes_", None), problem.classes)
         if problem.kind == "binary":
             labels = (proba[:, 1] >= THRESHOLD).astype(int)
         else:
             labels = proba.argmax(axis=1)
         return Answers([problem.classes[int(i)] for i in labels], proba)
+
+
+def _numbers(answers: Answers) -> tuple[list[Any], np.ndarray]:
+    """An answer's predictions and its numbers: the probabilities, or a regression's values."""
+    if answers.probabilities is not None:
+        return answers.predictions, answers.probabilities
+    return answers.predictions, np.asarray(answers.predictions, dtype=np.float64)
 
 
 def served_problem(metadata: Any, what: str) -> ServedProblem:
@@ -227,4 +309,28 @@ def _served(folder: Path, name: str, version: int) -> ServedModel:
         for c in schema.inputs
     ]
     problem = served_problem(mlmodel.metadata, f"{name} v{version}")
-    return ServedModel(name, version, mlflow.sklearn.load_model(str(folder)), columns, problem)
+    model = ServedModel(name, version, mlflow.sklearn.load_model(str(folder)), columns, problem)
+    try:
+        example = input_example(folder)
+    except (MlopsError, ValueError):  # the example only adds probe rows: check without it
+        logger.warning("%s v%s: unreadable input example; probing without it", name, version)
+        example = []
+    return model.with_fast_path(example)
+
+
+def input_example(folder: Path) -> list[dict[str, Any]]:
+    """The rows of a model folder's ``input_example.json`` (MLflow's split orient), a missing
+    value as None; no rows when it has none."""
+    path = folder / "input_example.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or "columns" not in data or "data" not in data:
+        raise MlopsError(f"{path}: not an input example of columns and data rows")
+    return [
+        {
+            k: None if isinstance(v, float) and math.isnan(v) else v
+            for k, v in zip(data["columns"], row, strict=True)
+        }
+        for row in data["data"]
+    ]
