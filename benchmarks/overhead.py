@@ -4,11 +4,13 @@ In one process, against one real local Prefect server and MLflow server, alterna
   * plain: the flow's step functions (each task's ``.fn``) called in the flow's order with the same
     arguments, logging and registering to MLflow as the flow does;
   * flow:  the ``training`` flow, with Prefect's task cache refreshed so every step really runs
-    (task runs reported to the server, results persisted, artifacts published).
-Each repetition uses a new model name, so neither finds an earlier identical version.
-Prints the median wall time of each, the fixed cost of an empty flow run measured alongside
-(Prefect joins its flow-run heartbeat thread at exit, which sleeps in one-second steps), and ends
-with flow/plain (goal: at most 1.10).
+    (task runs reported to the server, results persisted, artifacts published);
+  * flow with Prefect's heartbeats: the same, with Prefect's own flow-run heartbeat thread put
+    back (it sleeps in one-second steps and is joined at the run's exit) in place of the one
+    ``mlops.adapters.prefect_heartbeat`` installs (its stop wakes it): the cost before that seam.
+Each repetition uses a new model name, so none finds an earlier identical version.
+Prints the median wall time of each, the fixed cost of an empty flow run with either heartbeat
+thread (alternating), and ends with flow/plain (goal: at most 1.10).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from _common import SETTINGS, example_copy, local_stack
 
@@ -72,8 +77,22 @@ def flow_run(pipeline: str) -> int:
     return result.version
 
 
-def empty_flow_seconds(repeats: int) -> float:
-    """Median wall time of a flow run that does nothing: Prefect's fixed cost per flow run."""
+@contextmanager
+def heartbeats(send: Callable[..., Any]) -> Iterator[None]:
+    """Flow runs started inside use ``send`` as the flow engine's heartbeat context manager."""
+    from prefect import flow_engine
+
+    installed = flow_engine._send_heartbeats
+    flow_engine._send_heartbeats = send
+    try:
+        yield
+    finally:
+        flow_engine._send_heartbeats = installed
+
+
+def empty_flow_seconds(repeats: int, kinds: dict[str, Callable[..., Any]]) -> dict[str, float]:
+    """Median wall time of a flow run that does nothing, with each heartbeat context manager of
+    ``kinds`` in turn: Prefect's fixed cost per flow run."""
     from prefect import flow
 
     @flow(name="empty", persist_result=False)
@@ -81,12 +100,14 @@ def empty_flow_seconds(repeats: int) -> float:
         return None
 
     empty()
-    runs = []
+    runs: dict[str, list[float]] = {kind: [] for kind in kinds}
     for _ in range(repeats):
-        start = time.perf_counter()
-        empty()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+        for kind, send in kinds.items():
+            with heartbeats(send):
+                start = time.perf_counter()
+                empty()
+                runs[kind].append(time.perf_counter() - start)
+    return {kind: statistics.median(times) for kind, times in runs.items()}
 
 
 def main() -> None:
@@ -95,11 +116,27 @@ def main() -> None:
     args = parser.parse_args()
     import logging
 
+    from prefect import flow_engine
+
+    from mlops.adapters.prefect_heartbeat import send_heartbeats
+
+    # Taken before anything imports `tasks`, which installs send_heartbeats in its place.
+    prefects = flow_engine._send_heartbeats
+    assert prefects is not send_heartbeats, "imported tasks too early: Prefect's thread is gone"
+    import tasks  # noqa: F401 (as every flow module does)
+
+    assert flow_engine._send_heartbeats is send_heartbeats, "tasks did not install it"
+
+    def flow_with_prefects_heartbeats(pipeline: str) -> int:
+        with heartbeats(prefects):
+            return flow_run(pipeline)
+
     logging.getLogger("prefect").setLevel(logging.WARNING)
-    times: dict[str, list[float]] = {"plain": [], "flow": []}
+    kinds = {"plain": plain_run, "flow": flow_run, "flow-p": flow_with_prefects_heartbeats}
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
     with local_stack():
         for i in range(args.repeats + 1):  # the first round warms imports and clients: not counted
-            for kind, fn in (("plain", plain_run), ("flow", flow_run)):
+            for kind, fn in kinds.items():
                 pipeline = str(example_copy(f"bench-{kind}-{i}"))
                 start = time.perf_counter()
                 fn(pipeline)
@@ -107,16 +144,20 @@ def main() -> None:
                 if i:
                     times[kind].append(elapsed)
                 print(
-                    f"round {i} {kind:<5} {elapsed:6.2f} s{'  (warm-up)' if not i else ''}",
+                    f"round {i} {kind:<6} {elapsed:6.2f} s{'  (warm-up)' if not i else ''}",
                     flush=True,
                 )
-        fixed = empty_flow_seconds(5)
-    plain = statistics.median(times["plain"])
-    flow = statistics.median(times["flow"])
+        fixed = empty_flow_seconds(5, {"prefect": prefects, "mlops": send_heartbeats})
+    plain, flow, before = (statistics.median(times[k]) for k in kinds)
     print(f"plain steps: median {plain:.2f} s over {args.repeats} runs")
+    print(f"training flow, Prefect's heartbeat thread (flow-p): median {before:.2f} s")
     print(f"training flow: median {flow:.2f} s over {args.repeats} runs")
-    print(f"empty flow run: median {fixed:.2f} s (Prefect's fixed cost per flow run)")
-    print(f"overhead beyond the fixed cost: {(flow - fixed) / plain:.3f}")
+    print(
+        f"empty flow run: median {fixed['prefect']:.3f} s with Prefect's heartbeat thread, "
+        f"{fixed['mlops']:.3f} s with mlops.adapters.prefect_heartbeat's (goal <= 0.2 s)"
+    )
+    print(f"overhead with Prefect's heartbeat thread: {before / plain:.3f}")
+    print(f"overhead beyond the fixed cost: {(flow - fixed['mlops']) / plain:.3f}")
     print(
         f"{flow / plain:.3f} orchestration overhead: training flow / plain step calls (goal <= 1.10)"
     )
