@@ -61,6 +61,7 @@ lint: $(STAMP) ## ruff and mypy, as CI runs them
 bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number is the headline)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
+	$(BIN)/python benchmarks/inference_path.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/router.py
 	$(BIN)/python benchmarks/trigger_latency.py
