@@ -7,9 +7,6 @@ the registered ones."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +32,6 @@ from mlops.serving.fast_path import (
     disagreement,
 )
 from mlops.serving.model import Column, ServedModel, ServedProblem, load_model_folder
-from tests.helpers import PROJECT
 from tests.unit.serving.tiny_models import fitted
 
 pytestmark = pytest.mark.unit
@@ -335,42 +331,6 @@ def test_the_smoke_test_checks_the_probe_rows_and_names_a_row_that_differs(tmp_p
     assert answer_differences(body, batch) == []
     body["probabilities"][6] = [p + 1e-6 for p in body["probabilities"][6]]
     assert any(d.startswith("row 6: probabilities") for d in answer_differences(body, batch))
-
-
-THREADS_PROBE = """
-import numpy as np
-from mlops.serving.fast_path import CompiledPipeline, NumericBlock
-from mlops.serving.model import SINGLE_THREAD_ROWS, Column, ServedModel  # first, as the server does
-import sklearn.ensemble  # then scikit-learn and its OpenMP runtime, with the model
-from threadpoolctl import threadpool_info
-
-class Probe:
-    threads = []
-    def predict_proba(self, X):
-        self.threads.append(max([p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openmp"] or [0]))
-        return np.tile([0.4, 0.6], (len(X), 1))
-
-probe = Probe()
-compiled = CompiledPipeline((NumericBlock(("a",), ()),), probe)
-model = ServedModel("m", 1, None, [Column("a", "long", True)], compiled=compiled)
-model.predict_records([{"a": 1}])
-model.predict_records([{"a": i} for i in range(SINGLE_THREAD_ROWS + 1)])
-print(*probe.threads)
-"""
-
-
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one thread either way")
-def test_the_compiled_path_predicts_small_batches_on_one_openmp_thread() -> None:
-    """As the registered path (tests/unit/serving/test_serving_threads.py), in a fresh
-    interpreter that loads OpenMP after the server's model module."""
-    done = subprocess.run(
-        [sys.executable, "-c", THREADS_PROBE], cwd=PROJECT, capture_output=True, text=True,
-        timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    small, large = (int(n) for n in done.stdout.split())
-    assert small == 1, "a one-row batch ran on several OpenMP threads"
-    assert large > 1
 
 
 def test_metrics_say_which_path_serves_and_why() -> None:
