@@ -300,8 +300,9 @@ def test_a_candidate_whose_latency_breaches_rolls_back_with_the_evidence(
     stats = check["statistic"]
     assert check["candidate"] >= 500 > check["stable"]  # p99 ms: slept 500 ms against not
     assert stats["candidate_p99_ms"] > stats["limit_ms"] > stats["stable_p99_ms"]
-    # a loaded machine answers fewer slow requests in the window: the test must convict on what came
-    assert stats["requests"] >= stats["slower_than_limit"] >= 5
+    # a loaded machine answers fewer slow requests in the window (CI saw 7 of 10, then 4 of 10):
+    # the conviction is the binomial test's on what came, not a count
+    assert stats["requests"] >= stats["slower_than_limit"] >= 1
     assert stats["p_value"] < 0.001, stats
     assert "traefik_service_request_duration_seconds_bucket" in check["query"]["candidate.latency"]
     assert f'service="{_candidate_slot(project)}@file"' in check["query"]["candidate.latency"]
