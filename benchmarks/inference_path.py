@@ -37,16 +37,14 @@ from mlops.serving.model import ServedModel
 def served_example(folder: Path) -> ServedModel:
     """The example's model, trained, saved and loaded as the pipeline and the server do."""
     import mlflow.sklearn
-    from mlflow.models import infer_signature
 
-    from mlops.adapters.tracking import problem_metadata
+    from mlops.adapters.tracking import model_artifact
     from mlops.core.config import load_pipeline_config
-    from mlops.core.integrity import SERIALIZATION_FORMAT, artifact_checksum
-    from mlops.core.lineage import PROBLEM_METADATA
+    from mlops.core.integrity import artifact_checksum
     from mlops.ml.data import parse_dataset
     from mlops.ml.problems import problem_for
     from mlops.ml.split import split_dataset
-    from mlops.ml.training import train_model, trusted_types
+    from mlops.ml.training import train_model
     from mlops.serving.model import load_model_folder
 
     cfg = load_pipeline_config(EXAMPLE / "pipeline.yaml")
@@ -54,20 +52,9 @@ def served_example(folder: Path) -> ServedModel:
     frame = parse_dataset(seed.read_bytes(), seed.name, tuple(cfg.data.na_values))
     split = split_dataset(frame, cfg.features.columns, problem_for(cfg.target), cfg.split)
     model = train_model(split, cfg.features, cfg.model)
-    sample = split.X_holdout.head(200)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(sample, model.predict(sample))
-    mlflow.sklearn.save_model(
-        model,
-        str(folder),
-        signature=signature,
-        input_example=sample.head(5),
-        pip_requirements=[],
-        serialization_format=SERIALIZATION_FORMAT,
-        skops_trusted_types=trusted_types(model, ()),
-        metadata={PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)},
-    )
+        mlflow.sklearn.save_model(model, str(folder), **model_artifact(model, split))
     return load_model_folder(folder, cfg.model_name, 1, artifact_checksum(folder))
 
 

@@ -160,27 +160,8 @@ def log_training_run(
                     path = Path(tmp) / f"{part}.parquet"
                     X.assign(**{str(y.name): y.to_numpy()}).to_parquet(path)
                     mlflow.log_artifact(str(path), artifact_path=DATA_ARTIFACTS)
-            # Columns keep the contract's types: MLflow refuses to cast int64 to double at
-            # predict time, so a double column would refuse integer input.
-            sample = split.X_holdout.head(200)
-            example = sample.head(5)
-            signature = infer_signature(sample, model.predict(sample))
-            trusted = trusted_types(model, own_code)  # refuses a type nobody decided to trust
-            own = sorted({t.split(".", 1)[0] for t in trusted} & set(own_code))
             info = mlflow.sklearn.log_model(
-                model,
-                name="model",
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(trusted),
-                # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and
-                # every loader refuses any format but this one (mlops.core.integrity)
-                serialization_format=SERIALIZATION_FORMAT,
-                # exactly what this model needs, each a built-in family's or from own code
-                skops_trusted_types=trusted,
-                params=None,
-                metadata={PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)}
-                | ({CODE_METADATA: {"packages": own}} if own else {}),
+                model, name="model", params=None, **model_artifact(model, split, own_code)
             )
         run_url = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
         return TrainingRun(
@@ -189,6 +170,30 @@ def log_training_run(
             model_uri=info.model_uri,
             run_url=run_url,
         )
+
+
+def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a trained model is saved with (``mlflow.sklearn.log_model`` or ``save_model``): its
+    signature and input example from the holdout, pinned requirements, the skops format with
+    exactly the types it needs trusted, and its problem (and own code) metadata. Call it where
+    MLflow's integer-column hint is silenced (the contract rules out missing values)."""
+    # Columns keep the contract's types: MLflow refuses to cast int64 to double at predict time,
+    # so a double column would refuse integer input.
+    sample = split.X_holdout.head(200)
+    trusted = trusted_types(model, own_code)  # refuses a type nobody decided to trust
+    own = sorted({t.split(".", 1)[0] for t in trusted} & set(own_code))
+    return {
+        "signature": infer_signature(sample, model.predict(sample)),
+        "input_example": sample.head(5),
+        "pip_requirements": _pip_requirements(trusted),
+        # explicit: MLflow's default turns to cloudpickle on some tracking URIs, and every
+        # loader refuses any format but this one (mlops.core.integrity)
+        "serialization_format": SERIALIZATION_FORMAT,
+        # exactly what this model needs, each a built-in family's or from own code
+        "skops_trusted_types": trusted,
+        "metadata": {PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)}
+        | ({CODE_METADATA: {"packages": own}} if own else {}),
+    }
 
 
 def _pip_requirements(trusted: list[str]) -> list[str]:

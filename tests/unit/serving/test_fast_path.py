@@ -20,7 +20,6 @@ from sklearn.preprocessing import MinMaxScaler
 from threadpoolctl import threadpool_limits
 
 from mlops.core.config import FeatureConfig, ModelConfig
-from mlops.core.lineage import PROBLEM_METADATA
 from mlops.ml.training import FAMILIES, build_pipeline
 from mlops.serving.fast_path import (
     TOLERANCE,
@@ -32,7 +31,7 @@ from mlops.serving.fast_path import (
     disagreement,
 )
 from mlops.serving.model import Column, ServedModel, ServedProblem, load_model_folder
-from tests.unit.serving.tiny_models import fitted
+from tests.unit.serving.tiny_models import fitted, save_model_folder
 
 pytestmark = pytest.mark.unit
 
@@ -284,33 +283,10 @@ def test_probe_rows_for_the_smoke_test_leave_required_columns_filled_and_keep_ev
 
 
 def save_shipped_folder(folder: Path) -> str:
-    """The shipped pipeline saved as training logs it (skops, signature, example, metadata);
-    returns the folder's checksum, as registration records it."""
-    import warnings
-
-    import mlflow.sklearn
-    import skops.io
-    from mlflow.models import infer_signature
-
-    from mlops.core.integrity import SERIALIZATION_FORMAT, artifact_checksum
-
-    pipeline = shipped("logistic_regression", "binary")
-    X = frame(50, seed=5)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(X, pipeline.predict(X))
+    """The shipped pipeline saved as training logs it; returns the folder's checksum."""
     spec = {"type": "binary", "target": "y", "classes": list(CLASSES["binary"])}
-    mlflow.sklearn.save_model(
-        pipeline,
-        str(folder),
-        signature=signature,
-        input_example=X.head(5),
-        pip_requirements=[],
-        serialization_format=SERIALIZATION_FORMAT,
-        skops_trusted_types=sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))),
-        metadata={PROBLEM_METADATA: spec},
-    )
-    return artifact_checksum(folder)
+    pipeline = shipped("logistic_regression", "binary")
+    return save_model_folder(folder, pipeline, frame(50, seed=5), spec)
 
 
 def test_the_smoke_test_checks_the_probe_rows_and_names_a_row_that_differs(tmp_path: Path) -> None:

@@ -82,13 +82,23 @@ def problem_spec(problem: str, y: pd.Series) -> dict[str, Any]:
 def save_folder(folder: Path, problem: str, name: str, version: int = 1) -> dict[str, Any]:
     """The fitted model of ``problem`` as an MLflow model folder, with the ``model.json`` an image
     holds beside it (name, version, sha256); returns that metadata."""
+    model, X, y = fitted(problem)
+    save_model_folder(folder, model, X, problem_spec(problem, y))
+    meta = {"name": name, "version": version, "sha256": artifact_checksum(folder)}
+    (folder.parent / f"{folder.name}.json").write_text(json.dumps(meta))
+    return meta
+
+
+def save_model_folder(folder: Path, model: Any, X: pd.DataFrame, spec: dict[str, Any]) -> str:
+    """A fitted ``model`` of the rows ``X`` saved as training logs it (skops with its own types
+    trusted, signature and example from ``X``, the problem metadata ``spec``); returns the
+    folder's checksum, as registration records it."""
     import warnings
 
     import mlflow.sklearn
     import skops.io
     from mlflow.models import infer_signature
 
-    model, X, y = fitted(problem)
     sample = X.head(50)
     with warnings.catch_warnings():  # as the training run: the contract rules out missing values
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
@@ -102,8 +112,6 @@ def save_folder(folder: Path, problem: str, name: str, version: int = 1) -> dict
         pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
         serialization_format=SERIALIZATION_FORMAT,
         skops_trusted_types=sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model))),
-        metadata={PROBLEM_METADATA: problem_spec(problem, y)},
+        metadata={PROBLEM_METADATA: spec},
     )
-    meta = {"name": name, "version": version, "sha256": artifact_checksum(folder)}
-    (folder.parent / f"{folder.name}.json").write_text(json.dumps(meta))
-    return meta
+    return artifact_checksum(folder)
