@@ -15,12 +15,15 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from mlops.adapters.prefect_heartbeat import use_waking_heartbeats
+from mlops.adapters.prefect_tls import reuse_tls_contexts
 from mlops.core.retries import only_connection_errors
 
 # Here because every flow module imports this package, in every process that runs a flow: a
 # worker loads a deployment's flow file by path, so flows/__init__ is not always imported. From
-# here on a flow run (and each subflow) ends when its work does, not up to a second later.
+# here on a flow run (and each subflow) ends when its work does, not up to a second later, and
+# its Prefect client does not parse the certificate bundle again.
 use_waking_heartbeats()
+reuse_tls_contexts()
 
 P = ParamSpec("P")
 R = TypeVar("R")
