@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # the long end-to-end and fault tiers first, so no long file starts last. 0: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: help setup engine prometheus tools demo up down status test test-unit lint bench clean
+.PHONY: help setup engine prometheus tools wrk demo up down status test test-unit lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ prometheus: ## Prometheus (server, promtool) and the Pushgateway from Debian's p
 tools: prometheus ## kubectl (manifest dry-runs) from Debian's packages when missing; checkov (Terraform) in .tools/
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
 	@test -x .tools/checkov/bin/checkov || ($(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -c infra/terraform/checkov-constraints.txt checkov) || echo "no checkov: the Terraform scan tests will skip"
+
+wrk: ## wrk (HTTP load generator) from Debian's packages when missing: benchmarks/serving.py drives the servers with it
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) || echo "no wrk: benchmarks/serving.py cannot run"
 
 demo: $(STAMP) prometheus ## The main job: start the local stack and run the training deployment on it
 	$(BIN)/mlops demo
@@ -58,7 +61,7 @@ lint: $(STAMP) ## ruff and mypy, as CI runs them
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number is the headline)
+bench: $(STAMP) prometheus wrk ## Benchmarks (each prints ratios; the last line's first number is the headline)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
 	$(BIN)/python benchmarks/inference_path.py
@@ -67,6 +70,7 @@ bench: $(STAMP) ## Benchmarks (each prints ratios; the last line's first number 
 	$(BIN)/python benchmarks/trigger_latency.py
 	$(BIN)/python benchmarks/closed_loop.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/monitoring_scale.py
 	$(BIN)/python benchmarks/dask_search.py
 
 clean: ## Remove the local stack's state (stop it first with make down)

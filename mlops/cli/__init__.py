@@ -417,6 +417,16 @@ def serve(
     log_root: Annotated[
         str | None, typer.Option(help="Prediction log folder or s3:// URL.")
     ] = None,
+    batch_rows: Annotated[
+        int,
+        typer.Option(min=1, help="Most rows concurrent requests send to the model in one call."),
+    ] = 64,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(
+            min=0, help="How long a batch with company waits for more (a lone request never waits)."
+        ),
+    ] = 2.0,
 ) -> None:
     """Serve one model version over HTTP: /predict, /feedback, /health, /ready, /metrics."""
     import uvicorn
@@ -433,7 +443,7 @@ def serve(
     app_ = create_app(
         lambda: load_served_model(str(found.mlflow_tracking_uri), model, ref, workdir),
         PredictionLog(root),
-        ServerConfig(token=token),
+        ServerConfig(token=token, batch_rows=batch_rows, batch_wait_seconds=batch_wait_ms / 1000),
         model_name=model,
         model_ref=ref,
     )

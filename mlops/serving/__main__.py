@@ -4,7 +4,9 @@
 
 ``model.json`` holds the registered name, version and artifact sha256; the folder is refused if it
 does not match. Settings from the environment: ``PORT``, ``HOST`` (default 0.0.0.0),
-``MLOPS_PREDICTION_LOG`` (folder or s3:// URL), ``MLOPS_SERVING_TOKEN``, ``MLOPS_ENV``.
+``MLOPS_PREDICTION_LOG`` (folder or s3:// URL), ``MLOPS_SERVING_TOKEN``, ``MLOPS_ENV``, and the
+micro-batching limits ``MLOPS_SERVING_BATCH_ROWS`` and ``MLOPS_SERVING_BATCH_WAIT_MS``
+(mlops.serving.batching).
 """
 
 from __future__ import annotations
@@ -35,7 +37,30 @@ def main(argv: list[str] | None = None) -> int:
         "--log-root",
         default=os.environ.get("MLOPS_PREDICTION_LOG", "/var/lib/mlops/prediction-log"),
     )
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--batch-rows",
+        type=int,
+        # a string default goes through ``type`` too: a bad value in the environment is named
+        default=os.environ.get("MLOPS_SERVING_BATCH_ROWS", str(defaults.batch_rows)),
+        help="most rows concurrent requests send to the model in one call",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=os.environ.get(
+            "MLOPS_SERVING_BATCH_WAIT_MS", str(defaults.batch_wait_seconds * 1000)
+        ),
+        help="how long a batch with company waits for more (a lone request never waits)",
+    )
     args = parser.parse_args(argv)
+    if args.batch_rows < 1 or args.batch_wait_ms < 0:
+        print(
+            f"error: --batch-rows {args.batch_rows} must be >= 1 and --batch-wait-ms "
+            f"{args.batch_wait_ms} >= 0",
+            file=sys.stderr,
+        )
+        return 2
     try:
         meta = json.loads(args.metadata.read_text())
         name, version, sha256 = meta["name"], int(meta["version"]), meta["sha256"]
@@ -49,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(
         lambda: load_model_folder(args.model_dir, name, version, sha256),
         PredictionLog(args.log_root),
-        ServerConfig(token=token),
+        ServerConfig(
+            token=token, batch_rows=args.batch_rows, batch_wait_seconds=args.batch_wait_ms / 1000
+        ),
         model_name=name,
         model_ref=str(version),
     )

@@ -7,7 +7,9 @@ loaded), and the Open Inference Protocol's V2 REST routes under ``/v2``
 (``mlops.serving.open_inference``). Every input is checked against the model's signature before
 it reaches the model or the prediction log; anything wrong is a 4xx naming the field (or the
 tensor). The event loop only moves bytes: JSON parsing, validation, the model and the log run on
-worker threads, so /health always answers.
+worker threads, so /health always answers. Rows of concurrent requests reach the model together,
+in one call (``mlops.serving.batching``); each request keeps its own answer, id, log rows and
+refusal.
 
 What a model answers follows its problem type (``mlops.serving.model.ServedProblem``): a
 classifier its class names with one probability per class, a regression a number; /feedback
@@ -68,6 +70,7 @@ from mlops.adapters.prediction_log import (
 )
 from mlops.core.errors import MlopsError
 from mlops.serving import open_inference as oip
+from mlops.serving.batching import Batcher
 from mlops.serving.model import Answers, Column, InferencePath, ServedModel, ServedProblem
 from mlops.serving.openapi import merge, operations
 
@@ -115,6 +118,10 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000
     token: str | None = None  # bearer token required on /predict, /feedback and V2 infer
+    # Concurrent requests' rows go to the model together (mlops.serving.batching): at most this
+    # many rows a call, and a batch that has company waits at most this long for more.
+    batch_rows: int = 64
+    batch_wait_seconds: float = 0.002
 
 
 def row_model(columns: list[Column]) -> type[BaseModel]:
@@ -185,6 +192,13 @@ class Metrics:
             "mlops_predictions",
             "Predicted class names (classifiers).",
             [*labels, "label"],
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "mlops_batch_rows",
+            "Rows per model call: concurrent requests are answered together.",
+            list(labels),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=self.registry,
         )
         self.probability: Histogram | None = None
@@ -316,10 +330,6 @@ def create_app(
     state: dict[str, Any] = {"model": None, "row": None, "feedback": None, "error": None}
     metrics = Metrics(model_name, model_ref)
     metrics.registry.register(log.collector())  # rows written, spilled, dropped; buffered
-    # One batch through the model at a time, as when it ran on the event loop: the model's
-    # OpenMP limit (mlops.serving.model) is process-wide, and overlapping limit/restore pairs from
-    # two threads could leave it at one thread for good.
-    model_lock = threading.Lock()
 
     def load_and_warm() -> None:
         try:
@@ -341,6 +351,12 @@ def create_app(
                     config.token is not None,
                 ),
             )
+            app.state.batcher = Batcher(
+                model.predict_records,
+                config.batch_rows,
+                config.batch_wait_seconds,
+                on_batch=metrics.batch_rows.labels(**metrics.labels).observe,
+            )
             state["model"] = model
         except Exception as exc:  # reported by /ready and /health: in detail only to the token
             logger.exception("the model failed to load")
@@ -350,9 +366,15 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         threading.Thread(target=load_and_warm, daemon=True).start()
         yield
+        if app.state.batcher is not None:
+            app.state.batcher.close()
         log.close()
 
     app = FastAPI(title="mlops model server", lifespan=lifespan, default_response_class=SafeJSON)
+    # The one thread that calls the model, one batch at a time, once it has loaded
+    # (mlops.serving.batching): the model's OpenMP limit (mlops.serving.model) is process-wide,
+    # and overlapping limit/restore pairs from two threads could leave it at one thread for good.
+    app.state.batcher = None
 
     def authorized(request: Request) -> bool:
         """The caller presents the bearer token (compared in constant time)."""
@@ -434,8 +456,7 @@ def create_app(
     ) -> tuple[str, Answers]:
         """Rows already validated through the model, counted and logged: the one path of /predict
         and V2 inference alike. ``where`` names row i in a refusal."""
-        with model_lock:
-            answers = model.predict_records(checked)
+        answers = app.state.batcher(checked)  # set before the model is
         bad = answers.non_finite()
         if bad:  # a 4xx, not a 5xx: the rows caused it, and a canary must not roll back for it
             why = "the model's answer is not a finite number (the values are likely far outside "

@@ -236,8 +236,10 @@ def test_only_valid_rows_reach_the_log_and_labels_join_by_request_id(
     assert len(mine) == 2 and set(mine["label"]) == {">50K"}
     first = mine.loc[mine["row"] == 0].iloc[0]
     assert first["prediction"] == ok["predictions"][0]
-    assert list(first["probabilities"]) == ok["probabilities"][0]
     assert math.isclose(float(first["probability"]), ok["probabilities"][0][1])
+    # a binary window reads `probability` alone; the log keeps every class's probability
+    logged = log.loc[(log["request_id"] == ok["request_id"]) & (log["row"] == 0)].iloc[0]
+    assert list(logged["probabilities"]) == ok["probabilities"][0]
 
 
 def test_a_tampered_artifact_is_refused(
@@ -601,3 +603,117 @@ def test_the_token_is_compared_in_constant_time(
     assert any(b"s3cret-tokeX" in bytes(a) for a, _ in seen), seen
     odd = [(b"authorization", "Bearer caf\u00e9".encode("latin-1"))]  # not ASCII: still a 401
     assert httpx.post(f"{broken}/feedback", json={}, headers=odd).status_code == 401
+
+
+# ---- micro-batching: concurrent requests answered by one model call ------------------------------
+
+
+class Logistic:
+    """P(positive) = sigmoid(x); no answer (NaN) for x past 1e300, as a model far outside its
+    training data may give."""
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        x = X["x"].to_numpy(dtype=float)
+        p = np.where(x > 1e300, np.nan, 1 / (1 + np.exp(-np.clip(x, -50, 50))))
+        return np.column_stack([1 - p, p])
+
+
+class HeldModel(ServedModel):
+    """Holds the first prediction after ``hold()`` until ``release()``: meanwhile the test queues
+    other requests, so the batch they make is known."""
+
+    def __init__(self) -> None:
+        super().__init__("batched", 1, Logistic(), COLUMNS)
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def hold(self) -> None:
+        self.entered.clear()
+        self.gate.clear()
+
+    def predict(self, frame: pd.DataFrame) -> Answers:
+        if not self.gate.is_set():
+            self.entered.set()
+            self.gate.wait(60)
+        return super().predict(frame)
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = str(tmp_path_factory.mktemp("batched") / "log")
+    model, log = HeldModel(), PredictionLog(root, batch_rows=10_000, max_age_seconds=0.5)
+    app = create_app(lambda: model, log, ServerConfig(batch_rows=64, batch_wait_seconds=0))
+    with _served(app) as base:
+        yield {"base": base, "model": model, "log": log, "app": app, "root": root}
+
+
+def _batch_rows(base: str) -> tuple[float, float]:
+    """The count and sum of ``mlops_batch_rows`` (model calls, and the rows they held)."""
+    found = {}
+    for line in httpx.get(f"{base}/metrics").text.splitlines():
+        for part in ("count", "sum"):
+            if line.startswith(f"mlops_batch_rows_{part}{{"):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found["count"], found["sum"]
+
+
+def test_concurrent_requests_are_batched_and_each_answered_on_its_own(
+    batched: dict[str, Any],
+) -> None:
+    """Requests queued while the model is busy go to it as one call; each still gets its own
+    request id, its own answers (those it gets alone), its own log rows, and its own refusal:
+    an invalid row or a non-finite answer refuses only the request that sent it."""
+    base, model, batcher = batched["base"], batched["model"], batched["app"].state.batcher
+    good = [GOOD | {"x": x} for x in (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)]
+    bodies: list[dict[str, Any]] = [{"row": row} for row in good]
+    bodies.append({"rows": [GOOD | {"x": -3.0}, GOOD | {"x": 0.25}, GOOD | {"x": 7.0}]})
+    bodies.append({"rows": [GOOD | {"x": 1.0}, GOOD | {"x": 1e308}]})  # no answer for row 1
+    invalid = {"rows": [GOOD | {"x": "12"}]}  # refused before it reaches the batcher
+    calls_before, rows_before = _batch_rows(base)
+    answers: dict[int, httpx.Response] = {}
+
+    def post(i: int, body: dict[str, Any]) -> None:
+        answers[i] = httpx.post(f"{base}/predict", json=body, timeout=60)
+
+    model.hold()
+    first = threading.Thread(target=post, args=(-1, {"row": GOOD}))
+    first.start()
+    threads = [threading.Thread(target=post, args=(i, b)) for i, b in enumerate(bodies)]
+    try:
+        assert model.entered.wait(30), "the first request reached the model"
+        for t in threads:
+            t.start()
+        refused = httpx.post(f"{base}/predict", json=invalid, timeout=60)
+        for _ in range(3000):  # until every other request waits in the batcher
+            if batcher.queued() >= len(bodies):
+                break
+            threading.Event().wait(0.01)
+        assert batcher.queued() == len(bodies), "the requests queued behind the first"
+    finally:
+        model.gate.set()
+        for t in [first, *threads]:
+            t.join(60)
+    calls, rows = _batch_rows(base)
+    assert (calls - calls_before, rows - rows_before) == (2, 1 + 9 + 3 + 2), "first, then one batch"
+
+    assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "rows.0.x"
+    non_finite = answers[len(bodies) - 1]
+    assert non_finite.status_code == 422, non_finite.text
+    assert [f["field"] for f in non_finite.json()["fields"]] == ["rows.1"]
+    ids = {answers[-1].json()["request_id"]}
+    for i, body in enumerate(bodies[:-1]):
+        r = answers[i]
+        assert r.status_code == 200, r.text
+        alone = httpx.post(f"{base}/predict", json=body).json()  # nothing else queued now
+        assert r.json()["predictions"] == alone["predictions"]
+        assert np.allclose(r.json()["probabilities"], alone["probabilities"], rtol=0, atol=1e-12)
+        ids.add(r.json()["request_id"])
+    assert len(ids) == len(bodies), "every answered request has its own id"
+
+    log: PredictionLog = batched["log"]
+    assert log.flush(timeout=30)
+    logged = read_log(batched["root"], PREDICTIONS)
+    mine = logged[logged["request_id"].isin(ids)]
+    assert len(mine) == 1 + 9 + 3, "a log row per answered row, none for the refused requests"
+    per_request = mine.groupby("request_id")["x"].apply(sorted).to_dict()
+    assert per_request[answers[9].json()["request_id"]] == [-3.0, 0.25, 7.0]

@@ -15,16 +15,16 @@ from mlops.core.lineage import PROBLEM_METADATA
 from mlops.ml import problems
 from mlops.serving import model as served
 from mlops.serving.model import LEGACY_BINARY, Column, ServedModel, served_problem
-from tests.unit.serving.tiny_models import CLASSES, TARGET, features, fitted, problem_spec
+from tests.unit.serving.tiny_models import (
+    CLASSES,
+    COLUMNS,
+    TARGET,
+    features,
+    fitted,
+    problem_spec,
+)
 
 pytestmark = pytest.mark.unit
-
-COLUMNS = [
-    Column("x", "double", True),
-    Column("n", "long", True),
-    Column("color", "string", True),
-    Column("flag", "boolean", True),
-]
 
 
 def test_the_servers_threshold_is_the_librarys() -> None:

@@ -19,6 +19,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlops.core.integrity import SERIALIZATION_FORMAT, artifact_checksum
 from mlops.core.lineage import PROBLEM_METADATA
+from mlops.serving.model import Column
 
 #: The classes of each problem type's target, in label order (binary: negative, positive).
 CLASSES: dict[str, list[str]] = {
@@ -28,6 +29,14 @@ CLASSES: dict[str, list[str]] = {
 }
 
 TARGET = "outcome"
+
+#: The tiny models' features as a server reads them from a signature: each required.
+COLUMNS = [
+    Column("x", "double", True),
+    Column("n", "long", True),
+    Column("color", "string", True),
+    Column("flag", "boolean", True),
+]
 
 
 def features(rows: int, seed: int = 0) -> pd.DataFrame:
