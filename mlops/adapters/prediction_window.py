@@ -3,16 +3,28 @@ the labels that arrived for their rows.
 
 Apart from the log's writer (``mlops.adapters.prediction_log``, which the model server imports)
 so that the server never loads what monitoring judges with.
+
+A window of a million rows is a few thousand files: they are pruned by path first (the
+``date=/hour=`` partitions and the commit stamps in the names, so files of other windows are
+never opened), then read in one multithreaded ``pyarrow.dataset`` scan of only the columns the
+judgements use, and cut to the window's newest rows in Arrow before anything becomes pandas.
+Files written with different schemas (binary logs from before problem types beside newer ones)
+are read one by one, in commit order, and concatenated by pandas as before.
 """
 
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 import fsspec
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from mlops.adapters.prediction_log import FEEDBACK, LOG_COLUMNS, PREDICTIONS, commit_time
@@ -25,6 +37,15 @@ from mlops.ml.monitoring import Window
 SETTLE = timedelta(seconds=2)
 
 _PARTITION = re.compile(r"date=(\d{4}-\d{2}-\d{2})/hour=(\d{2})")
+
+#: The log's own columns a window keeps (``model`` names the rows; the rest the judgements read).
+_WINDOW_COLUMNS = ("request_id", "row", "time", "model", "version", "prediction", "probability")
+
+#: Columns of distinct values, read as plain strings (a dictionary of them would save nothing).
+_UNIQUE = frozenset({"request_id"})
+
+#: Footers read at once: remote stores answer each file's footer in one round trip.
+_FOOTER_THREADS = 16
 
 
 def _files(root: str, kind: str, since: datetime | None) -> tuple[Any, list[str]]:
@@ -59,27 +80,91 @@ def _committed(
     return window
 
 
+def _unreadable(kind: str, f: str, exc: Exception, problems: list[str] | None) -> None:
+    """A corrupt or half-copied file: reported, the rest judged (raised without ``problems``)."""
+    if problems is None:
+        raise exc
+    problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
+
+
+def _schemas(fs: Any, files: list[str]) -> list[pa.Schema | Exception]:
+    """Each file's schema from its footer (or why it could not be read), in the files' order."""
+
+    def one(f: str) -> pa.Schema | Exception:
+        try:
+            return pq.read_schema(f, filesystem=fs).remove_metadata()
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(min(_FOOTER_THREADS, max(1, len(files)))) as pool:
+        return list(pool.map(one, files))
+
+
 def _read(
     fs: Any,
     files: list[str],
     kind: str,
     problems: list[str] | None,
-    cache: dict[str, pd.DataFrame],
-) -> pd.DataFrame:
-    """The records of ``files`` (each read once per window, through ``cache``)."""
-    frames = []
-    for f in files:
-        if f not in cache:
-            try:
-                with fs.open(f, "rb") as fh:
-                    cache[f] = pq.read_table(fh).to_pandas()
-            except Exception as exc:  # a corrupt or half-copied file: report it, judge the rest
-                if problems is None:
-                    raise
-                problems.append(f"{kind} file {f} is unreadable and was skipped: {exc}")
-                cache[f] = pd.DataFrame()
-        frames.append(cache[f])
-    frames = [f for f in frames if not f.empty]
+    columns: list[str] | None = None,
+) -> list[pa.Table]:
+    """The records of ``files`` in commit order, only ``columns`` of them (all when None): one
+    table of one scan where all files share a schema, else one table per file."""
+    readable, schemas = [], []
+    for f, schema in zip(files, _schemas(fs, files), strict=True):
+        if isinstance(schema, Exception):
+            _unreadable(kind, f, schema, problems)
+        else:
+            readable.append(f)
+            schemas.append(schema)
+    if not readable:
+        return []
+
+    def wanted(schema: pa.Schema) -> list[str]:
+        return schema.names if columns is None else [c for c in columns if c in schema.names]
+
+    if all(s.equals(schemas[0]) for s in schemas):
+        names = wanted(schemas[0])
+        # strings of few values (features, classes) come as dictionaries: see ``_pandas``
+        strings = [
+            f.name
+            for f in schemas[0]
+            if f.name in names and f.name not in _UNIQUE and pa.types.is_string(f.type)
+        ]
+        try:
+            dataset = ds.dataset(
+                readable,
+                schema=schemas[0],
+                format=ds.ParquetFileFormat(dictionary_columns=strings),
+                filesystem=fs,
+            )
+            return [dataset.to_table(columns=names)]
+        except (pa.ArrowException, OSError):
+            pass  # a file broken past its footer: found and named by reading one at a time
+    tables = []
+    for f, schema in zip(readable, schemas, strict=True):
+        try:
+            tables.append(pq.read_table(f, columns=wanted(schema), filesystem=fs))
+        except Exception as exc:
+            _unreadable(kind, f, exc, problems)
+    return tables
+
+
+def _pandas(table: pa.Table) -> pd.DataFrame:
+    """``table`` as pandas, its dictionary-read strings as the object columns pyarrow makes of
+    plain strings: the few distinct values are made once and taken by index, where converting
+    a million strings one by one costs seconds."""
+    frame = table.to_pandas()
+    for name in [f.name for f in table.schema if pa.types.is_dictionary(f.type)]:
+        column = frame[name].cat
+        codes = column.codes.to_numpy()
+        values = np.concatenate([column.categories.to_numpy(dtype=object), np.array([None])])
+        frame[name] = values[np.where(codes < 0, len(values) - 1, codes)]
+    return frame
+
+
+def _frame(tables: list[pa.Table]) -> pd.DataFrame:
+    """One frame of ``tables`` (pandas concatenates columns typed differently by file)."""
+    frames = [_pandas(t) for t in tables if t.num_rows]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -88,13 +173,33 @@ def read_log(
     kind: str = PREDICTIONS,
     since: datetime | None = None,
     problems: list[str] | None = None,
-    cache: dict[str, pd.DataFrame] | None = None,
+    columns: list[str] | None = None,
 ) -> pd.DataFrame:
     """The records of ``kind`` in hour partitions reaching past ``since`` (all when None; an empty
-    frame when there are none). An unreadable file is skipped and named in ``problems``; without
-    ``problems`` it raises."""
+    frame when there are none), only ``columns`` of them (all when None). An unreadable file is
+    skipped and named in ``problems``; without ``problems`` it raises."""
     fs, files = _files(root, kind, since)
-    return _read(fs, files, kind, problems, {} if cache is None else cache)
+    return _frame(_read(fs, files, kind, problems, columns))
+
+
+def _newest(tables: list[pa.Table], max_rows: int) -> pd.DataFrame:
+    """The newest ``max_rows`` rows by prediction time (a stable sort: ties keep commit order);
+    one table is sorted and cut in Arrow, so only the kept rows become pandas."""
+    if len(tables) == 1 and pa.types.is_timestamp(tables[0].schema.field("time").type):
+        table, first = tables[0], max(0, tables[0].num_rows - max_rows)
+        time = table["time"]
+        ordered = time.null_count == 0 and (
+            len(time) < 2 or pc.all(pc.greater_equal(time[1:], time[:-1])).as_py()
+        )
+        if ordered:  # rows are logged as they are answered: usually no sort and no copy
+            kept = table.slice(first)
+        else:
+            kept = table.take(pc.sort_indices(time, sort_keys=[("time", "ascending")])[first:])
+        rows = _pandas(kept)
+        return rows.assign(time=pd.to_datetime(rows["time"], utc=True))
+    rows = _frame(tables)
+    rows = rows.assign(time=pd.to_datetime(rows["time"], utc=True))
+    return rows.sort_values("time", kind="stable").tail(max_rows)
 
 
 def read_prediction_window(
@@ -112,30 +217,47 @@ def read_prediction_window(
     in which it became readable, so consecutive windows hold every row exactly once (given that
     ``until`` is at least ``SETTLE`` before now). Labels are read from the earliest prediction time
     in the window on: a label arrives after its prediction, however late that was written.
+
+    Only the features and the log's own columns are read; a binary log's ``probabilities`` are
+    left out where every row has ``probability`` (P(positive), what the judgements read then).
     """
     problems: list[str] = []
-    cache: dict[str, pd.DataFrame] = {}
     fs, files = _files(log_root, PREDICTIONS, since)
-    rows = _read(fs, _committed(files, since, until, problems), PREDICTIONS, problems, cache)
-    if rows.empty or "time" not in rows:
+    files = _committed(files, since, until, problems)
+    tables = [t for t in _read(fs, files, PREDICTIONS, problems) if t.num_rows]
+    if all("time" not in t.column_names for t in tables):
         return Window(since, until, pd.DataFrame(columns=[*features, "label"]), problems)
-    times = pd.to_datetime(rows["time"], utc=True)
-    rows = rows.assign(time=times).sort_values("time", kind="stable").tail(max_rows)
-    missing = [c for c in features if c not in rows]
+    names = list(dict.fromkeys(n for t in tables for n in t.column_names))
+    missing = [c for c in features if c not in names]
     if missing:
         problems.append(f"the prediction log lacks feature column(s) {missing}: not judged")
-    extra = sorted(set(rows.columns) - set(features) - LOG_COLUMNS)
+    extra = sorted(set(names) - set(features) - LOG_COLUMNS)
     if extra:
         problems.append(f"column(s) {extra} are not in the reference: ignored")
-    rows = rows.drop(columns=extra)
+    keep = [*features, *_WINDOW_COLUMNS]
+    if not all(
+        "probability" in t.column_names and t["probability"].null_count == 0 for t in tables
+    ):
+        keep.append("probabilities")
+    tables = [t.select([c for c in names if c in keep and c in t.column_names]) for t in tables]
+    rows = _newest(tables, max_rows)
 
     earliest = rows["time"].min()
     horizon = since if since is None or pd.isna(earliest) else min(since, earliest - SETTLE)
-    feedback = read_log(log_root, FEEDBACK, horizon, problems, cache)
+    feedback = read_log(log_root, FEEDBACK, horizon, problems, ["request_id", "label"])
     if not feedback.empty and {"request_id", "label"} <= set(feedback.columns):
-        labels = feedback.drop_duplicates("request_id", keep="last")[["request_id", "label"]]
-        known = read_log(log_root, PREDICTIONS, horizon, problems, cache)
-        unmatched = int((~labels["request_id"].isin(known.get("request_id", []))).sum())
+        labels = feedback.drop_duplicates("request_id", keep="last")
+        seen: list[str] = []  # the window's files again: each problem is named once
+        fs, files = _files(log_root, PREDICTIONS, horizon)
+        known = [
+            pc.cast(t["request_id"], pa.string())
+            for t in _read(fs, files, PREDICTIONS, seen, ["request_id"])
+            if "request_id" in t.column_names
+        ]
+        problems.extend(p for p in seen if p not in problems)
+        ids = pa.array(labels["request_id"].astype(str), pa.string())
+        found = pc.is_in(ids, value_set=pa.chunked_array(known, pa.string()).combine_chunks())
+        unmatched = len(ids) - int(pc.sum(found).as_py() or 0)
         if unmatched:
             problems.append(
                 f"{unmatched} label(s) name request ids with no logged prediction: ignored"

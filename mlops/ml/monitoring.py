@@ -27,7 +27,6 @@ from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import drift_tests, evidently_report
 from mlops.ml.prediction_shift import (
     chi_square_p,
-    class_counts,
     describe_shares,
     shares,
     total_variation,
@@ -150,8 +149,17 @@ def read_answers(values: pd.Series, problem: Problem) -> tuple[np.ndarray, np.nd
         numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
         bad = ~np.isfinite(numbers)
         return np.where(bad, 0.0, numbers), bad
-    names = {c: i for i, c in enumerate(problem.classes)}
     binary = problem.kind == "binary"
+    # a million answers of one kind are indexed as arrays; only a mixed column goes value by value
+    kind = pd.api.types.infer_dtype(values, skipna=False)
+    if kind == "string" or (kind == "empty" and len(values) == 0):
+        codes = pd.Index(problem.classes).get_indexer(values.astype(object))
+        return np.where(codes < 0, 0, codes), codes < 0
+    if binary and kind in ("integer", "floating", "boolean"):
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        bad = ~np.isin(numbers, (0.0, 1.0))
+        return np.where(bad, 0, numbers).astype("int64"), bad
+    names = {c: i for i, c in enumerate(problem.classes)}
 
     def index(v: Any) -> int:
         if isinstance(v, str):
@@ -303,8 +311,7 @@ def detect_prediction_shift(
 
 def _class_shift(values: np.ndarray, reference: np.ndarray, problem: Problem) -> PredictionShift:
     names = problem.classes
-    now = class_counts((names[int(i)] for i in values), names)
-    before = class_counts((names[int(i)] for i in reference), names)
+    now, before = _counts(values, names), _counts(reference, names)
     w, r = shares(now), shares(before)
     distance, p = total_variation(w, r), chi_square_p(now, before)
     reason = (
@@ -315,6 +322,12 @@ def _class_shift(values: np.ndarray, reference: np.ndarray, problem: Problem) ->
         True, reason, "total variation", round(distance, 6), p, rows=len(values), window=w,
         reference=r,
     )  # fmt: skip
+
+
+def _counts(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    """How often each class (by index) was predicted; each class appears, at 0 if never."""
+    counts = np.bincount(np.asarray(codes, dtype="int64"), minlength=len(names))
+    return {name: float(n) for name, n in zip(names, counts, strict=True)}
 
 
 def _value_shift(values: np.ndarray, reference: np.ndarray) -> PredictionShift:
