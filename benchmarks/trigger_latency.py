@@ -3,7 +3,9 @@
 A private local stack with its process worker and the deployments of prefect.yaml. Each trial
 emits `mlops.model.drift-detected` for a fresh resource (`mlops.model.bench-<k>`), which an
 automation shaped like prefect.yaml's (reactive, threshold 1, per resource) answers by running
-the `retraining/adult` deployment on the worker; the trial measures the event's time to the flow
+the `retraining/adult` deployment on the stack's worker (mlops.stack.worker: flow runs forked
+from a zygote that imported the pipeline; the script waits until it listens, and counts the runs
+that started as plain subprocesses all the same); the trial measures the event's time to the flow
 run's start (state Running), then cancels the run. The baseline, in the same run, is the same
 deployment started directly (`run_deployment`, no event, no automation) to Running.
 
@@ -20,6 +22,7 @@ import asyncio
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 from _common import SETTINGS, STATE
 
@@ -128,6 +131,26 @@ async def trials(n: int) -> tuple[list[float], list[float], list[tuple[float, fl
     return via_event, direct, phases
 
 
+# what mlops.stack.worker logs when a flow run is not forked from its zygote
+PLAIN_NOTES = ("starts as a plain subprocess", "did not fork the flow run")
+ZYGOTE_READY = "forking flow runs from"
+
+
+def wait_zygote(worker_log: Path, timeout: float = 300) -> str:
+    """The zygote's line in the worker log once it listens (it imports for a few seconds after
+    the worker is online; runs before that start as plain subprocesses), or why there is none."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = worker_log.read_text(errors="replace") if worker_log.exists() else ""
+        ready = [line for line in text.splitlines() if ZYGOTE_READY in line]
+        if ready:
+            return ready[0].strip()
+        if "flow runs start as plain subprocesses" in text:
+            return "no zygote (it refused to fork, see the worker log)"
+        time.sleep(0.2)
+    return f"no zygote listening after {timeout:.0f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=6)
@@ -140,10 +163,15 @@ def main() -> None:
     stack = LocalStack(SETTINGS, out=lambda _m: None)
     try:
         stack.up(with_worker=True, deploy=True)
+        worker_log = stack.logs / "worker.log"
+        zygote = wait_zygote(worker_log)
         via_event, direct, phases = asyncio.run(trials(args.trials))
+        log = worker_log.read_text(errors="replace")
     finally:
         stack.down()
         shutil.rmtree(STATE, ignore_errors=True)
+    plain = sum(log.count(note) for note in PLAIN_NOTES)
+    print(f"worker: {zygote}; {plain} of {2 * args.trials} flow runs started as plain subprocesses")
     print("event -> running: " + ", ".join(f"{v:.2f}" for v in via_event) + " s")
     for name, k in (("automation", 0), ("worker poll", 1), ("process start", 2)):
         values = [p[k] for p in phases]

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -100,8 +101,9 @@ def service_env(settings: Settings) -> dict[str, str]:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.results_dir),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # the worker asks for due runs every second: an automation's run waits at most that long
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # the worker asks for due runs every half second (one indexed query on a local server):
+        # an automation's run waits at most that long (Prefect's default is 10 s)
+        "PREFECT_WORKER_QUERY_SECONDS": "0.5",
         "PREFECT_WORKER_PREFETCH_SECONDS": "2",
         "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -307,16 +309,18 @@ def services(settings: Settings) -> list[Service]:
         ),
         Service(
             name=WORKER,
+            # Prefect's process worker, its flow runs forked from a zygote that imported the
+            # pipeline once (mlops.stack.worker): an event's run starts without a fresh import
             argv=[
-                console_script("prefect"),
-                "worker",
-                "start",
+                sys.executable,
+                "-m",
+                "mlops.stack.worker",
                 "--pool",
                 settings.work_pool,
-                "--type",
-                "process",
                 "--name",
                 f"mlops-{settings.work_pool}",
+                "--project-dir",
+                str(settings.project_dir),
             ],
             port=None,
             health_url=None,

@@ -1,0 +1,227 @@
+"""A zygote for flow-run processes: one interpreter that imports Prefect and the pipeline once,
+then forks a child per flow run that runs Prefect's engine for it.
+
+A fresh ``python -m prefect.engine`` spends seconds importing Prefect, scikit-learn, pandas, MLflow
+and the project's flows before the flow starts (most of an event's way to a running retraining).
+The zygote pays that once. It forks only while it has started no thread (forking a process with
+threads can copy a lock some other thread held); it checks that after its imports and refuses
+to serve otherwise, so the worker falls back to plain subprocesses.
+
+Protocol, one connection per flow run on the Unix socket given as argument (JSON lines):
+the worker sends ``{"env": {...}, "cwd": "...", "stream_output": bool}``; the zygote answers
+``{"pid": N}`` once the child is forked and ``{"returncode": R}`` when it exits (R as
+`subprocess` reports it: negative for a signal). The child is an ordinary child of the zygote
+(same process group as the worker, like Prefect's process worker's children), so the worker can
+signal it by pid; only the zygote can reap it, hence the second message.
+
+    python -m mlops.stack.zygote SOCKET_PATH
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import pkgutil
+import runpy
+import selectors
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# what a flow run of this project imports anyway: Prefect's engine, the libraries, the pipeline
+PRELOAD = (
+    "prefect",
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.deployments.steps",
+    "prefect.deployments.steps.core",
+    "prefect.client.orchestration",
+    "prefect.logging.handlers",
+    "prefect.events.worker",
+    "pandas",
+    "sklearn",
+    "mlflow",
+    "mlops.ml",
+)
+PACKAGES = ("tasks", "flows")  # every module of the project's tasks and flows
+
+# set after preloading: module name -> id() of the module object the zygote imported, so a flow
+# run can tell its modules are the zygote's (not imported again), and when the zygote was ready
+PRELOADED: dict[str, int] = {}
+PRELOADED_AT: float | None = None
+REQUEST_SECONDS = 10.0  # how long the zygote waits for a connected worker's request
+REFUSED = 3  # the exit status of a zygote that will not fork: the worker does not restart it
+
+
+class ZygoteError(RuntimeError):
+    """The zygote cannot fork safely (a thread is running) or cannot import what it preloads."""
+
+
+def preload(project_dir: Path) -> dict[str, int]:
+    """Import `PRELOAD` and every module of `PACKAGES` under ``project_dir``; fail if any import
+    started a thread."""
+    global PRELOADED_AT
+    if str(project_dir) not in sys.path:
+        sys.path.insert(0, str(project_dir))
+    names = list(PRELOAD)
+    for package in PACKAGES:
+        folder = project_dir / package
+        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(folder)])]
+    for name in names:
+        importlib.import_module(name)
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:
+        raise ZygoteError(
+            f"zygote: importing the flow-run modules started threads {threads}; forking now is "
+            "unsafe, so flow runs start as plain subprocesses"
+        )
+    PRELOADED.update({name: id(module) for name, module in sys.modules.items()})
+    PRELOADED_AT = time.time()
+    return PRELOADED
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    """What a forked child runs once it has left the zygote's loop."""
+
+    env: dict[str, str]
+    cwd: str
+    stream_output: bool
+
+    def run(self) -> None:
+        """Become the flow run's engine process: its environment and folder, Prefect's settings
+        read from that environment, then `prefect.engine` as ``python -m`` would run it."""
+        os.environ.clear()
+        os.environ.update(self.env)
+        os.chdir(self.cwd)
+        if not self.stream_output:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        from prefect.context import refresh_global_settings_context
+        from prefect.logging.configuration import setup_logging
+
+        refresh_global_settings_context()
+        setup_logging()
+        # what a fresh interpreter would differ in: the job's PYTHONPATH ahead of the zygote's
+        # path (which keeps the project folder), and numpy's global generator, which a fork
+        # copies (every child would draw the same numbers; `random` reseeds itself at fork)
+        extra = [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = [p for p in extra if p not in sys.path]
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        sys.argv = [sys.executable]
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+
+
+class Zygote:
+    """The accept-fork-reap loop on one listening Unix socket."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.children: dict[int, socket.socket] = {}  # pid -> the connection that asked for it
+
+    def serve(self) -> ChildRun:
+        """Serve until this process is a forked child; return what the child runs. The zygote
+        itself loops until it is signalled."""
+        while True:
+            for key, _ in self.selector.select(timeout=0.1):
+                if key.fileobj is self.listener:
+                    connection, _ = self.listener.accept()
+                    child = self._fork(connection)
+                    if child is not None:
+                        return child
+            self._reap()
+
+    def _fork(self, connection: socket.socket) -> ChildRun | None:
+        # bounded: a worker that connected and never asks must not stall the forks of others
+        connection.settimeout(REQUEST_SECONDS)
+        try:
+            request = _read_line(connection)
+        except TimeoutError:
+            request = None
+        connection.settimeout(None)
+        if request is None:  # the worker gave up before asking
+            connection.close()
+            return None
+        pid = os.fork()
+        if pid == 0:
+            self.selector.close()
+            self.listener.close()
+            for other in self.children.values():
+                other.close()
+            connection.close()
+            return ChildRun(request["env"], request["cwd"], request["stream_output"])
+        self.children[pid] = connection
+        _send(connection, {"pid": pid})
+        return None
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            connection = self.children.pop(pid, None)
+            if connection is not None:
+                _send(connection, {"returncode": os.waitstatus_to_exitcode(status)})
+                connection.close()
+
+
+def _read_line(connection: socket.socket) -> dict[str, Any] | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    request: dict[str, Any] = json.loads(data)
+    return request
+
+
+def _send(connection: socket.socket, message: dict[str, int]) -> None:
+    # a worker gone away is no reason to stop: the child runs on and reports through Prefect
+    with contextlib.suppress(OSError):
+        connection.sendall(json.dumps(message).encode() + b"\n")
+
+
+def main() -> None:
+    socket_path = Path(sys.argv[1])
+    project_dir = Path(os.environ.get("MLOPS_PROJECT_DIR", os.getcwd()))
+    try:
+        preload(project_dir)
+    except ZygoteError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        sys.exit(REFUSED)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    socket_path.unlink(missing_ok=True)
+    # bound to a temporary name and renamed: the path appears only when the zygote accepts
+    listener.bind(str(socket_path.with_suffix(".binding")))
+    listener.listen(64)
+    os.replace(socket_path.with_suffix(".binding"), socket_path)
+    print(
+        f"zygote {os.getpid()}: {len(PRELOADED)} modules preloaded, forking flow runs "
+        f"from {socket_path}",
+        flush=True,
+    )
+    child = Zygote(listener).serve()
+    child.run()  # only a forked child gets here; it exits as the engine's interpreter would
+
+
+if __name__ == "__main__":
+    # run as the imported module, so a flow run reads PRELOADED from `mlops.stack.zygote`
+    from mlops.stack import zygote
+
+    zygote.main()
