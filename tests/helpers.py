@@ -89,6 +89,9 @@ def make_project(
     contract["min_rows"] = min_rows
     (conf_dir / "contract.yaml").write_text(yaml.safe_dump(contract))
     shutil.copy(EXAMPLE / "policy.yaml", conf_dir / "policy.yaml")
+    # each canary step lasts its bake, as in production: the release tests inject their faults
+    # into a step that is still running (the example's steps end on evidence, for the demo)
+    edit_yaml(conf_dir / "policy.yaml", release={"end_on_evidence": False})
     pipeline = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())
     pipeline.update(model_name=model_name, experiment=model_name)
     pipeline["data"].pop("seed")

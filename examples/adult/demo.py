@@ -26,6 +26,7 @@ from examples.adult.traffic import send_traffic, shift_adult
 from mlops.core.config import PipelineConfig, load_pipeline_config
 from mlops.core.errors import MlopsError
 from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
+from mlops.core.policy import load_policy
 from mlops.core.settings import Settings
 
 Out = Callable[[str], None]
@@ -84,6 +85,31 @@ def production_rows(cfg: PipelineConfig, project_dir: Path, count: int, seed: in
     """Rows of the example as callers would send them (typed, complete), sampled with ``seed``."""
     data = pd.read_csv(project_dir / cfg.data.path, na_values=list(cfg.data.na_values)).dropna()
     return data.sample(count, random_state=seed).reset_index(drop=True)
+
+
+def wait_for_window(
+    settings: Settings, cfg: PipelineConfig, since: datetime, rows: int, timeout: float = 300
+) -> None:
+    """Wait until the prediction log holds ``rows`` rows committed after ``since`` that a
+    monitoring run starting now would read (committed ``SETTLE`` before now, as its window
+    ends). The servers commit a batch when it is full or aged (``PredictionLog``), so a fixed
+    sleep either waits too long or reads too little."""
+    from mlops.adapters.prediction_window import SETTLE, read_prediction_window
+
+    log, features = settings.prediction_log(cfg.model_name), cfg.features.columns
+    deadline = time.monotonic() + timeout
+    while True:
+        window = read_prediction_window(log, since, datetime.now(UTC) - SETTLE, features, rows)
+        held = len(window.rows)
+        if held >= rows:
+            return
+        if time.monotonic() > deadline:
+            raise MlopsError(
+                f"the prediction log at {log} holds {held} rows committed since "
+                f"{since.isoformat()}, fewer than the {rows} awaited after {timeout:.0f} s: are "
+                "the model servers answering and writing their logs?"
+            )
+        time.sleep(0.5)
 
 
 def _monitor(settings: Settings, out: Out) -> Any:
@@ -179,6 +205,28 @@ def timeline(settings: Settings, model: str, since: datetime) -> list[tuple[date
     return sorted(items)
 
 
+def _detect(
+    settings: Settings, cfg: PipelineConfig, shift_at: datetime, answered: int, out: Out
+) -> None:
+    """Monitoring as soon as the log holds the ``answered`` shifted rows (at least the window's
+    ``min_rows``, a floor the monitoring flow keeps too); it (or a scheduled run before it) must
+    raise an event."""
+    rows = max(answered, load_policy(cfg.policy)[0].monitoring.min_rows)
+    wait_for_window(settings, cfg, shift_at, rows)
+    out(f"   the log holds the {rows} shifted rows; deployment {MONITORING}:")
+    outcome = _monitor(settings, out)
+    if not outcome.events:
+        # the scheduled monitoring run may have judged the shifted window first
+        earlier = [
+            what
+            for _, what in timeline(settings, cfg.model_name, shift_at)
+            if what.startswith("event ")
+        ]
+        if not earlier:
+            raise MlopsError("monitoring raised no event on the shifted window; nothing to answer")
+        out(f"   (the scheduled {MONITORING} run judged it first: {earlier[0]})")
+
+
 def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -> LoopResult:
     """The whole demo after the stack is up: see the module docstring."""
     from mlops.adapters.audit import AuditTrail
@@ -211,9 +259,10 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     out(
         "\n== 2. production traffic: 1500 rows of the example, their labels sent back as feedback =="
     )
+    before_traffic = datetime.now(UTC)
     report = send_traffic(router, production_rows(cfg, settings.project_dir, 1500, seed=1), target)
     out(f"   {report.answered}/{report.sent} answered, {report.labelled} labelled")
-    time.sleep(6)  # the servers flush their prediction logs every 5 s
+    wait_for_window(settings, cfg, before_traffic, report.answered)
     out(f"   deployment {MONITORING}:")
     _monitor(settings, out)
 
@@ -225,17 +274,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
     report = send_traffic(router, shifted.iloc[:2000], target)
     out(f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled")
-    time.sleep(6)
-    out(f"   deployment {MONITORING}:")
-    outcome = _monitor(settings, out)
-    if not outcome.events:
-        # the scheduled monitoring run may have judged the shifted window first
-        earlier = [
-            what for _, what in timeline(settings, name, shift_at) if what.startswith("event ")
-        ]
-        if not earlier:
-            raise MlopsError("monitoring raised no event on the shifted window; nothing to answer")
-        out(f"   (the scheduled {MONITORING} run judged it first: {earlier[0]})")
+    _detect(settings, cfg, shift_at, report.answered, out)
 
     out("\n== 4. no hands: the automation retrains, the gates judge, a canary releases ==")
     stop = threading.Event()

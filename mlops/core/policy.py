@@ -241,6 +241,14 @@ class ReleasePolicy(_Strict):
         "no evidence: every release beside a stable version would end inconclusive).",
     )
     analysis_interval_seconds: float = Field(1.0, gt=0, le=30)
+    end_on_evidence: bool = Field(
+        False,
+        description="A step (and the bake) passes at the first analysis in which every check "
+        "passes, each on at least min_requests candidate requests, instead of at bake_seconds, "
+        "which stays the deadline of a step still inconclusive. The tests judge the same "
+        "evidence either way; what a fixed bake adds is time, which faults that grow slowly (a "
+        "leak, a cache going cold) need: production policies leave this off.",
+    )
     ready_timeout_seconds: float = Field(120, gt=0)
     warmup_requests: int = Field(
         100, ge=0, description="Single-row requests sent to the candidate before it takes traffic."

@@ -475,7 +475,9 @@ class StepAnalysis:
     ``analyse``; it says go on, pass, roll back, extend or hold.
 
     - a failed check counts one failed analysis; more than ``failure_limit`` rolls back at once;
-    - at the step's end every check passing passes the step;
+    - at the step's end every check passing passes the step; with the policy's
+      ``end_on_evidence``, so does every check passing before the end (each needs
+      ``min_requests`` to pass at all);
     - a check still inconclusive at the end does ``on_inconclusive``: ``extend`` (the step
       lasts ``seconds`` longer, up to ``max_extensions`` times, then rolls back), ``hold`` (the
       flow asks a person) or ``rollback``.
@@ -500,9 +502,16 @@ class StepAnalysis:
                 return self._decision("rollback", said, results, elapsed)
             tolerated = f"failed analysis {self.failures} of {self.policy.failure_limit} tolerated"
             return self._decision("continue", f"{tolerated}: {said}", results, elapsed)
+        unsure = [r for r in results if r.outcome == "inconclusive"]
+        if not unsure and results and self.policy.end_on_evidence and elapsed < self.deadline:
+            return self._decision(
+                "pass",
+                f"every check passed after {elapsed:.1f} s (ends on evidence)",
+                results,
+                elapsed,
+            )
         if elapsed < self.deadline:
             return self._decision("continue", "watching", results, elapsed)
-        unsure = [r for r in results if r.outcome == "inconclusive"]
         if not unsure:
             return self._decision("pass", "every check passed", results, elapsed)
         said = "inconclusive: " + "; ".join(r.reason for r in unsure)

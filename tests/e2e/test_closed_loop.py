@@ -38,6 +38,11 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
         "audit retraining-triggered v1" in out and "audit gate-decision v2: all gates pass" in out
     )
     assert "release step: traffic: blue 90%, green 10%" in out
+    # monitoring judged the shifted window as soon as the log held its rows; each canary step
+    # passed once its checks passed on at least min_requests (examples/adult/policy.yaml)
+    assert "shifted rows; deployment monitoring/adult" in out
+    for step in ("step 1 (at 10%)", "step 2 (at 50%)"):
+        assert f"release step: v2 {step}: pass after" in out, out
     assert "audit released v2: canary: all traffic on v2" in out
     assert "adult-income v2 is champion, serving 100% of traffic" in out
     router = f"http://127.0.0.1:{user_env['MLOPS_ROUTER_PORT']}"
