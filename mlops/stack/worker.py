@@ -10,7 +10,9 @@ environment and working folder Prefect's `EngineCommandStarter` would give
 (SIGTERM then SIGKILL by pid, and Prefect's control channel), crash reports (a non-zero exit or a
 signal is proposed Crashed by Prefect's executor) and logs (the engine's API log handler) are
 Prefect's own. Deployments with a ``command`` of their own, and every run while the zygote is not
-ready (starting, or exited), start as plain subprocesses, and the worker log says so.
+ready (starting, or exited), start as plain subprocesses, and the worker log says so. So does the
+first run after a Python file of the project changed (edited, added or removed): the zygote's
+modules are the code it imported, so it is replaced by one that imports the new code.
 
     python -m mlops.stack.worker --pool POOL --name NAME
 """
@@ -75,9 +77,12 @@ class ZygoteProcess:
         self.folder = Path(tempfile.mkdtemp(prefix="mlops-zygote-"))
         self.socket_path = self.folder / "zygote.sock"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.sources: dict[str, tuple[int, int]] = {}
 
     def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)  # a killed zygote's, which nobody accepts on
+        # taken before it imports: a file changed from here on may not be what it imported
+        self.sources = project_sources(self.project_dir)
         # Popen from the threaded worker is safe (fork then exec); the zygote forks, the worker not
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlops.stack.zygote", str(self.socket_path)],
@@ -94,11 +99,25 @@ class ZygoteProcess:
                 return "it refused to fork, see its message above in this log"
             self.start()
             return f"it exited with {code}, a new one is importing"
+        if self.proc is not None and project_sources(self.project_dir) != self.sources:
+            # a fresh interpreter would import the edited code; the zygote holds the old modules
+            self._terminate()
+            self.start()
+            return (
+                "the project's Python files changed since it imported them, a new one is importing"
+            )
         if self.proc is None or not self.socket_path.exists():
             return "it is still importing"
         return None
 
     def stop(self) -> None:
+        self._terminate()
+        self.socket_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
+    def _terminate(self) -> None:
+        """Stop the zygote; the children it forked run on (the worker waits for them as orphans)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -106,9 +125,29 @@ class ZygoteProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.socket_path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.folder.rmdir()
+
+
+def project_sources(project_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each Python file under ``project_dir`` (symlinked folders followed, as the project's
+    ``flows`` and ``tasks`` may be; hidden folders, such as a virtual environment or the stack's
+    state, skipped) with its modification time and size: what tells the worker that its
+    zygote's modules are no longer the project's code."""
+    found: dict[str, tuple[int, int]] = {}
+    seen: set[str] = set()
+    for folder, dirs, files in os.walk(project_dir, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink cycle, or one folder linked twice
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with contextlib.suppress(OSError):  # removed meanwhile: the next look tells
+                    st = os.stat(path)
+                    found[path] = (st.st_mtime_ns, st.st_size)
+    return found
 
 
 class ZygoteStarter:

@@ -233,3 +233,21 @@ def test_without_its_zygote_the_worker_starts_plain_subprocesses_and_says_so(
     assert facts["preloaded_at"] is None, "a plain subprocess has no zygote's preloaded modules"
     assert str(facts["pid"]) == run.infrastructure_pid  # type: ignore[attr-defined]
     assert "the flow run starts as a plain subprocess" in forking_worker.log.read_text()
+
+
+def test_after_the_projects_code_changed_the_next_run_is_not_forked_from_old_modules(
+    deployment_id: uuid.UUID, forking_worker: Worker, tmp_path: Path
+) -> None:
+    """After the zygote test above (its zygote is another by now): the flow's own file saved
+    again (its modification time moved, its text as it was) is code the zygote imported before
+    the change, so the next run starts as a fresh interpreter that imports what is on disk."""
+    flow_file = PROJECT / ENTRYPOINT.split(":")[0]
+    stat = flow_file.stat()
+    os.utime(flow_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    out = tmp_path / "facts.json"
+    run = _wait(_start(deployment_id, out, "return"), "FINAL")
+    assert run.state.is_completed(), run.state  # type: ignore[attr-defined]
+    assert json.loads(out.read_text())["preloaded_at"] is None, "forked from the old modules"
+    assert "the project's Python files changed since it imported them" in (
+        forking_worker.log.read_text()
+    )
