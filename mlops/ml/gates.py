@@ -113,15 +113,23 @@ def _paired_bootstrap(
         )
     observed = sign * (scores[0] - scores[1])
     rng = np.random.default_rng(policy.seed)
-    diffs = []
     n = len(y)
-    for _ in range(policy.bootstrap_samples):
-        idx = rng.integers(0, n, n)
-        a, b, truth = new.take(idx), old.take(idx), y[idx]
-        try:
-            diffs.append(sign * (problem.score(metric, truth, a) - problem.score(metric, truth, b)))
-        except ValueError:
-            continue  # undefined on this resample (a ROC AUC of one class): not counted
+    draws = [rng.integers(0, n, n) for _ in range(policy.bootstrap_samples)]
+    diffs: list[float] = []
+    if metric == "roc_auc" and new.proba is not None and old.proba is not None:
+        paired = _resampled_auc(y, new.proba[:, 1], draws) - _resampled_auc(
+            y, old.proba[:, 1], draws
+        )
+        diffs = [float(d) for d in sign * paired if not math.isnan(d)]  # NaN: one class drawn
+    else:
+        for idx in draws:
+            a, b, truth = new.take(idx), old.take(idx), y[idx]
+            try:
+                diffs.append(
+                    sign * (problem.score(metric, truth, a) - problem.score(metric, truth, b))
+                )
+            except ValueError:
+                continue  # undefined on this resample (a ROC AUC of one class): not counted
     if not diffs:
         return GateResult(
             "champion-vs-challenger",
@@ -160,6 +168,29 @@ def _paired_bootstrap(
         f"{verdict} against {champion_label}: {span}",
         details | {"verdict": verdict},
     )
+
+
+def _resampled_auc(y: np.ndarray, score: np.ndarray, draws: list[np.ndarray]) -> np.ndarray:
+    """The binary ROC AUC of each resample (the rows ``idx`` of ``y`` and ``score``, each row
+    as often as drawn), NaN where the resample holds one class: the Mann-Whitney statistic with
+    ties counted half, which is the area ``roc_auc_score`` computes (equal to its answer within
+    1e-12, tests/unit/ml/test_gates.py), from one sort of the scores for all resamples instead of
+    one sort per resample. By hand because neither scikit-learn nor scipy's bootstrap resamples a
+    rank statistic without sorting again. 500 resamples of 9,769 rows (the example's holdout):
+    0.11 s against 6.7 s of ``roc_auc_score`` calls (measured with a test run beside it), and
+    the gate scores two models."""
+    _, group = np.unique(score, return_inverse=True)  # tie groups, in ascending score
+    groups = int(group.max()) + 1 if len(group) else 0
+    codes = group * 2 + np.asarray(y, dtype="int64")
+    out = np.full(len(draws), np.nan)
+    for k, idx in enumerate(draws):
+        counts = np.bincount(codes[idx], minlength=2 * groups).reshape(groups, 2)
+        negatives, positives = counts[:, 0].astype("float64"), counts[:, 1].astype("float64")
+        total_neg, total_pos = negatives.sum(), positives.sum()
+        if total_neg and total_pos:
+            below = np.cumsum(negatives) - negatives  # negatives scored lower than the group
+            out[k] = (positives * (below + 0.5 * negatives)).sum() / (total_pos * total_neg)
+    return out
 
 
 def unseen_rows(holdout: pd.DataFrame, champion_training: pd.DataFrame | None) -> pd.DataFrame:

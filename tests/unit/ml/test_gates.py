@@ -445,3 +445,22 @@ def test_the_model_contract_refuses_a_model_of_another_problem_type(
         "the model says it is regression with classes []; the pipeline's target 'species' is "
         "multiclass with classes ['adelie', 'chinstrap', 'gentoo']"
     )
+
+
+def test_the_resampled_auc_is_roc_auc_score_on_each_resample_ties_and_one_class_included() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from mlops.ml.gates import _resampled_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 12)
+    score = rng.integers(0, 4, 12) / 4  # four values: ties within and across the classes
+    draws = [rng.integers(0, 12, 12) for _ in range(300)]
+    draws.append(np.flatnonzero(y == 1)[[0, 0, 1]])  # positives only: undefined
+    got = _resampled_auc(y, score, draws)
+    for idx, value in zip(draws, got, strict=True):
+        if len(set(y[idx])) < 2:
+            assert np.isnan(value)
+        else:
+            assert value == pytest.approx(roc_auc_score(y[idx], score[idx]), abs=1e-12)
+    assert np.isnan(got).sum() >= 1 and np.isfinite(got).sum() > 250
