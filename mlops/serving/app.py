@@ -371,9 +371,10 @@ def create_app(
         log.close()
 
     app = FastAPI(title="mlops model server", lifespan=lifespan, default_response_class=SafeJSON)
-    # The one thread that calls the model, one batch at a time, once it has loaded
-    # (mlops.serving.batching): the model's OpenMP limit (mlops.serving.model) is process-wide,
-    # and overlapping limit/restore pairs from two threads could leave it at one thread for good.
+    # Set once the model has loaded: one model call at a time (mlops.serving.batching: a lone
+    # request's on its own thread, a batch on the batcher's). The model's OpenMP limit
+    # (mlops.serving.model) is process-wide, and overlapping limit/restore pairs from two
+    # threads could leave it at one thread for good.
     app.state.batcher = None
 
     def authorized(request: Request) -> bool:
