@@ -376,11 +376,7 @@ class PredictionLog:
 
     # buffering (under the lock) ------------------------------------------------------------------
     def _admit(self, kind: str, rows: list[dict[str, Any]]) -> bool:
-        # summed in place: once per request at the server's peak, a Counter here costs more
-        # than the rest of append
-        held = sum(len(r) for r in self._rows.values()) + sum(self._inflight.values())
-        held += sum(b.rows for b in self._held)
-        if held + len(rows) > self.max_buffered_rows:
+        if self._held_rows() + len(rows) > self.max_buffered_rows:
             self._counts["dropped"][kind] += len(rows)
             self._last_drop = f"{len(rows)} {kind} rows: {self.max_buffered_rows} rows in memory"
             _log.error("prediction log: dropped %s", self._last_drop)
@@ -392,6 +388,12 @@ class PredictionLog:
         if first or len(self._rows[kind]) >= self.batch_rows:  # a new deadline, or a full batch
             self._cond.notify_all()
         return True
+
+    def _held_rows(self) -> int:
+        """All rows in memory (what ``max_buffered_rows`` bounds): ``_buffered`` summed in place,
+        as ``append`` asks it on every request and a Counter there cost more than the rest."""
+        held = sum(len(rows) for rows in self._rows.values()) + sum(self._inflight.values())
+        return held + sum(b.rows for b in self._held)
 
     def _buffered(self) -> dict[str, int]:
         out = Counter({k: len(rows) for k, rows in self._rows.items()})
