@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -101,8 +102,35 @@ def stop_process_group(pid: int, timeout: float) -> None:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_gone(procs, timeout)
     if alive:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=5)
+        _wait_gone(alive, 5)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited; return those still running after ``timeout``.
+
+    An exited process whose parent is not this one stays a zombie until that parent reaps it:
+    for the stack's services (their parent, ``mlops up``, exited, so init adopted them) that took
+    1.5 s here, which ``psutil.wait_procs`` waits out. Exited is enough: a zombie holds no port,
+    file or memory. This process's own children are reaped."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        running = []
+        for proc in procs:
+            try:
+                proc.wait(timeout=0)  # reaps a child of ours; raises while it runs
+            except psutil.TimeoutExpired:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        running.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        procs = running
+        if not procs or time.monotonic() >= deadline:
+            return procs
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)

@@ -1,0 +1,51 @@
+"""Stopping the stack's processes: an exited process counts as stopped before its parent reaps it."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+from mlops.stack.processes import _wait_gone, stop_process_group
+
+pytestmark = pytest.mark.unit
+
+# a parent that starts a child and never reaps it: the child, once killed, stays a zombie for as
+# long as the parent lives (as a service does when init, its adoptive parent, reaps late)
+NEGLECTFUL_PARENT = (
+    "import subprocess, sys, time\n"
+    "child = subprocess.Popen(['sleep', '300'])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(300)\n"
+)
+
+
+def test_a_killed_process_its_parent_has_not_reaped_yet_is_gone() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", NEGLECTFUL_PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = psutil.Process(int(parent.stdout.readline()))
+        child.send_signal(signal.SIGTERM)
+        # psutil.wait_procs waits for the pid to disappear, i.e. for the parent: the whole timeout
+        assert _wait_gone([child], timeout=30) == []
+        assert child.status() == psutil.STATUS_ZOMBIE  # exited, not yet reaped
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_stopping_reaps_our_own_child_and_kills_one_that_ignores_sigterm() -> None:
+    stubborn = subprocess.Popen(
+        ["bash", "-c", "trap '' TERM; echo ready; sleep 300"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+    stop_process_group(stubborn.pid, timeout=0.5)
+    assert not psutil.pid_exists(stubborn.pid)  # killed and reaped: no zombie of ours left
