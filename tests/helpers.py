@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,9 +147,14 @@ BIN = Path(sys.executable).parent
 def run_command(
     env: dict[str, str], *argv: str, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    started = time.monotonic()
+    try:
+        return subprocess.run(
+            argv, cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    finally:
+        # in the captured output of a failed or timed-out test: where its minutes went
+        print(f"{' '.join(Path(a).name for a in argv[:3])}: {time.monotonic() - started:.1f} s")
 
 
 def mlops(

@@ -20,10 +20,19 @@ from tests.helpers import BIN, PROJECT, assert_clean, mlops, run_command
 pytestmark = pytest.mark.e2e
 
 
-def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def demo(user_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`mlops demo` once for the module: its tests look at what it printed and left running (the
+    last one stops the stack)."""
     demo = mlops(user_env, "demo", timeout=1200)
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert_clean(demo)
+    return demo
+
+
+def test_the_demo_closes_the_loop_with_no_hands(
+    demo: subprocess.CompletedProcess[str], user_env: dict[str, str]
+) -> None:
     out = demo.stdout
     # no manual step after the shift: the drift event, the automation, retraining, gates, canary
     assert "drift:       none: 0 of 14 columns drifted" in out
@@ -55,6 +64,11 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
         "name": "adult-income",
         "version": 2,
     }
+
+
+def test_the_champions_lineage_and_a_reproduction(
+    demo: subprocess.CompletedProcess[str], user_env: dict[str, str]
+) -> None:
     # judging the next window by hand works beside the schedule
     monitor = mlops(user_env, "monitor")
     assert monitor.returncode == 0, monitor.stdout + monitor.stderr
@@ -104,6 +118,10 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
     assert "reproduced: largest difference 0" in again_trained.stdout
     assert "Traceback" not in again_trained.stdout + again_trained.stderr
 
+
+def test_up_again_starts_nothing_and_the_prefect_cli_runs_through_the_worker(
+    demo: subprocess.CompletedProcess[str], user_env: dict[str, str]
+) -> None:
     # up again: nothing new is started
     again = mlops(user_env, "up")
     # prefect, mlflow, the webhook receiver, the Pushgateway, Prometheus and the worker
@@ -147,6 +165,10 @@ def test_the_closed_loop_demo_then_the_commands_around_it(user_env: dict[str, st
     assert adult.split()[1:3] == ["examples/adult/pipeline.yaml", "v2"], table
     assert f"http://127.0.0.1:{user_env['MLOPS_ROUTER_PORT']} (v2)" in adult, table
 
+
+def test_a_dead_server_is_reported_and_down_stops_everything(
+    demo: subprocess.CompletedProcess[str], user_env: dict[str, str]
+) -> None:
     # a server that dies is reported, and a command that needs it says so
     state = json.loads((Path(user_env["MLOPS_STATE_DIR"]) / "stack.json").read_text())
     pids = {s["name"]: s["pid"] for s in state["services"]}
