@@ -68,7 +68,8 @@ def project(registered_model: TrainedProject, engine: Engine) -> Iterator[dict[s
 
 @pytest.fixture(scope="module")
 def packaged(project: dict[str, Any]) -> Iterator[Any]:
-    """The version's image, removed with the module: on the vfs driver (setup-engine.sh's fallback) each is ~4.5 GB."""
+    """The version's image, removed with the module: on the vfs driver (setup-engine.sh's
+    fallback) each is ~4.5 GB of disk."""
     image = packaging(version=str(project["version"]), model=project["name"])
     yield image
     client = docker.from_env(timeout=600)

@@ -1,4 +1,5 @@
-"""Stopping the stack's processes: an exited process counts as stopped before its parent reaps it."""
+"""Stopping the stack's processes: an exited process counts as stopped before its parent reaps
+it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.unit
 # a parent that starts a child and never reaps it: the child, once killed, stays a zombie for as
 # long as the parent lives (as a service does when init, its adoptive parent, reaps late)
 NEGLECTFUL_PARENT = (
-    "import subprocess, sys, time\n"
+    "import subprocess, time\n"
     "child = subprocess.Popen(['sleep', '300'])\n"
     "print(child.pid, flush=True)\n"
     "time.sleep(300)\n"
