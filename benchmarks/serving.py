@@ -140,11 +140,22 @@ def itemised(served: Any, log_root: Path, n: int) -> dict[str, list[float]]:
 
 
 def answered_200(base: str) -> int:
-    """This server's own count of /predict requests it answered 200 (from /metrics)."""
-    text = httpx.get(base + "/metrics").text
-    found = re.search(r'^mlops_requests_total\{[^}]*route="/predict",status="200"[^}]*\} (\S+)$',
-                      text, re.M)  # fmt: skip
-    return int(float(found.group(1))) if found else 0
+    """This server's own count of /predict requests it answered 200 (from /metrics), once it
+    stops moving: wrk leaves up to a connection's worth of requests in flight when it ends, and
+    the server answers (and logs) them after it."""
+
+    def count() -> int:
+        text = httpx.get(base + "/metrics").text
+        found = re.search(
+            r'^mlops_requests_total\{[^}]*route="/predict",status="200"[^}]*\} (\S+)$', text, re.M
+        )
+        return int(float(found.group(1))) if found else 0
+
+    last, now = -1, count()
+    while now != last:
+        time.sleep(0.5)
+        last, now = now, count()
+    return now
 
 
 def main() -> None:

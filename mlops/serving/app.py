@@ -6,10 +6,15 @@ request), ``GET /health``, ``GET /ready`` (the model is loaded and warmed), ``GE
 loaded), and the Open Inference Protocol's V2 REST routes under ``/v2``
 (``mlops.serving.open_inference``). Every input is checked against the model's signature before
 it reaches the model or the prediction log; anything wrong is a 4xx naming the field (or the
-tensor). The event loop only moves bytes: JSON parsing, validation, the model and the log run on
-worker threads, so /health always answers. Rows of concurrent requests reach the model together,
-in one call (``mlops.serving.batching``); each request keeps its own answer, id, log rows and
-refusal.
+tensor). Rows of concurrent requests reach the model together, in one call
+(``mlops.serving.batching``); each request keeps its own answer, id, log rows and refusal.
+
+Where the work runs: the model never runs on the event loop, so /health answers while a
+prediction is in flight. A small /predict body (``ServerConfig.inline_body_bytes``: a few rows)
+is parsed, validated and logged on the loop, and its rows go straight to the batcher's thread
+(no worker thread of its own, which cost as much as the model under load); /predict is answered
+before FastAPI's routing and middleware (``_Predict``), which took more of the loop than the
+model did. Bigger bodies, /feedback and V2 inference run on worker threads.
 
 What a model answers follows its problem type (``mlops.serving.model.ServedProblem``): a
 classifier its class names with one probability per class, a regression a number; /feedback
@@ -18,6 +23,7 @@ takes a label of the same kind.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -25,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -59,6 +65,7 @@ from pydantic import (
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mlops.adapters.prediction_log import (
     FEEDBACK,
@@ -122,6 +129,10 @@ class ServerConfig:
     # many rows a call, and a batch that has company waits at most this long for more.
     batch_rows: int = 64
     batch_wait_seconds: float = 0.002
+    # A /predict body at most this large is validated on the event loop and its rows handed to
+    # the batcher's thread (a few rows; the module docstring); a bigger one is validated on a
+    # worker thread, so a big batch never holds the loop.
+    inline_body_bytes: int = 16_384
 
 
 def row_model(columns: list[Column]) -> type[BaseModel]:
@@ -448,16 +459,17 @@ def create_app(
             raise Refused(503, "not_ready", failure(request))
         return model
 
-    def predict_rows(
+    def settle(
         model: ServedModel,
         route: str,
         checked: list[dict[str, Any]],
+        answers: Answers,
         synthetic: bool,
         where: Callable[[int], str],
-    ) -> tuple[str, Answers]:
-        """Rows already validated through the model, counted and logged: the one path of /predict
-        and V2 inference alike. ``where`` names row i in a refusal."""
-        answers = app.state.batcher(checked)  # set before the model is
+    ) -> str:
+        """The model's answers to rows already validated through it, checked, counted and
+        logged: the one path of /predict and V2 inference alike; the request's id. ``where``
+        names row i in a refusal."""
         bad = answers.non_finite()
         if bad:  # a 4xx, not a 5xx: the rows caused it, and a canary must not roll back for it
             why = "the model's answer is not a finite number (the values are likely far outside "
@@ -470,26 +482,32 @@ def create_app(
         if not synthetic:
             metrics.observe(model.problem, answers)
             log_rows(route, PREDICTIONS, _records(model, request_id, checked, answers))
-        return request_id, answers
+        return request_id
+
+    def validated(raw: bytes) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
+        """A /predict body's rows, each validated through the model; how to name row i."""
+        body = _parse_json(raw)
+        rows = _rows(body, config.max_batch_rows)
+        batch = "rows" in body
+
+        def where(i: int) -> str:
+            return f"rows.{i}" if batch else "row"
+
+        checked = []
+        for i, row in enumerate(rows):
+            try:
+                checked.append(state["row"].model_validate(row).model_dump())
+            except ValidationError as exc:
+                raise _invalid("invalid_row", exc, where(i)) from None
+        return checked, where
 
     def answer(raw: bytes, synthetic: bool, started: float) -> Response:
-        """Validate, predict, log, answer: on a worker thread, never on the event loop."""
+        """Validate, predict, log, answer, on a worker thread: a big /predict body."""
         model: ServedModel = state["model"]
         try:
-            body = _parse_json(raw)
-            rows = _rows(body, config.max_batch_rows)
-            batch = "rows" in body
-
-            def where(i: int) -> str:
-                return f"rows.{i}" if batch else "row"
-
-            checked = []
-            for i, row in enumerate(rows):
-                try:
-                    checked.append(state["row"].model_validate(row).model_dump())
-                except ValidationError as exc:
-                    raise _invalid("invalid_row", exc, where(i)) from None
-            request_id, answers = predict_rows(model, "/predict", checked, synthetic, where)
+            checked, where = validated(raw)
+            answers = app.state.batcher(checked)  # set before the model is
+            request_id = settle(model, "/predict", checked, answers, synthetic, where)
         except Refused as exc:
             return refuse("/predict", exc, started)
         return respond("/predict", 200, _answer_body(model, request_id, answers), started)
@@ -499,11 +517,19 @@ def create_app(
         started = time.perf_counter()
         try:
             raw = await read_body(request)
-            loaded(request)
+            model = loaded(request)
         except Refused as exc:
             return refuse("/predict", exc, started)
         synthetic = request.headers.get(SYNTHETIC_HEADER) is not None
-        return await run_in_threadpool(answer, raw, synthetic, started)
+        if len(raw) > config.inline_body_bytes:
+            return await run_in_threadpool(answer, raw, synthetic, started)
+        try:  # a few rows: here, on the event loop (the module docstring)
+            checked, where = validated(raw)
+            answers = await asyncio.wrap_future(app.state.batcher.submit(checked, here=False))
+            request_id = settle(model, "/predict", checked, answers, synthetic, where)
+        except Refused as exc:
+            return refuse("/predict", exc, started)
+        return respond("/predict", 200, _answer_body(model, request_id, answers), started)
 
     def accept_feedback(raw: bytes, started: float) -> Response:
         try:
@@ -571,8 +597,9 @@ def create_app(
                         for e in exc.errors()
                     ]
                     raise Refused(400, "invalid_row", "; ".join(problems)) from None
-            request_id, answers = predict_rows(
-                model, V2_INFER, checked, synthetic, lambda i: f"row {i} of the inputs"
+            answers = app.state.batcher(checked)
+            request_id = settle(
+                model, V2_INFER, checked, answers, synthetic, lambda i: f"row {i} of the inputs"
             )
         except Refused as exc:
             return refuse(V2_INFER, exc, started, v2=True)
@@ -690,7 +717,26 @@ def create_app(
     def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(_Predict, endpoint=predict)
     return app
+
+
+class _Predict:
+    """``POST /predict`` answered before FastAPI's routing and middleware (pure ASGI), by the
+    same endpoint the router holds: on a one-row request their layers (exception handlers, the
+    exit stack, dependency solving, query parsing) took more of the event loop than the model
+    took. Any other method or path (``GET /predict``: 405) goes on to FastAPI; an exception the
+    endpoint raises reaches Starlette's ServerErrorMiddleware, outside this one, as before."""
+
+    def __init__(self, app: ASGIApp, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.app, self.endpoint = app, endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/predict" and scope["method"] == "POST":
+            response = await self.endpoint(Request(scope, receive))
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 #: What GET /v2 calls this server.

@@ -88,22 +88,34 @@ class Batcher:
         self._thread.start()
 
     def __call__(self, rows: list[dict[str, Any]]) -> Answers:
-        """The answers for ``rows`` (blocks the calling worker thread until they are ready)."""
+        """The answers for ``rows`` (blocks the calling thread until they are ready)."""
+        return self.submit(rows).result()
+
+    def submit(self, rows: list[dict[str, Any]], here: bool = True) -> Future[Answers]:
+        """The answers for ``rows`` as a future, without waiting for a busy model: when it is idle
+        and nothing waits, and ``here`` allows, the model answers on the caller's thread and the
+        future is done on return; otherwise the rows are queued and the batcher's thread answers
+        them (``here=False``: an event loop, which must never run the model). A future cancelled
+        before its batch is gathered is left out of it (nobody waits for it)."""
         with self._idle:
-            alone = (
+            alone = here and (
                 not self._busy and not self._waiting and self._held is None and self._queue.empty()
             )
             if alone:
                 self._busy = True
-        if alone:
-            try:
-                self.on_batch(len(rows))
-                return self.predict(rows)
-            finally:
-                self._free()
-        pending = _Pending(rows, time.perf_counter())
-        self._queue.put(pending)
-        return pending.answer.result()
+        if not alone:
+            pending = _Pending(rows, time.perf_counter())
+            self._queue.put(pending)
+            return pending.answer
+        done: Future[Answers] = Future()
+        try:
+            self.on_batch(len(rows))
+            done.set_result(self.predict(rows))
+        except Exception as exc:  # raised again by the future's result()
+            done.set_exception(exc)
+        finally:
+            self._free()
+        return done
 
     def queued(self) -> int:
         """How many requests wait for the model now (approximately, as the queue says)."""
@@ -116,9 +128,13 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first, self._held = self._held or self._queue.get(), None
+            first, self._held = self._held, None  # a held request is already running
             if first is None:
-                return
+                first = self._queue.get()
+                if first is None:
+                    return
+                if not first.answer.set_running_or_notify_cancel():
+                    continue  # its caller went away while it was queued
             self._claim()  # the batch is gathered once the model is free, not before
             batch = [first]
             rows = len(first.rows)
@@ -138,6 +154,8 @@ class Batcher:
                 if nxt is None:  # close(): answer this batch, then stop
                     self._queue.put(None)
                     break
+                if not nxt.answer.set_running_or_notify_cancel():
+                    continue
                 if rows + len(nxt.rows) > self.max_rows:
                     self._held = nxt
                     break

@@ -527,6 +527,31 @@ def test_health_answers_while_a_prediction_is_in_flight(stand_in: dict[str, Any]
     assert answers and answers[0].status_code == 200, answers
 
 
+def test_a_small_body_on_the_event_loop_and_a_big_one_on_a_thread_answer_alike(
+    tmp_path: Path,
+) -> None:
+    """/predict validates a small body on the event loop and a bigger one on a worker thread
+    (``ServerConfig.inline_body_bytes``): the same rows get the same answers and log rows either
+    way, and only POST is taken before FastAPI's routing (GET /predict is still a 405)."""
+    rows = [GOOD | {"x": x} for x in (-1.0, 0.0, 0.5, 2.0)]
+    raw = json.dumps({"rows": rows})
+    got, logged = {}, {}
+    for inline in (len(raw), len(raw) - 1):  # the body just fits, then just does not
+        log = PredictionLog(str(tmp_path / f"log-{inline}"), batch_rows=10_000, max_age_seconds=60)
+        app = create_app(lambda: GatedModel(), log, ServerConfig(inline_body_bytes=inline))
+        with _served(app) as base:
+            r = httpx.post(
+                f"{base}/predict", content=raw, headers={"content-type": "application/json"}
+            )
+            assert r.status_code == 200, r.text
+            assert httpx.get(f"{base}/predict").status_code == 405
+        log.close()
+        got[inline] = {k: v for k, v in r.json().items() if k != "request_id"}
+        logged[inline] = read_log(str(tmp_path / f"log-{inline}"))["x"].tolist()
+    assert got[len(raw)] == got[len(raw) - 1] and len(got[len(raw)]["predictions"]) == 4
+    assert logged[len(raw)] == logged[len(raw) - 1] == [r["x"] for r in rows]
+
+
 def test_an_answered_request_never_fails_because_of_logging(stand_in: dict[str, Any]) -> None:
     """The log raising (it should not) still leaves the caller's answer whole; /ready reports a
     degraded log but keeps the replica in rotation, and names no path to a caller without the

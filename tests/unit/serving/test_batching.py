@@ -191,6 +191,51 @@ def test_a_lone_request_calls_the_model_on_its_own_thread_and_a_busy_model_batch
     assert gate.calls == [1, 5]
 
 
+def test_an_event_loop_submission_never_runs_the_model_on_its_own_thread(
+    model: ServedModel, rows: list[dict[str, Any]]
+) -> None:
+    """``submit(here=False)`` (the server's event loop) finds the model idle and still hands the
+    rows to the batcher's thread: the caller gets a future at once and never calls the model."""
+    threads: list[str] = []
+
+    def predict(records: list[dict[str, Any]]) -> Answers:
+        threads.append(threading.current_thread().name)
+        return model.predict_records(records)
+
+    batcher = Batcher(predict, max_rows=64, max_wait_seconds=0)
+    try:
+        idle = batcher.submit(rows[:1])  # a worker thread's call: answered here, done at once
+        assert idle.done() and threads == [threading.current_thread().name]
+        loop = batcher.submit(rows[1:3], here=False)
+        assert same(loop.result(timeout=30), model.predict_records(rows[1:3]))
+    finally:
+        batcher.close()
+    assert threads[1:] == ["mlops-batcher"], "the event loop's rows went to the batcher's thread"
+
+
+def test_a_request_cancelled_while_queued_is_left_out_and_the_batcher_goes_on(
+    model: ServedModel, rows: list[dict[str, Any]], pool: ThreadPoolExecutor
+) -> None:
+    """A caller that goes away (its asyncio task cancelled, which cancels the future) is not
+    predicted for, and setting no answer on its cancelled future keeps the thread alive."""
+    gate = Gate(model)
+    batcher = Batcher(gate, max_rows=64, max_wait_seconds=0)
+    try:
+        first = held(batcher, gate, pool, rows[0])
+        gone = batcher.submit(rows[1:4], here=False)
+        kept = batcher.submit(rows[4:6], here=False)
+        queued(batcher, 2)
+        assert gone.cancel()
+        gate.open.set()
+        assert same(kept.result(timeout=30), model.predict_records(rows[4:6]))
+        first.result(timeout=30)
+        after = batcher.submit(rows[6:7], here=False)  # the thread still answers
+        assert same(after.result(timeout=30), model.predict_records(rows[6:7]))
+    finally:
+        batcher.close()
+    assert gate.calls == [1, 2, 1], "the cancelled request's 3 rows never reached the model"
+
+
 def test_a_request_that_breaks_the_model_fails_alone(
     model: ServedModel, rows: list[dict[str, Any]], pool: ThreadPoolExecutor
 ) -> None:
