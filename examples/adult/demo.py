@@ -281,9 +281,10 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
 
     def callers() -> None:
         """Callers keep calling while the canary is judged (a step without traffic is
-        inconclusive, never promoted): the rest of the shifted rows with their labels, then
-        the same rows again without them (a label twice would be a duplicated production row)."""
-        send_traffic(router, shifted.iloc[2000:], target, clients=2, stop=stop)
+        inconclusive, never promoted): the rest of the shifted rows, over and over, without
+        labels. The retraining learns from the 3,500 rows labelled before it started, however
+        fast these calls are answered: a label sent now would reach its data or not by the
+        prediction log's flush, and a different v2 (one failed the fairness gate) by timing."""
         while not stop.is_set():
             send_traffic(router, shifted.iloc[2000:], target, clients=2, feedback=False, stop=stop)
 
