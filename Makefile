@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # the long end-to-end and fault tiers first, so no long file starts last. 0: one process.
 TEST_WORKERS ?= 2
 
-.PHONY: help setup engine prometheus tools wrk demo up down status test test-unit lint bench clean
+.PHONY: help setup engine prometheus postgres tools wrk demo up down status test test-unit lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ tools: prometheus ## kubectl (manifest dry-runs) from Debian's packages when mis
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
 	@test -x .tools/checkov/bin/checkov || ($(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -c infra/terraform/checkov-constraints.txt checkov) || echo "no checkov: the Terraform scan tests will skip"
 
+postgres: ## PostgreSQL from Debian's packages when missing: the tests and the trigger benchmark run the Prefect server on a private cluster
+	@(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql) || echo "no PostgreSQL: the Postgres tests skip and benchmarks/trigger_latency.py measures SQLite"
+
 wrk: ## wrk (HTTP load generator) from Debian's packages when missing: benchmarks/serving.py drives the servers with it
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) || echo "no wrk: benchmarks/serving.py cannot run"
 
@@ -50,7 +53,7 @@ down: $(STAMP) ## Stop the local stack
 status: $(STAMP) ## Show what runs where
 	$(BIN)/mlops status
 
-test: $(STAMP) engine tools ## Run every test tier: unit, flows (real servers), integration (the CLI, stack, images)
+test: $(STAMP) engine tools postgres ## Run every test tier: unit, flows (real servers), integration (the CLI, stack, images)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-unit: $(STAMP) ## Only the unit tier (no services)
@@ -61,7 +64,7 @@ lint: $(STAMP) ## ruff and mypy, as CI runs them
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP) prometheus wrk ## Benchmarks (each prints ratios; the last line's first number is the headline)
+bench: $(STAMP) prometheus postgres wrk ## Benchmarks (each prints ratios; the last line's first number is the headline)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
 	$(BIN)/python benchmarks/inference_path.py

@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     prefect_auth_string_file: Path | None = Field(
         None, description="A file holding prefect_auth_string (a mounted secret)."
     )
+    prefect_database_url: SecretStr | None = Field(
+        None,
+        description="The Prefect server's database, as SQLAlchemy's async URL "
+        "(postgresql+asyncpg://user:password@host:port/db); default: SQLite under state_dir. "
+        "Only the server gets it.",
+    )
     mlflow_username: str = Field(
         "admin", min_length=1, description="MLflow basic-auth admin user (with mlflow_password)."
     )

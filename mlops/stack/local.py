@@ -149,9 +149,16 @@ def client_credentials(settings: Settings) -> dict[str, str]:
 
 def server_env(settings: Settings, name: str) -> dict[str, str]:
     """What only the server ``name`` gets beyond `service_env`: the secret it checks clients
-    against. For MLflow's auth app this writes its config under the state folder (mode 0600)."""
-    if name == "prefect" and settings.prefect_auth_string is not None:
-        return {"PREFECT_SERVER_API_AUTH_STRING": settings.prefect_auth_string.get_secret_value()}
+    against, and Prefect's database when it is not the SQLite file. For MLflow's auth app this
+    writes its config under the state folder (mode 0600)."""
+    if name == "prefect":
+        env = {}
+        if settings.prefect_auth_string is not None:
+            env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_auth_string.get_secret_value()
+        if settings.prefect_database_url is not None:  # instead of service_env's SQLite file
+            url = settings.prefect_database_url.get_secret_value()
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
+        return env
     if name == "mlflow":  # delivers the registry webhooks to the stack's receiver
         auth = mlflow_auth_env(settings) if settings.mlflow_password is not None else {}
         # MLflow 3's Huey job runner (seven processes, each importing MLflow) runs its GenAI jobs;
@@ -369,7 +376,9 @@ class LocalStack:
         leaves the machine as it found it.
         """
         state = self.load()
-        env = os.environ | service_env(self.settings)
+        # the database URL (its password) reaches the Prefect server alone (server_env)
+        env = {k: v for k, v in os.environ.items() if k != "MLOPS_PREFECT_DATABASE_URL"}
+        env |= service_env(self.settings)
         for d in (
             self.settings.state_dir / "prefect",
             self.settings.state_dir / "mlflow",
