@@ -5,6 +5,7 @@ Import this before anything imports Prefect: it points Prefect at the private st
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,38 @@ def local_stack() -> Iterator[Settings]:
         EventsWorker.drain_all(timeout=10)
         stack.down()
         shutil.rmtree(STATE, ignore_errors=True)
+
+
+def database_option(parser: argparse.ArgumentParser) -> None:
+    """``--database``: the Prefect server's database for a benchmark's stack (prefect_database)."""
+    from mlops.stack.postgres import postgres_bin
+
+    parser.add_argument(
+        "--database",
+        choices=("postgres", "sqlite"),
+        default="postgres" if postgres_bin() else "sqlite",
+        help="the Prefect server's database: a private Postgres cluster (the default where "
+        "PostgreSQL is installed: `make postgres`) or the local stack's SQLite file",
+    )
+
+
+@contextmanager
+def prefect_database(settings: Settings, database: str) -> Iterator[Settings]:
+    """``settings`` with the Prefect server on a private Postgres cluster (``postgres``: started
+    here, stopped afterwards) or on the local stack's SQLite file (``sqlite``)."""
+    if database == "sqlite":
+        yield settings
+        return
+    from pydantic import SecretStr
+
+    from mlops.stack.postgres import PrivatePostgres
+
+    server = PrivatePostgres().start()
+    try:
+        url = SecretStr(server.url("prefect"))
+        yield settings.model_copy(update={"prefect_database_url": url})
+    finally:
+        server.stop()
 
 
 def example_copy(model_name: str) -> Path:

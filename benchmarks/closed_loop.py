@@ -7,9 +7,11 @@ output, what each flow and task run after the shift took (Prefect's own records)
 candidate requests each canary step judged, each phase, and the work the pipeline does
 (training, gates, release) against the time spent detecting and reacting; ends with the
 headline: seconds from the shift to the new champion serving all traffic (goal: under 60 s on
-2 cores).
+2 cores). The Prefect server runs on a private Postgres cluster where PostgreSQL is installed,
+as in benchmarks/trigger_latency.py; ``--database sqlite`` runs it on the local stack's file,
+as `make demo` does.
 
-    .venv/bin/python benchmarks/closed_loop.py
+    .venv/bin/python benchmarks/closed_loop.py [--database sqlite]
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ import re  # noqa: E402
 from datetime import datetime  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
-from _common import SETTINGS, STATE  # noqa: E402
+from _common import SETTINGS, STATE, database_option, prefect_database  # noqa: E402
+
+from mlops.core.settings import Settings  # noqa: E402
 
 if TYPE_CHECKING:
     from examples.adult.demo import LoopResult
@@ -40,18 +44,17 @@ if TYPE_CHECKING:
 GOAL = 60.0
 
 
-def main() -> None:
+def measured(settings: Settings) -> LoopResult:
+    """The demo's loop on a stack started for it (worker and deployments), then stopped; prints
+    the loop's output, the flow and task runs after the shift and each canary step's requests."""
     import asyncio
-    import shutil
 
     from examples.adult.demo import closed_loop
     from mlops.adapters.dvc import pull_dataset
     from mlops.core.config import load_pipeline_config
-    from mlops.core.settings import Settings
     from mlops.release.targets.local import LocalTarget
     from mlops.stack.local import LocalStack
 
-    settings = Settings()
     stack = LocalStack(settings, out=lambda _m: None)
     cfg = load_pipeline_config(SETTINGS.pipeline)
     try:
@@ -64,10 +67,25 @@ def main() -> None:
         print("\n== requests judged per canary step ==")
         for line in _requests_per_step(str(settings.mlflow_tracking_uri), result):
             print(line)
+        return result
     finally:
         LocalTarget(settings, cfg.model_name).stop()
         stack.down()
+
+
+def main() -> None:
+    import argparse
+    import shutil
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    database_option(parser)
+    args = parser.parse_args()
+    try:
+        with prefect_database(Settings(), args.database) as settings:
+            result = measured(settings)
+    finally:
         shutil.rmtree(STATE, ignore_errors=True)
+    print(f"the Prefect server's database: {args.database}")
 
     def first(prefix: str) -> float | None:
         for when, what in result.timeline:

@@ -28,10 +28,12 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from _common import SETTINGS, STATE
+from _common import SETTINGS, STATE, database_option, prefect_database
 
-from mlops.stack.postgres import PrivatePostgres, postgres_bin
+if TYPE_CHECKING:
+    from mlops.core.settings import Settings
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -158,40 +160,33 @@ def wait_zygote(worker_log: Path, timeout: float = 300) -> str:
     return f"no zygote listening after {timeout:.0f} s"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument(
-        "--database",
-        choices=("postgres", "sqlite"),
-        default="postgres" if postgres_bin() else "sqlite",
-        help="the Prefect server's database: a private Postgres cluster (the default where "
-        "PostgreSQL is installed: `make postgres`) or the local stack's SQLite file",
-    )
-    args = parser.parse_args()
-
-    import shutil
-
-    from pydantic import SecretStr
-
+def measured(settings: Settings, trials_: int) -> tuple[Any, Any, Any, str, str]:
+    """The trials on a stack started for them (worker included), then stopped."""
     from mlops.stack.local import LocalStack
 
-    settings, database = SETTINGS, None
-    if args.database == "postgres":
-        database = PrivatePostgres().start()
-        url = SecretStr(database.url("prefect"))
-        settings = SETTINGS.model_copy(update={"prefect_database_url": url})
     stack = LocalStack(settings, out=lambda _m: None)
     try:
         stack.up(with_worker=True, deploy=True)
         worker_log = stack.logs / "worker.log"
         zygote = wait_zygote(worker_log)
-        via_event, direct, phases = asyncio.run(trials(args.trials))
-        log = worker_log.read_text(errors="replace")
+        via_event, direct, phases = asyncio.run(trials(trials_))
+        return via_event, direct, phases, zygote, worker_log.read_text(errors="replace")
     finally:
         stack.down()
-        if database is not None:
-            database.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=6)
+    database_option(parser)
+    args = parser.parse_args()
+
+    import shutil
+
+    try:
+        with prefect_database(SETTINGS, args.database) as settings:
+            via_event, direct, phases, zygote, log = measured(settings, args.trials)
+    finally:
         shutil.rmtree(STATE, ignore_errors=True)
     print(f"the Prefect server's database: {args.database}")
     plain = sum(log.count(note) for note in PLAIN_NOTES)

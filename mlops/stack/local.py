@@ -234,6 +234,19 @@ def basic(credentials: str) -> str:
     return "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
 
 
+def database_mode(settings: Settings, name: str) -> str | None:
+    """Which database the server ``name`` keeps its state in, for `mlops status` (never the
+    password); None for a service without one."""
+    if name == "prefect" and settings.prefect_database_url is not None:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(settings.prefect_database_url.get_secret_value())
+        return f"{url.get_backend_name()} {url.host}:{url.port}/{url.database}"
+    if name in ("prefect", "mlflow"):
+        return f"SQLite {settings.state_dir / name / f'{name}.db'}"
+    return None
+
+
 def auth_mode(settings: Settings, name: str) -> str:
     """Which authentication the service ``name`` uses, for `mlops status`."""
     if name == "prefect":
@@ -567,7 +580,9 @@ class LocalStack:
                 )
             else:
                 auth = auth_mode(self.settings, run.name)
-                rows.append((run.name, f"running (pid {run.pid}; {auth})", run.ui_url or ""))
+                database = database_mode(self.settings, run.name)
+                detail = f"{auth}; {database}" if database else auth
+                rows.append((run.name, f"running (pid {run.pid}; {detail})", run.ui_url or ""))
         return rows
 
 

@@ -119,3 +119,14 @@ def test_the_database_url_is_on_no_command_line_and_in_no_clients_environment(
         is_prefect_server = "server" in cmdline and any("prefect" in a for a in cmdline)
         assert not in_env or is_prefect_server, (cmdline, in_env)
     assert seen >= 3, "the stack's servers were found (Prefect, MLflow, the webhook receiver)"
+
+
+def test_status_names_each_servers_database_without_the_password(pg_stack: dict[str, Any]) -> None:
+    status = mlops(pg_stack["env"], "status", timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = {line.split()[0]: line for line in status.stdout.splitlines() if line.strip()}
+    server: PrivatePostgres = pg_stack["server"]
+    assert f"postgresql 127.0.0.1:{server.port}/prefect" in lines["prefect"], status.stdout
+    mlflow_db = pg_stack["state"] / "mlflow" / "mlflow.db"
+    assert f"SQLite {mlflow_db}" in lines["mlflow"], status.stdout
+    assert PASSWORD not in status.stdout + status.stderr
