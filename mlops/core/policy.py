@@ -340,6 +340,22 @@ class MonitoringPolicy(_Strict):
     max_drift_share: float = Field(
         0.1, ge=0, le=1, description="Share of columns drifted above which drift is detected."
     )
+    drift_decision: Literal["evidently", "corrected"] = Field(
+        "corrected",
+        description="How a column's drift is decided: Evidently's test alone, or Evidently's "
+        "test confirmed by a two-sample significance test corrected across the columns "
+        "(mlops.ml.drift.DriftRule), whose false alarms do not grow with the window's size.",
+    )
+    drift_correction: Literal["benjamini-hochberg", "bonferroni"] = Field(
+        "benjamini-hochberg",
+        description="The correction for testing every column at once (drift_decision: corrected).",
+    )
+    drift_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="The corrected significance level (drift_decision: corrected).",
+    )
     min_labelled_rows: int = Field(
         200, ge=10, description="Labelled rows a window needs before live performance is judged."
     )

@@ -24,7 +24,7 @@ import pandas as pd
 
 from mlops.core.metrics import KNOWN_METRICS, REGISTRY
 from mlops.core.policy import MonitoringPolicy
-from mlops.ml.drift import drift_tests, evidently_report
+from mlops.ml.drift import DriftRule, drift_tests, evidently_report
 from mlops.ml.prediction_shift import (
     chi_square_p,
     describe_shares,
@@ -231,7 +231,10 @@ def detect_drift(
             predictions=predictions,
         )
     current, ref = drift_frames(window, reference, features, policy)
-    reading = drift_tests(current, ref)
+    rule = None
+    if policy.drift_decision == "corrected":
+        rule = DriftRule(policy.drift_correction, policy.drift_alpha)
+    reading = drift_tests(current, ref, rule)
     if not reading.columns:
         skipped = "; ".join(f"{c}: {why}" for c, why in reading.skipped.items())
         return DriftVerdict(
@@ -246,6 +249,9 @@ def detect_drift(
         f"{len(drifted)} of {len(reading.columns)} columns drifted ({share:.0%}; "
         f"limit {policy.max_drift_share:.0%})" + (f": {', '.join(drifted)}" if drifted else "")
     )
+    unconfirmed = sorted(c.column for c in reading.columns if c.evidently and not c.drifted)
+    if unconfirmed:  # Evidently's test fired where the corrected significance test did not
+        reason += f"; not significant after {policy.drift_correction}: {', '.join(unconfirmed)}"
     if shifted and predictions is not None:
         reason += f"; {predictions.reason}"
     return DriftVerdict(
