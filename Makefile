@@ -73,6 +73,7 @@ bench: $(STAMP) prometheus postgres wrk ## Benchmarks (each prints ratios; the l
 	$(BIN)/python benchmarks/trigger_latency.py
 	$(BIN)/python benchmarks/closed_loop.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/drift_false_alarms.py
 	$(BIN)/python benchmarks/monitoring_scale.py
 	$(BIN)/python benchmarks/dask_search.py
 
