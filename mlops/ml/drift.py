@@ -31,6 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from mlops.ml.prediction_shift import chi_square_p
+
 #: Column types Evidently judges for drift; others (dates, lists, unknown) are left out.
 _JUDGED = ("num", "cat", "text")
 
@@ -137,8 +139,8 @@ def drift_tests(
 
 def two_sample_p_value(reference: pd.Series, current: pd.Series, kind: str) -> float:
     """The p-value of both samples coming from one distribution: two-sample Kolmogorov-Smirnov
-    for numbers; for categories, the chi-square test of homogeneity on the two
-    samples' counts, with categories expected fewer than ``MIN_EXPECTED`` times in either sample
+    for numbers; for categories, the chi-square test of homogeneity on the two samples' counts
+    (``mlops.ml.prediction_shift.chi_square_p``, as the canary's class shares), with categories expected fewer than ``MIN_EXPECTED`` times in either sample
     pooled into one (where the test's approximation holds; a category only one side has counts
     against the other, unlike a goodness-of-fit test whose expected zero divides)."""
     from scipy import stats
@@ -148,16 +150,17 @@ def two_sample_p_value(reference: pd.Series, current: pd.Series, kind: str) -> f
         cur = current.to_numpy(dtype="float64")
         return float(stats.ks_2samp(ref, cur, method="asymp").pvalue)
     table = pd.concat(
-        [reference.astype(str).value_counts(), current.astype(str).value_counts()], axis=1
+        [reference.astype(str).value_counts(), current.astype(str).value_counts()],
+        axis=1,
+        keys=["reference", "current"],
     ).fillna(0.0)
     n_ref, n_cur = float(len(reference)), float(len(current))
     shares = table.sum(axis=1) / (n_ref + n_cur)
     rare = shares * min(n_ref, n_cur) < MIN_EXPECTED
     if rare.any():
         table = pd.concat([table[~rare], table[rare].sum().to_frame("(rare)").T])
-    if len(table) < 2:
-        return 1.0  # one category on both sides: nothing moved
-    return float(stats.chi2_contingency(table.to_numpy().T, correction=False).pvalue)
+    # 1.0 for a single category: nothing moved
+    return chi_square_p(table["reference"].to_dict(), table["current"].to_dict())
 
 
 def corrected(pvalues: list[float], correction: Correction) -> list[float]:
