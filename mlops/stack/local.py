@@ -89,6 +89,11 @@ class StackState:
         return next((s for s in self.services if s.name == name), None)
 
 
+def sqlite_file(settings: Settings, name: str) -> Path:
+    """The SQLite file the server ``name`` (prefect, mlflow) keeps its state in by default."""
+    return settings.state_dir / name / f"{name}.db"
+
+
 def service_env(settings: Settings) -> dict[str, str]:
     """Environment for the stack's processes and for flow runs against it."""
     state = settings.state_dir
@@ -98,7 +103,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "PREFECT_API_URL": str(settings.prefect_api_url),
         "PREFECT_SERVER_API_HOST": settings.host,
         "PREFECT_SERVER_API_PORT": str(settings.prefect_port),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{sqlite_file(settings, 'prefect')}",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(settings.results_dir),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # the worker asks for due runs every half second (one indexed query on a local server):
@@ -243,7 +248,7 @@ def database_mode(settings: Settings, name: str) -> str | None:
         url = make_url(settings.prefect_database_url.get_secret_value())
         return f"{url.get_backend_name()} {url.host}:{url.port}/{url.database}"
     if name in ("prefect", "mlflow"):
-        return f"SQLite {settings.state_dir / name / f'{name}.db'}"
+        return f"SQLite {sqlite_file(settings, name)}"
     return None
 
 
@@ -294,7 +299,7 @@ def services(settings: Settings) -> list[Service]:
                 "--port",
                 str(settings.mlflow_port),
                 "--backend-store-uri",
-                f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                f"sqlite:///{sqlite_file(settings, 'mlflow')}",
                 "--artifacts-destination",
                 settings.mlflow_artifacts_url or str(mlflow_dir / "artifacts"),
                 "--serve-artifacts",

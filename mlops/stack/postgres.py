@@ -83,7 +83,7 @@ class PrivatePostgres:
         return self
 
     def stop(self) -> None:
-        binaries = postgres_bin()
+        binaries = postgres_bin()  # found again: a cluster whose start failed has none recorded
         data = self.root / "data"
         try:
             if binaries is not None and (data / "postmaster.pid").exists():
