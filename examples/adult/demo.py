@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from examples.adult.traffic import send_traffic, shift_adult
+from examples.adult.traffic import TrafficReport, send_traffic, shift_adult
 from mlops.core.config import PipelineConfig, load_pipeline_config
 from mlops.core.errors import MlopsError
 from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
@@ -88,12 +88,19 @@ def production_rows(cfg: PipelineConfig, project_dir: Path, count: int, seed: in
 
 
 def wait_for_window(
-    settings: Settings, cfg: PipelineConfig, since: datetime, rows: int, timeout: float = 300
+    settings: Settings,
+    cfg: PipelineConfig,
+    since: datetime,
+    rows: int,
+    labelled: int = 0,
+    timeout: float = 300,
 ) -> None:
-    """Wait until the prediction log holds ``rows`` rows committed after ``since`` that a
-    monitoring run starting now would read (committed ``SETTLE`` before now, as its window
-    ends). The servers commit a batch when it is full or aged (``PredictionLog``), so a fixed
-    sleep either waits too long or reads too little."""
+    """Wait until the prediction log holds ``rows`` rows committed after ``since``, ``labelled``
+    of them with their labels, that a monitoring run starting now would read (committed
+    ``SETTLE`` before now, as its window ends). The servers commit a batch when it is full or
+    aged (``PredictionLog``), so a fixed sleep either waits too long or reads too little; and a
+    label still in a server's buffer would change what monitoring judges and what a retraining
+    learns from."""
     from mlops.adapters.prediction_window import SETTLE, read_prediction_window
 
     log, features = settings.prediction_log(cfg.model_name), cfg.features.columns
@@ -101,13 +108,15 @@ def wait_for_window(
     while True:
         window = read_prediction_window(log, since, datetime.now(UTC) - SETTLE, features, rows)
         held = len(window.rows)
-        if held >= rows:
+        labels = int(window.rows["label"].notna().sum()) if "label" in window.rows else 0
+        if held >= rows and labels >= labelled:
             return
         if time.monotonic() > deadline:
             raise MlopsError(
                 f"the prediction log at {log} holds {held} rows committed since "
-                f"{since.isoformat()}, fewer than the {rows} awaited after {timeout:.0f} s: are "
-                "the model servers answering and writing their logs?"
+                f"{since.isoformat()} ({labels} labelled), fewer than the {rows} ({labelled} "
+                f"labelled) awaited after {timeout:.0f} s: are the model servers answering and "
+                "writing their logs?"
             )
         time.sleep(0.5)
 
@@ -206,13 +215,13 @@ def timeline(settings: Settings, model: str, since: datetime) -> list[tuple[date
 
 
 def _detect(
-    settings: Settings, cfg: PipelineConfig, shift_at: datetime, answered: int, out: Out
+    settings: Settings, cfg: PipelineConfig, shift_at: datetime, sent: TrafficReport, out: Out
 ) -> None:
-    """Monitoring as soon as the log holds the ``answered`` shifted rows (at least the window's
-    ``min_rows``, a floor the monitoring flow keeps too); it (or a scheduled run before it) must
-    raise an event."""
-    rows = max(answered, load_policy(cfg.policy)[0].monitoring.min_rows)
-    wait_for_window(settings, cfg, shift_at, rows)
+    """Monitoring as soon as the log holds the shifted rows answered and their labels (at least
+    the window's ``min_rows``, a floor the monitoring flow keeps too); it (or a scheduled run
+    before it) must raise an event."""
+    rows = max(sent.answered, load_policy(cfg.policy)[0].monitoring.min_rows)
+    wait_for_window(settings, cfg, shift_at, rows, sent.labelled)
     out(f"   the log holds the {rows} shifted rows; deployment {MONITORING}:")
     outcome = _monitor(settings, out)
     if not outcome.events:
@@ -262,7 +271,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     before_traffic = datetime.now(UTC)
     report = send_traffic(router, production_rows(cfg, settings.project_dir, 1500, seed=1), target)
     out(f"   {report.answered}/{report.sent} answered, {report.labelled} labelled")
-    wait_for_window(settings, cfg, before_traffic, report.answered)
+    wait_for_window(settings, cfg, before_traffic, report.answered, report.labelled)
     out(f"   deployment {MONITORING}:")
     _monitor(settings, out)
 
@@ -274,7 +283,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
     report = send_traffic(router, shifted.iloc[:2000], target)
     out(f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled")
-    _detect(settings, cfg, shift_at, report.answered, out)
+    _detect(settings, cfg, shift_at, report, out)
 
     out("\n== 4. no hands: the automation retrains, the gates judge, a canary releases ==")
     stop = threading.Event()

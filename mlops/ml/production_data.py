@@ -144,11 +144,24 @@ def _rejected(failed: pd.DataFrame, checks: dict[str, int]) -> RejectedRows:
 
 def write_production_data(frame: pd.DataFrame, path: Path, problem: Problem) -> ProductionData:
     """``frame`` (oldest row first) as Parquet, with its md5 and what its recent labels look like
-    (``recent_labels``)."""
+    (``recent_labels``, from the arrival order).
+
+    The file holds the rows in an order of their content alone (``canonical_order``): concurrent
+    callers are answered in a different order each time, and the train/holdout split of the same
+    rows in another order is another split, so the same labelled rows would train another model
+    (one run of the demo's v2 failed the fairness gate, the next passed it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    expected = recent_labels(frame, problem)
+    canonical_order(frame).to_parquet(path, index=False)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
-    return ProductionData(str(path), md5, len(frame), recent_labels(frame, problem))
+    return ProductionData(str(path), md5, len(frame), expected)
+
+
+def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by a hash of their values (identical rows are interchangeable), so the same
+    rows give the same frame, the same file and its md5, whatever order they came in."""
+    key = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return frame.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
 def read_production_data(path: str) -> tuple[pd.DataFrame, str]:

@@ -14,11 +14,13 @@ import pytest
 import yaml
 
 from mlops.core.config import PipelineConfig, load_pipeline_config
+from mlops.ml import production_data
 from mlops.ml.monitoring import Window
 from mlops.ml.prediction_shift import quantile_cdf
 from mlops.ml.problems import problem_for
 from mlops.ml.production_data import (
     RECENT_ROWS,
+    ProductionData,
     collect_production_data,
     labelled_rows,
     recent_labels,
@@ -112,6 +114,47 @@ def test_binary_rows_meet_the_contract_and_hand_over_the_recent_class_shares(
     assert set(written["income"]) == {">50K", "<=50K"}
 
 
+def test_the_same_rows_in_another_arrival_order_give_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent callers are answered in a different order each run: the collected file (and so
+    the split and the model trained on it) must not depend on it. The recent labels still come
+    from the newest arrivals."""
+    base = pd.read_csv(EXAMPLE / "adult.csv.gz", na_values=["?"], nrows=400).dropna().head(300)
+    rows = base[ADULT.features.columns].reset_index(drop=True)
+    labels = base["income"].reset_index(drop=True)
+    start = datetime.now(UTC) - timedelta(hours=1)
+
+    def collected(order: np.ndarray, name: str) -> ProductionData:
+        window = Window(
+            None,
+            datetime.now(UTC),
+            rows.iloc[order]
+            .reset_index(drop=True)
+            .assign(
+                request_id=[f"{i:032x}" for i in order],
+                row=0,
+                time=[start + timedelta(seconds=i) for i in range(len(order))],
+                label=labels.iloc[order].to_numpy(),
+            ),
+        )
+        data = collect_production_data(window, ADULT, tmp_path / name).data
+        assert data is not None
+        return data
+
+    arrived = collected(np.arange(300), "a.parquet")
+    shuffled = np.random.default_rng(7).permutation(300)
+    again = collected(shuffled, "b.parquet")
+    assert arrived.md5 == again.md5
+    pd.testing.assert_frame_equal(pd.read_parquet(arrived.path), pd.read_parquet(again.path))
+    # the newest labels are the last to arrive, not the last of the file's order
+    monkeypatch.setattr(production_data, "RECENT_ROWS", 50)
+    rich_last = np.argsort((labels == ">50K").to_numpy(), kind="stable")
+    newest = collected(rich_last, "c.parquet")
+    assert newest.expected.rows == 50 and newest.expected.shares[">50K"] == 1.0
+    assert pd.read_parquet(newest.path)["income"].tail(50).eq(">50K").mean() < 1.0
+
+
 def test_multiclass_labels_keep_their_names_and_the_shares_cover_every_class(
     tmp_path: Path,
 ) -> None:
@@ -144,7 +187,8 @@ def test_regression_labels_are_numbers_and_the_recent_ones_give_their_deciles(
     collected = collect_production_data(_window(labels), cfg, tmp_path / "rows.parquet")
     assert collected.data is not None and collected.kept == len(labels)
     written = pd.read_parquet(collected.data.path)
-    assert written["y"].dtype == "float64" and written["y"].to_numpy() == pytest.approx(labels)
+    assert written["y"].dtype == "float64"  # the rows in the file's order of their contents
+    assert np.sort(written["y"].to_numpy()) == pytest.approx(np.sort(labels))
     expected = collected.data.expected
     assert expected.rows == RECENT_ROWS and not expected.shares and len(expected.quantiles) == 11
     assert expected.quantiles[0] == pytest.approx(new.min())  # the old labels play no part
