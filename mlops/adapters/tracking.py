@@ -18,9 +18,10 @@ import pandas as pd
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
+from mlops.core.explanations import baseline_of
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
-from mlops.core.lineage import PROBLEM_METADATA
+from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
 from mlops.ml.problems import Problem
 from mlops.ml.split import Split
 from mlops.ml.training import trusted_types
@@ -182,6 +183,7 @@ def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()
     sample = split.X_holdout.head(200)
     trusted = trusted_types(model, own_code)  # refuses a type nobody decided to trust
     own = sorted({t.split(".", 1)[0] for t in trusted} & set(own_code))
+    baseline = baseline_of(model, split.X_train)
     return {
         "signature": infer_signature(sample, model.predict(sample)),
         "input_example": sample.head(5),
@@ -192,7 +194,8 @@ def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()
         # exactly what this model needs, each a built-in family's or from own code
         "skops_trusted_types": trusted,
         "metadata": {PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)}
-        | ({CODE_METADATA: {"packages": own}} if own else {}),
+        | ({CODE_METADATA: {"packages": own}} if own else {})
+        | ({EXPLANATION_METADATA: {"baseline": baseline}} if baseline else {}),
     }
 
 

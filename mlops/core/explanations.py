@@ -126,7 +126,7 @@ def baseline_of(model: Any, frame: pd.DataFrame) -> list[float] | None:
     head, _ = split_model(model)
     try:
         X = _transformed(head, frame)
-    except (TypeError, ValueError):
+    except Exception:  # a user's transformer may fail any way on this: the baseline is optional
         return None
     mean = X.mean(axis=0)
     return [float(v) for v in mean] if np.isfinite(mean).all() else None

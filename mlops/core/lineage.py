@@ -38,6 +38,11 @@ SAGEMAKER_JOB_TAG = "mlops.sagemaker.job"
 #: writes it at training, mlops.serving.model.served_problem reads it).
 PROBLEM_METADATA = "mlops_problem"
 
+#: The key of a model's MLmodel ``metadata`` holding what its explanations start from:
+#: ``{"baseline": the mean transformed training row}`` (``mlops.core.explanations.baseline_of``,
+#: written at training; a linear model's attributions are measured from it).
+EXPLANATION_METADATA = "mlops_explanation"
+
 CHAMPION_ALIAS = "champion"
 CHALLENGER_ALIAS = "challenger"
 

@@ -143,6 +143,88 @@ def check_answers(base: str, batch: KnownBatch, token: str | None = None) -> Non
             f"{base} (answering by its {_served_path(base)} path): answers differ from the "
             "registered model's in-process predictions: " + "; ".join(differences[:5])
         )
+    check_explanations(base, batch, headers)
+
+
+#: Rows of the known batch the smoke test asks the server to explain (Tree SHAP is slow a row).
+EXPLAIN_ROWS = 5
+
+#: How far an explanation's output may be from the in-process answer: the trees of XGBoost and
+#: LightGBM add up in float32, and a probability is compared after the log-odds turned back.
+EXPLAIN_TOLERANCE = 1e-3
+
+
+def explanation_differences(body: dict[str, Any], batch: KnownBatch) -> list[str]:
+    """How an /explain answer for the first rows of the batch differs from the model's
+    in-process answers (empty: it does not): each row's base value and attributions must add up
+    to its output value, and that output, read in its space, must be the answer."""
+    problems: list[str] = []
+    explanations, outputs, space = body.get("explanations"), body.get("outputs"), body.get("space")
+    rows = min(EXPLAIN_ROWS, len(batch.rows))
+    if not isinstance(explanations, list) or len(explanations) != rows:
+        return [f"explanations {explanations!r:.200} for {rows} rows"]
+    if not isinstance(outputs, list) or not outputs:
+        return [f"outputs {outputs!r:.100}"]
+    for i, e in enumerate(explanations):
+        try:
+            values = [float(e["output_value"][o]) for o in outputs]
+            sums = [e["base_value"][o] + sum(e["attributions"][o].values()) for o in outputs]
+        except (KeyError, TypeError, AttributeError) as exc:
+            problems.append(f"row {i}: explanation without {exc}")
+            continue
+        if not _all_close(sums, values):
+            problems.append(f"row {i}: base and attributions add up to {sums}, not {values}")
+        want = _in_space(batch, i, space, outputs)
+        if space == "logit":  # logits are known up to a constant: held to the probabilities
+            top = max(values)
+            weights = [math.exp(v - top) for v in values]
+            values = [w / sum(weights) for w in weights]
+        if want is None:
+            problems.append(f"row {i}: an output space {space!r} for outputs {outputs}")
+        elif not _all_close(values, want):
+            problems.append(f"row {i}: explains the output {values} ({space}), in process {want}")
+    return problems
+
+
+def _all_close(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(
+        math.isclose(x, y, abs_tol=EXPLAIN_TOLERANCE) for x, y in zip(a, b, strict=True)
+    )
+
+
+def _in_space(batch: KnownBatch, i: int, space: Any, outputs: list[str]) -> list[float] | None:
+    """The in-process answer to row i as an explanation in ``space`` gives it, or None."""
+    if batch.classes is None:
+        return [float(batch.predictions[i])] if space == "value" else None
+    proba = dict(zip(batch.classes, (batch.probabilities or [])[i], strict=True))
+    if not set(outputs) <= set(proba):
+        return None
+    if space == "probability" or (space == "logit" and len(outputs) == len(batch.classes)):
+        return [proba[o] for o in outputs]
+    if space == "log_odds" and len(outputs) == 1:
+        p = min(max(proba[outputs[0]], 1e-12), 1 - 1e-12)
+        return [math.log(p / (1 - p))]
+    return None
+
+
+def check_explanations(base: str, batch: KnownBatch, headers: dict[str, str]) -> str:
+    """POST the first rows of the batch to /explain: a model with an explainer must explain its
+    own answers; one without answers 501 with the reason, which is returned (the release goes on:
+    explanations are not served for it)."""
+    rows = batch.rows[:EXPLAIN_ROWS]
+    answer = httpx.post(f"{base}/explain", json={"rows": rows}, headers=headers, timeout=60)
+    if answer.status_code == 501:
+        return str(answer.json().get("error"))
+    if answer.status_code != 200:
+        raise SmokeTestFailed(f"{base}/explain answered {answer.status_code}: {answer.text:.300}")
+    body = answer.json()
+    differences = explanation_differences(body, batch)
+    if differences:
+        raise SmokeTestFailed(
+            f"{base}/explain: the explanations do not add up to the registered model's "
+            "in-process answers: " + "; ".join(differences[:5])
+        )
+    return f"explained {len(rows)} rows by {body.get('method')} in {body.get('space')}"
 
 
 def _served_path(base: str) -> str:

@@ -1,7 +1,8 @@
 """The model server: FastAPI app answering predictions for one model version.
 
-Routes: ``POST /predict`` (one row or a batch), ``POST /feedback`` (a label for an earlier
-request), ``GET /health``, ``GET /ready`` (the model is loaded and warmed), ``GET /metrics``
+Routes: ``POST /predict`` (one row or a batch), ``POST /explain`` (each row's answer attributed
+to its input columns: ``mlops.core.explanations``; at most ``ServerConfig.max_explain_rows``
+rows, on a worker thread), ``POST /feedback`` (a label for an earlier request), ``GET /health``, ``GET /ready`` (the model is loaded and warmed), ``GET /metrics``
 (Prometheus), ``GET /openapi.json`` (the real request and response bodies once the model has
 loaded), and the Open Inference Protocol's V2 REST routes under ``/v2``
 (``mlops.serving.open_inference``). Every input is checked against the model's signature before
@@ -76,6 +77,7 @@ from mlops.adapters.prediction_log import (
     prediction_schema,
 )
 from mlops.core.errors import MlopsError
+from mlops.core.explanations import NotExplainable
 from mlops.serving import open_inference as oip
 from mlops.serving.batching import Batcher
 from mlops.serving.model import Answers, Column, InferencePath, ServedModel, ServedProblem
@@ -124,7 +126,7 @@ def _field_type(mlflow_type: str) -> Any:
 class ServerConfig:
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000
-    token: str | None = None  # bearer token required on /predict, /feedback and V2 infer
+    token: str | None = None  # bearer token required on /predict, /explain, /feedback, V2 infer
     # Concurrent requests' rows go to the model together (mlops.serving.batching): at most this
     # many rows a call, and a batch that has company waits at most this long for more.
     batch_rows: int = 64
@@ -133,6 +135,9 @@ class ServerConfig:
     # the batcher's thread (a few rows; the module docstring); a bigger one is validated on a
     # worker thread, so a big batch never holds the loop.
     inline_body_bytes: int = 16_384
+    # Most rows one /explain request may ask about: Tree SHAP costs far more a row than
+    # predicting does (benchmarks/explain.py), so explanations are for a few rows at a time.
+    max_explain_rows: int = 100
 
 
 def row_model(columns: list[Column]) -> type[BaseModel]:
@@ -360,6 +365,7 @@ def create_app(
                     config.max_batch_rows,
                     config.max_body_bytes,
                     config.token is not None,
+                    config.max_explain_rows,
                 ),
             )
             app.state.batcher = Batcher(
@@ -484,10 +490,13 @@ def create_app(
             log_rows(route, PREDICTIONS, _records(model, request_id, checked, answers))
         return request_id
 
-    def validated(raw: bytes) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
-        """A /predict body's rows, each validated through the model; how to name row i."""
+    def validated(
+        raw: bytes, limit: int = config.max_batch_rows
+    ) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
+        """A /predict (or /explain) body's rows, each validated through the model, at most
+        ``limit`` of them; how to name row i."""
         body = _parse_json(raw)
-        rows = _rows(body, config.max_batch_rows)
+        rows = _rows(body, limit)
         batch = "rows" in body
 
         def where(i: int) -> str:
@@ -530,6 +539,41 @@ def create_app(
         except Refused as exc:
             return refuse("/predict", exc, started)
         return respond("/predict", 200, _answer_body(model, request_id, answers), started)
+
+    def explain(raw: bytes, started: float) -> Response:
+        """Validate as /predict does, then attribute each row's answer to its input columns
+        (mlops.core.explanations), on a worker thread: never on the loop, never in a batch."""
+        model: ServedModel = state["model"]
+        try:
+            checked, _ = validated(raw, config.max_explain_rows)
+            try:
+                explainer = model.explainer()
+            except NotExplainable as exc:
+                raise Refused(
+                    501, "not_explainable", f"{model.name} v{model.version}: {exc}"
+                ) from None
+            got = explainer.explain(model.frame(checked))
+        except Refused as exc:
+            return refuse("/explain", exc, started)
+        body = {
+            "model": model.name,
+            "version": model.version,
+            "method": got.method,
+            "space": got.space,
+            "outputs": list(got.outputs),
+            "explanations": got.records(),
+        }
+        return respond("/explain", 200, body, started)
+
+    @app.post("/explain", include_in_schema=False)  # described by mlops.serving.openapi
+    async def explain_rows(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await read_body(request)
+            loaded(request)
+        except Refused as exc:
+            return refuse("/explain", exc, started)
+        return await run_in_threadpool(explain, raw, started)
 
     def accept_feedback(raw: bytes, started: float) -> Response:
         try:

@@ -20,6 +20,7 @@ import itertools
 import json
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -34,9 +35,10 @@ from threadpoolctl import ThreadpoolController
 
 from mlops.core.answers import class_columns
 from mlops.core.errors import MlopsError
+from mlops.core.explanations import Explainer, NotExplainable, explainer_for
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
-from mlops.core.lineage import PROBLEM_METADATA
+from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
 from mlops.serving.fast_path import (
     CompiledPipeline,
     InferencePath,
@@ -152,18 +154,51 @@ class ServedModel:
     problem: ServedProblem = field(default=LEGACY_BINARY)
     compiled: CompiledPipeline | None = field(default=None, repr=False, compare=False)
     path: InferencePath = field(default=NOT_COMPILED)
+    # what /explain starts from: the mean transformed training row (linear models need it) and
+    # the rows its explainer is checked on (the input example and the probe rows)
+    baseline: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
+    example: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    _explainer: Explainer | NotExplainable | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _explaining: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
-    def predict(self, frame: pd.DataFrame) -> Answers:
-        """The registered model's answers for rows already checked against ``columns``: the
-        reference the compiled path is held to. A missing value reaches the model as NaN, as in
-        training: rows built from JSON hold ``None``, which scikit-learn's imputers do not match
-        (mlops.core.frames), and a numeric column whose only value is a ``None`` would be an
-        object column the median imputer refuses."""
+    def frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        """Rows already checked against ``columns`` as the registered model reads them: a
+        missing value as NaN, as in training (rows built from JSON hold ``None``, which
+        scikit-learn's imputers do not match: mlops.core.frames), and a numeric column whose
+        only value is a ``None`` as numbers (an object column the median imputer refuses)."""
+        return self._typed(pd.DataFrame(list(records), columns=[c.name for c in self.columns]))
+
+    def _typed(self, frame: pd.DataFrame) -> pd.DataFrame:
         X = missing_as_nan(frame[[c.name for c in self.columns]])
         numeric = [c.name for c in self.columns if c.type in _NUMERIC and X[c.name].dtype == object]
-        if numeric:
-            X = X.astype({name: "float64" for name in numeric})
-        return self._limited(self.estimator, X)
+        return X.astype({name: "float64" for name in numeric}) if numeric else X
+
+    def explainer(self) -> Explainer:
+        """The model's explainer (``mlops.core.explanations``), built at the first call and
+        checked on the probe rows; NotExplainable, with the reason, for a model it cannot
+        explain. shap's import takes seconds, so a server that is never asked never pays it."""
+        with self._explaining:
+            if self._explainer is None:
+                try:
+                    rows = self.frame(self.probe_rows(self.example, servable=True, limit=50))
+                    p = self.problem
+                    self._explainer = explainer_for(
+                        self.estimator, list(rows.columns), p.kind, p.classes, rows, self.baseline
+                    )
+                except NotExplainable as exc:
+                    self._explainer = exc
+            if isinstance(self._explainer, NotExplainable):
+                raise self._explainer
+            return self._explainer
+
+    def predict(self, frame: pd.DataFrame) -> Answers:
+        """The registered model's answers for rows already checked against ``columns``, read as
+        ``frame`` says: the reference the compiled path is held to."""
+        return self._limited(self.estimator, self._typed(frame))
 
     def predict_records(self, records: list[dict[str, Any]]) -> Answers:
         """The answers for rows already validated against ``columns``, as dicts in column order:
@@ -309,13 +344,27 @@ def _served(folder: Path, name: str, version: int) -> ServedModel:
         for c in schema.inputs
     ]
     problem = served_problem(mlmodel.metadata, f"{name} v{version}")
-    model = ServedModel(name, version, mlflow.sklearn.load_model(str(folder)), columns, problem)
     try:
         example = input_example(folder)
     except (MlopsError, ValueError):  # the example only adds probe rows: check without it
         logger.warning("%s v%s: unreadable input example; probing without it", name, version)
         example = []
-    return model.with_fast_path(example)
+    estimator = mlflow.sklearn.load_model(str(folder))
+    baseline = explanation_baseline(mlmodel.metadata)
+    model = ServedModel(name, version, estimator, columns, problem, baseline=baseline)
+    return replace(model, example=example).with_fast_path(example)
+
+
+def explanation_baseline(metadata: Any) -> tuple[float, ...] | None:
+    """The mean transformed training row a model was saved with (None without one, or with one
+    that is not a list of finite numbers: the model is served, its linear explanations not)."""
+    spec = metadata.get(EXPLANATION_METADATA) if isinstance(metadata, dict) else None
+    values = spec.get("baseline") if isinstance(spec, dict) else None
+    if not isinstance(values, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    ):
+        return None
+    return tuple(float(v) for v in values)
 
 
 def input_example(folder: Path) -> list[dict[str, Any]]:

@@ -106,9 +106,10 @@ def operations(
     max_rows: int,
     max_bytes: int,
     token: bool,
+    max_explain_rows: int = 100,
 ) -> dict[str, Any]:
-    """The paths and component schemas of /predict, /feedback and the V2 routes (merged into
-    FastAPI's document)."""
+    """The paths and component schemas of /predict, /explain, /feedback and the V2 routes
+    (merged into FastAPI's document)."""
     one, batch = body_models(row, max_rows)
     answer = answer_model(model.problem)
     models: list[type[BaseModel]] = [one, batch, feedback, answer, Accepted, ErrorBody]
@@ -123,49 +124,87 @@ def operations(
     security: list[dict[str, list[str]]] = [{"bearer": []}] if token else []
     predict_body = {"oneOf": [{"$ref": REF.format(model=m.__name__)} for m in (one, batch)]}
     not_ready = {503: "the model is not loaded (yet)"}
+
+    def post(
+        summary: str, op: str, body: dict[str, Any], ok: tuple[int, str, dict[str, Any]],
+        refusals: dict[int, str], description: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        status, what, content = ok
+        return {
+            "post": {
+                "summary": summary,
+                "operationId": op,
+                "security": security,
+                "requestBody": {"required": True, "content": body},
+                "responses": {
+                    str(status): {"description": what, "content": content},
+                    **_refusals(refusals),
+                },
+            }
+            | ({"description": description} if description else {})
+        }
+
+    rows_body = {"application/json": {"schema": predict_body}}
     paths = {
-        "/predict": {
-            "post": {
-                "summary": "Predict one row or a batch",
-                "operationId": "predict",
-                "security": security,
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": predict_body}},
-                },
-                "responses": {
-                    "200": {
-                        "description": f"the answers ({model.problem.kind})",
-                        "content": _json(REF.format(model=answer.__name__)),
-                    },
-                    **_refusals(common | not_ready),
-                },
-            }
-        },
-        "/feedback": {
-            "post": {
-                "summary": "A label that arrived later for an earlier request",
-                "operationId": "feedback",
-                "security": security,
-                "requestBody": {
-                    "required": True,
-                    "content": _json(REF.format(model=feedback.__name__)),
-                },
-                "responses": {
-                    "202": {
-                        "description": "recorded",
-                        "content": _json(REF.format(model="Accepted")),
-                    },
-                    **_refusals(common | not_ready),
-                },
-            }
-        },
+        "/predict": post(
+            "Predict one row or a batch",
+            "predict",
+            rows_body,
+            (200, f"the answers ({model.problem.kind})", _json(REF.format(model=answer.__name__))),
+            common | not_ready,
+        ),
+        "/explain": post(
+            "Why the model answers as it does: each row's answer attributed to its input columns",
+            "explain",
+            rows_body,
+            (200, "the attributions", {"application/json": {"schema": _EXPLANATION}}),
+            common | not_ready | {501: "the model has no explainer (the reason says why)"},
+            description=f"The body /predict takes, at most {max_explain_rows} rows. Per row and "
+            "output (the positive class, each class, or the value), `base_value` plus the "
+            "`attributions` is `output_value`, the model's output in `space` (probability, "
+            "log_odds, logit or value).",
+        ),
+        "/feedback": post(
+            "A label that arrived later for an earlier request",
+            "feedback",
+            _json(REF.format(model=feedback.__name__)),
+            (202, "recorded", _json(REF.format(model="Accepted"))),
+            common | not_ready,
+        ),
         **_v2_paths(model, max_rows, max_bytes, token, security),
     }
     components: dict[str, Any] = {"schemas": defs["$defs"] | _v2_schemas(model, max_rows)}
     if token:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     return {"paths": paths, "components": components}
+
+
+_PER_OUTPUT = {"type": "object", "additionalProperties": {"type": "number"}}
+
+#: What /explain answers (mlops.core.explanations.Attributions.records, one item a row).
+_EXPLANATION = {
+    "type": "object",
+    "required": ["model", "version", "method", "space", "outputs", "explanations"],
+    "properties": {
+        "model": {"type": "string"},
+        "version": {"type": "integer"},
+        "method": {"enum": ["tree_shap", "linear"]},
+        "space": {"enum": ["probability", "log_odds", "logit", "value"]},
+        "outputs": {"type": "array", "items": {"type": "string"}},
+        "explanations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["base_value", "output_value", "attributions"],
+                "properties": {
+                    "base_value": _PER_OUTPUT,
+                    "output_value": _PER_OUTPUT,
+                    "attributions": {"type": "object", "additionalProperties": _PER_OUTPUT},
+                },
+            },
+        },
+    },
+}
 
 
 # ---- the Open Inference Protocol ------------------------------------------------------------

@@ -105,6 +105,44 @@ def test_answers_equal_the_models_own_predictions(
     assert one["probabilities"][0] == pytest.approx(list(expected[0]), abs=1e-12)
 
 
+def test_explain_attributes_the_adult_models_answers_to_its_columns(
+    server: dict[str, Any],
+) -> None:
+    """The registered example (histogram gradient boosting): Tree SHAP in log-odds, each row's
+    base value and attributions adding up to the probability /predict answers; the answer
+    conforms to the OpenAPI document; more rows than the limit are refused."""
+    rows = _rows(20)
+    base = server["base"]
+    answer = httpx.post(f"{base}/predict", json={"rows": rows}).json()
+    r = httpx.post(f"{base}/explain", json={"rows": rows}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["method"], body["space"], body["outputs"]) == ("tree_shap", "log_odds", [">50K"])
+    assert body["model"] == server["name"] and body["version"] == server["version"]
+    positive = np.array([p[1] for p in answer["probabilities"]])
+    log_odds = np.array([e["output_value"][">50K"] for e in body["explanations"]])
+    assert np.abs(1 / (1 + np.exp(-log_odds)) - positive).max() < 1e-9
+    for e in body["explanations"]:
+        attributions = e["attributions"][">50K"]
+        assert set(attributions) == set(rows[0])
+        assert e["base_value"][">50K"] + sum(attributions.values()) == pytest.approx(
+            e["output_value"][">50K"], abs=1e-6
+        )
+    # the example's strongest signals move answers across the batch
+    influence = {c: np.mean([abs(e["attributions"][">50K"][c]) for e in body["explanations"]])
+                 for c in rows[0]}  # fmt: skip
+    assert max(influence, key=influence.__getitem__) in {
+        "relationship", "marital_status", "capital_gain", "age", "education_num", "occupation"
+    }  # fmt: skip
+    doc = httpx.get(f"{base}/openapi.json").json()
+    op = doc["paths"]["/explain"]["post"]
+    assert {"200", "413", "422", "501", "503"} <= set(op["responses"])
+    schema = op["responses"]["200"]["content"]["application/json"]["schema"]
+    jsonschema.validate(body, schema | {"components": doc["components"]})
+    too_many = httpx.post(f"{base}/explain", json={"rows": _rows(101)})
+    assert too_many.status_code == 413 and "limit of 100" in too_many.text
+
+
 def test_a_triton_client_gets_the_adult_models_answers_over_the_open_inference_protocol(
     server: dict[str, Any],
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mlops.release.smoke import KnownBatch, answer_differences
+from mlops.release.smoke import KnownBatch, answer_differences, explanation_differences
 
 pytestmark = pytest.mark.unit
 
@@ -54,3 +54,63 @@ def test_a_different_answer_is_named(
 ) -> None:
     problems = answer_differences(served(batch, **change), batch)
     assert any(fragment in p for p in problems), problems
+
+
+def explained(
+    batch: KnownBatch, space: str, outputs: list[str], values: list[list[float]]
+) -> dict[str, Any]:
+    """An /explain body whose rows add up to ``values`` (base 0.5 per output, the rest on "a")."""
+    return {
+        "space": space,
+        "outputs": outputs,
+        "explanations": [
+            {
+                "base_value": dict.fromkeys(outputs, 0.5),
+                "output_value": dict(zip(outputs, row, strict=True)),
+                "attributions": {o: {"a": v - 0.5} for o, v in zip(outputs, row, strict=True)},
+            }
+            for row in values
+        ],
+    }
+
+
+def test_explanations_that_add_up_to_the_answers_pass_in_each_space() -> None:
+    import math
+
+    classes = ["low", "mid", "high"]
+    logits = [[math.log(p) + 3.0 for p in row] for row in CLASSIFIER.probabilities or []]
+    assert (
+        explanation_differences(explained(CLASSIFIER, "logit", classes, logits), CLASSIFIER) == []
+    )
+    probabilities = CLASSIFIER.probabilities or []
+    assert (
+        explanation_differences(
+            explained(CLASSIFIER, "probability", classes, probabilities), CLASSIFIER
+        )
+        == []
+    )
+    binary = KnownBatch(
+        "m", 1, "binary", ROWS, ["no", "yes"], ["no", "yes"], [[0.8, 0.2], [0.3, 0.7]]
+    )
+    odds = [[math.log(0.2 / 0.8)], [math.log(0.7 / 0.3)]]
+    assert explanation_differences(explained(binary, "log_odds", ["yes"], odds), binary) == []
+    values = [[12.5], [1e6 / 3]]
+    assert (
+        explanation_differences(explained(REGRESSION, "value", ["value"], values), REGRESSION) == []
+    )
+
+
+def test_an_explanation_of_another_answer_or_that_does_not_add_up_is_named() -> None:
+    values = [[12.5], [99.0]]
+    problems = explanation_differences(
+        explained(REGRESSION, "value", ["value"], values), REGRESSION
+    )
+    assert any(p.startswith("row 1: explains the output [99.0]") for p in problems), problems
+    body = explained(REGRESSION, "value", ["value"], [[12.5], [1e6 / 3]])
+    body["explanations"][0]["attributions"]["value"]["a"] += 1.0
+    problems = explanation_differences(body, REGRESSION)
+    assert problems == ["row 0: base and attributions add up to [13.5], not [12.5]"], problems
+    short = explained(REGRESSION, "value", ["value"], [[12.5]])
+    assert explanation_differences(short, REGRESSION)[0].startswith("explanations")
+    wrong_space = explained(REGRESSION, "log_odds", ["value"], [[12.5], [1e6 / 3]])
+    assert "an output space 'log_odds'" in explanation_differences(wrong_space, REGRESSION)[0]

@@ -17,8 +17,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from mlops.core.explanations import baseline_of
 from mlops.core.integrity import SERIALIZATION_FORMAT, artifact_checksum
-from mlops.core.lineage import PROBLEM_METADATA
+from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
 from mlops.serving.model import Column
 
 #: The classes of each problem type's target, in label order (binary: negative, positive).
@@ -121,6 +122,9 @@ def save_model_folder(folder: Path, model: Any, X: pd.DataFrame, spec: dict[str,
         pip_requirements=mlflow.sklearn.get_default_pip_requirements(),
         serialization_format=SERIALIZATION_FORMAT,
         skops_trusted_types=sorted(skops.io.get_untrusted_types(data=skops.io.dumps(model))),
-        metadata={PROBLEM_METADATA: spec},
+        metadata={
+            PROBLEM_METADATA: spec,
+            EXPLANATION_METADATA: {"baseline": baseline_of(model, X)},
+        },
     )
     return artifact_checksum(folder)
