@@ -39,7 +39,14 @@ from mlops.ml.training import check_model_code
 from tasks.data import load_dataset, resolve_data_version, split_dataset, validate_dataset
 from tasks.registry import find_model_version, register_model_version, set_model_alias
 from tasks.reporting import publish_training_report, write_model_card
-from tasks.training import evaluate_model, log_training_run, train_model, train_on_sagemaker
+from tasks.training import (
+    evaluate_model,
+    explain_model,
+    log_importance,
+    log_training_run,
+    train_model,
+    train_on_sagemaker,
+)
 
 Compute = Literal["local", "sagemaker"]
 
@@ -101,6 +108,7 @@ def train_model_version(ctx: RunContext, request: TrainingRequest) -> Registered
     split = _validated_split(ctx, data, extra, run_id)
     model, texts, where = _fit(ctx, split, request.compute)
     metrics = evaluate_model(model, split)
+    importance = explain_model(model, split)
     tags = lineage_tags(
         ctx.project_dir, data, fingerprint, ctx.policy, ctx.policy_digest, run_id, request.trigger
     )
@@ -120,6 +128,7 @@ def train_model_version(ctx: RunContext, request: TrainingRequest) -> Registered
         texts=texts,
         own_code=own_code_packages(cfg.model, cfg.features),
     )
+    log_importance(ctx.tracking_uri, run.run_id, importance)
     registered = _register(ctx, run.model_uri, tags | {RUN_ID_TAG: run.run_id}, data)
     get_run_logger().info(
         "registered %s v%s as challenger (run %s)", registered.name, registered.version, run.run_url

@@ -7,6 +7,7 @@ from typing import Any
 
 from mlops.adapters.audit import AuditEntry
 from mlops.adapters.registry import RUN_ID_TAG, RegisteredVersion, registry_client
+from mlops.adapters.tracking import IMPORTANCE_PLOT, load_importance
 from mlops.core.lineage import (
     CODE_TAG,
     DATA_MD5_TAG,
@@ -22,6 +23,7 @@ from mlops.core.lineage import (
 )
 from mlops.core.metrics import KNOWN_METRICS
 from mlops.core.policy import Policy
+from mlops.ml.explanations import Importance
 from mlops.ml.monitoring import MonitoringOutcome
 
 
@@ -80,10 +82,27 @@ def training_summary(
     return "\n".join(lines) + "\n"
 
 
+def importance_lines(importance: Importance | None, top: int = 10) -> list[str]:
+    """The model card's section on what drives the model's answers."""
+    if importance is None:
+        return ["- not computed for this version (registered before explanations)"]
+    lines = [
+        f"{importance.measure}, over {importance.rows} holdout rows "
+        f"(chart: `{IMPORTANCE_PLOT}` in the training run)"
+        + (f"; {importance.note}" if importance.note else ""),
+        "",
+    ]
+    return lines + [f"- {name}: {value:.4g}" for name, value in importance.top(top)]
+
+
 def model_card(
-    version: RegisteredVersion, gates: list[dict[str, Any]], entries: list[AuditEntry]
+    version: RegisteredVersion,
+    gates: list[dict[str, Any]],
+    entries: list[AuditEntry],
+    importance: Importance | None = None,
 ) -> str:
-    """A model card: what the version is, where it came from, how it was judged, what happened to it."""
+    """A model card: what the version is, where it came from, how it was judged, what drives its
+    answers, what happened to it."""
     t = version.tags
     lines = [
         f"# Model card: {version.name} v{version.version}",
@@ -109,6 +128,10 @@ def model_card(
             or ["- not judged yet (the promotion flow runs the gates)"]
         ),
         "",
+        "## What drives its answers",
+        "",
+        *importance_lines(importance),
+        "",
         "## History",
         "",
         *(
@@ -131,7 +154,7 @@ def write_model_card(
     entries: list[AuditEntry],
 ) -> str:
     """Write the version's model card to its MLflow run (model_card.md) and its description."""
-    card = model_card(version, gates, entries)
+    card = model_card(version, gates, entries, load_importance(tracking_uri, version.run_id))
     client = registry_client(tracking_uri)
     client.log_text(version.run_id, card, "model_card.md")
     client.update_model_version(version.name, str(version.version), description=card)

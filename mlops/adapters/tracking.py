@@ -15,13 +15,16 @@ import mlflow.data
 import mlflow.sklearn
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
+from mlops.adapters.charts import importance_figure
 from mlops.core.explanations import baseline_of
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
 from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
+from mlops.ml.explanations import Importance
 from mlops.ml.problems import Problem
 from mlops.ml.split import Split
 from mlops.ml.training import trusted_types
@@ -262,6 +265,35 @@ def last_monitoring_window(
         tags.get(DRIFT_DETECTED_TAG) == "True" if DRIFT_SHARE_METRIC in metrics else None,
         tags.get(PERFORMANCE_DEGRADED_TAG) == "True" if live else None,
     )
+
+
+#: Where a training run keeps its version's global feature importance (JSON, and its chart).
+IMPORTANCE_ARTIFACT = "explanations/importance.json"
+IMPORTANCE_PLOT = "explanations/importance.png"
+
+
+def log_importance(tracking_uri: str, run_id: str, importance: Importance) -> None:
+    """The version's feature importance into its training run: the figures, and their chart."""
+    with tracking_server(tracking_uri):
+        client = mlflow.MlflowClient()
+        client.log_dict(run_id, importance.to_dict(), IMPORTANCE_ARTIFACT)
+        figure = importance_figure(importance)
+        try:
+            client.log_figure(run_id, figure, IMPORTANCE_PLOT)
+        finally:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+
+
+def load_importance(tracking_uri: str, run_id: str) -> Importance | None:
+    """The feature importance a training run holds; None for a run logged without one."""
+    with tracking_server(tracking_uri):
+        try:
+            data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{IMPORTANCE_ARTIFACT}")
+        except (MlflowException, OSError):
+            return None
+    return Importance.from_dict(data)
 
 
 def log_monitoring_run(

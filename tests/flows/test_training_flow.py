@@ -20,9 +20,10 @@ from prefect.client.schemas.filters import (
 )
 
 from flows.training import training
+from mlops.adapters.tracking import load_importance
 from mlops.core.errors import DataContractError, DataLoadError
 from mlops.core.settings import Settings
-from tests.helpers import PROJECT, adult_frame, git, make_project
+from tests.helpers import EXAMPLE, PROJECT, adult_frame, git, make_project
 
 pytestmark = pytest.mark.flows
 
@@ -68,6 +69,19 @@ def test_first_run_registers_a_version_with_its_lineage(local_stack: Settings, f
     assert mv.tags["mlops.policy.version"] == "1"
     assert mv.description.startswith(f"# Model card: adult-income v{first_run.version}")
     assert dvc_record["md5"] in mv.description and "not judged yet" in mv.description
+    # what drives its answers: Tree SHAP over the holdout, in the run as figures and a chart
+    assert "## What drives its answers" in mv.description
+    assert "mean |tree_shap attribution| in log_odds" in mv.description
+    importance = load_importance(str(local_stack.mlflow_tracking_uri), mv.run_id)
+    assert importance is not None and importance.method == "tree_shap" and importance.rows >= 50
+    features = yaml.safe_load((EXAMPLE / "pipeline.yaml").read_text())["features"]
+    assert set(importance.values) == {*features["numeric"], *features["categorical"]}
+    top = importance.top(1)[0][0]
+    assert f"- {top}: " in mv.description
+    artifacts = {a.path for a in client.list_artifacts(mv.run_id, "explanations")}
+    assert artifacts == {"explanations/importance.json", "explanations/importance.png"}
+    png = Path(client.download_artifacts(mv.run_id, "explanations/importance.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # the flow run the tag names exists on the Prefect server and completed
     with get_client(sync_client=True) as prefect:
