@@ -68,6 +68,7 @@ bench: $(STAMP) prometheus postgres wrk ## Benchmarks (each prints ratios; the l
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/rerun.py
 	$(BIN)/python benchmarks/inference_path.py
+	$(BIN)/python benchmarks/explain.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/router.py
 	$(BIN)/python benchmarks/trigger_latency.py
