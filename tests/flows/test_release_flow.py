@@ -167,11 +167,15 @@ def test_a_failing_canary_rolls_back_by_itself_long_before_its_step_ends(
     edit_yaml(Path(pipeline).parent / "policy.yaml", release={"bake_seconds": 3})
     assert held_after < STEP_BAKE / 2, held_after
     assert load.connection_errors == [], load.connection_errors  # the router answers every call
-    # the target itself reports the crash (its process is gone) before the error rate would
-    assert "rolled back" in outcome["error"] and "server (v2) exited" in outcome["error"]
+    # the target reports the crash (its process is gone), or the crash's 502s convict the
+    # candidate's error rate first: a loaded CI machine (a full run beside other work) saw the
+    # conviction "error rate 20.0% (2 of 10) ... binomial p = 0.0043" reach the analysis before
+    # the health check. Either way the crash, not the step's end, rolled it back.
+    crash = ("server (v2) exited", "error rate")
+    assert "rolled back" in outcome["error"] and any(c in outcome["error"] for c in crash)
     assert _champion(name) == project["v1"]
     last = AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)[-1]
-    assert last.action == "release-rolled-back" and "server (v2) exited" in last.reason
+    assert last.action == "release-rolled-back" and any(c in last.reason for c in crash)
 
 
 def test_an_unknown_version_ends_the_release_with_a_reason_and_an_audit_entry(
