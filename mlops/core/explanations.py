@@ -94,7 +94,6 @@ class Explainer:
     """A fitted model's explainer (``explainer_for``): ``explain`` attributes rows already in
     the model's input columns and types."""
 
-    model: Any
     features: tuple[str, ...]
     outputs: tuple[str, ...]
     space: Space
@@ -171,7 +170,7 @@ def explainer_for(
         raise NotExplainable(
             f"{name}: the attributions do not add up to the model's output on the probe rows"
         )
-    return Explainer(model, features, outputs, space, method, groups, explain, head)
+    return Explainer(features, outputs, space, method, groups, explain, head)
 
 
 # ---- the estimator's attributions on transformed columns -------------------------------------

@@ -351,8 +351,10 @@ def _served(folder: Path, name: str, version: int) -> ServedModel:
         example = []
     estimator = mlflow.sklearn.load_model(str(folder))
     baseline = explanation_baseline(mlmodel.metadata)
-    model = ServedModel(name, version, estimator, columns, problem, baseline=baseline)
-    return replace(model, example=example).with_fast_path(example)
+    model = ServedModel(
+        name, version, estimator, columns, problem, baseline=baseline, example=example
+    )
+    return model.with_fast_path(example)
 
 
 def explanation_baseline(metadata: Any) -> tuple[float, ...] | None:
