@@ -1,12 +1,13 @@
 """The monitoring flow: production data is watched (its features against the champion's training
-data, the champion's predictions against its own on the holdout, its live metric where labels
-arrived); drift or decaying performance becomes a Prefect event that an automation answers with
+data and against the production rows before it, the champion's predictions against its own on
+the holdout, each feature's influence on its answers, its live metric where labels arrived);
+drift or decaying performance becomes a Prefect event that an automation answers with
 retraining."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from prefect import flow, get_run_logger
@@ -23,6 +24,7 @@ from mlops.core.context import RunContext
 from mlops.core.events import DRIFT_DETECTED, PERFORMANCE_DEGRADED
 from mlops.core.lineage import CHAMPION_ALIAS
 from mlops.core.settings import Settings
+from mlops.ml.attribution_drift import AttributionDrift
 from mlops.ml.monitoring import (
     DriftVerdict,
     MonitoringOutcome,
@@ -30,10 +32,12 @@ from mlops.ml.monitoring import (
     Window,
     evidence,
 )
-from mlops.ml.problems import Predictions, problem_for
+from mlops.ml.problems import Model, Predictions, problem_for
 from tasks.monitoring import (
+    detect_attribution_drift,
     detect_drift,
     detect_prediction_shift,
+    load_serving_model,
     measure_live_performance,
     predict_holdout,
     publish_monitoring_report,
@@ -69,12 +73,8 @@ def monitoring(pipeline: str | None = None, since: str | None = None) -> Monitor
     log = get_run_logger()
     for problem in outcome.problems:
         log.warning(problem)
-    log.info(
-        "%s: drift %s; performance %s",
-        ctx.model_name,
-        outcome.drift.reason,
-        outcome.performance.reason,
-    )
+    for objective, line in outcome.verdicts().items():
+        log.info("%s: %s %s", ctx.model_name, objective, line)
     return outcome
 
 
@@ -93,29 +93,37 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
     )
     run_id = str(flow_run.get_id() or "local")
     reference = load_run_frame(ctx.tracking_uri, champion.run_id, "training") if champion else None
-    drift, perf = _verdicts(ctx, window, reference, champion)
+    recent = None
+    if start is not None and len(window.rows) >= rules.min_rows:  # the rows before the window
+        lookback = timedelta(hours=rules.drift.lookback_hours)
+        recent = read_prediction_window(
+            settings.prediction_log(name), start - lookback, start, features, rules.reference_rows
+        ).rows
+    skew, drift, attribution, perf = _verdicts(ctx, window, reference, recent, champion)
     outcome = MonitoringOutcome(
         name,
         champion.version if champion else None,
         start.isoformat() if start else None,
         until.isoformat(),
         len(window.rows),
-        drift,
+        skew,
         perf,
         window.problems,
         {},
+        drift,
+        attribution,
     )
     outcome = replace(outcome, events=_emit_events(ctx, outcome, run_id))
-    if drift.judged and reference is not None:  # the report for people, once the events are out
+    if skew.judged and reference is not None:  # the report for people, once the events are out
         html = settings.reports_dir / "monitoring" / name / f"{run_id}.html"
-        report = render_drift_report(window, reference, features, rules, drift, html)
-        outcome = replace(outcome, drift=replace(drift, report=report))
+        report = render_drift_report(window, reference, features, rules, skew, html)
+        outcome = replace(outcome, skew=replace(skew, report=report))
 
     report_url = log_monitoring_run(
         ctx.tracking_uri,
         monitoring_experiment(ctx.config.experiment),
         asdict(outcome),
-        outcome.drift.report,
+        outcome.skew.report,
     )
     publish_monitoring_report(outcome, report_url)
     write_prometheus(
@@ -123,7 +131,7 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
         settings.state_dir / "metrics" / f"monitoring-{name}.prom",
         settings.pushgateway_url,
     )
-    if drift.judged and not since:
+    if skew.judged and not since:
         Variable.set(mark, until.isoformat(), overwrite=True)
     return outcome
 
@@ -132,38 +140,66 @@ def _verdicts(
     ctx: RunContext,
     window: Window,
     reference: pd.DataFrame | None,
+    recent: pd.DataFrame | None,
     champion: RegisteredVersion | None,
-) -> tuple[DriftVerdict, PerformanceVerdict]:
-    """Drift against the champion's training data (with how its predictions moved against its
-    own on the holdout), and its live performance where labelled."""
-    rules = ctx.policy.monitoring
+) -> tuple[DriftVerdict, DriftVerdict, AttributionDrift, PerformanceVerdict]:
+    """Skew against the champion's training data (with how its predictions moved against its
+    own on the holdout), drift against the ``recent`` production rows, each feature's influence
+    on its answers, and its live performance where labelled."""
+    rules, features = ctx.policy.monitoring, ctx.config.features.columns
     if champion is None or reference is None:
+        nothing = "no champion: nothing serves, nothing to compare with"
         return (
-            DriftVerdict(False, False, "no champion: nothing serves, nothing to compare with"),
+            DriftVerdict(False, False, nothing),
+            DriftVerdict(False, False, nothing, objective="drift"),
+            AttributionDrift(False, False, nothing),
             PerformanceVerdict(False, False, "no champion", rules.performance_metric),
         )
     problem = problem_for(ctx.config.target)
     holdout: Predictions | None = None
+    model: Model | None = None
     if len(window.rows) >= rules.min_rows:  # a window too small is judged on nothing
         try:
-            holdout = predict_holdout(ctx.tracking_uri, champion, problem)
+            model = load_serving_model(ctx.tracking_uri, champion)
+            holdout = predict_holdout(ctx.tracking_uri, champion, model, problem)
         except Exception as exc:  # monitoring reports what it cannot judge, and judges the rest
             window.problems.append(
                 f"v{champion.version}'s predictions on its holdout could not be made, so its "
                 f"predictions were not compared: {type(exc).__name__}: {exc}"
             )
     shift = detect_prediction_shift(window, holdout, problem, rules, champion.version)
-    drift = detect_drift(window, reference, ctx.config.features.columns, rules, shift)
+    skew = detect_drift(window, reference, features, rules, shift)
+    if recent is None:
+        drift = DriftVerdict(
+            False,
+            False,
+            "the first window: no production rows before it to judge it against",
+            objective="drift",
+            limit=rules.drift.max_share,
+        )
+    else:
+        drift = detect_drift(window, recent, features, rules, objective="drift")
+    if model is None:
+        why = (
+            "the serving model could not be loaded"
+            if len(window.rows) >= rules.min_rows
+            else (f"{len(window.rows)} rows: too small to judge (needs {rules.min_rows})")
+        )
+        attribution = AttributionDrift(False, False, why)
+    else:
+        attribution = detect_attribution_drift(
+            model, window.rows, reference, features, problem, rules
+        )
     perf = measure_live_performance(window, champion.version, champion.metrics, rules, problem)
-    return drift, perf
+    return skew, drift, attribution, perf
 
 
 def _emit_events(ctx: RunContext, outcome: MonitoringOutcome, run_id: str) -> dict[str, str]:
     """The drift and performance events the verdicts call for: event name -> event id."""
-    name, drift, perf = ctx.model_name, outcome.drift, outcome.performance
+    name, perf = ctx.model_name, outcome.performance
     link = {"flow_run": ctx.flow_run_url(run_id)}
     events: dict[str, str] = {}
-    if drift.judged and drift.detected:
+    if outcome.detected:  # one event, naming each objective that detected drift
         payload = evidence(outcome, "drift") | link
         events[DRIFT_DETECTED] = emit_model_event(DRIFT_DETECTED, name, payload) or ""
     if perf.judged and perf.degraded:

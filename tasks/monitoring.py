@@ -16,7 +16,7 @@ from mlops.adapters.reporting import monitoring_summary, monitoring_table
 from mlops.adapters.tracking import load_run_frame
 from mlops.core.config import PipelineConfig
 from mlops.core.policy import MonitoringPolicy
-from mlops.ml import monitoring, production_data
+from mlops.ml import attribution_drift, monitoring, production_data
 from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, Window
 from mlops.ml.problems import Model, Predictions, Problem
 from mlops.ml.production_data import MAX_ROWS, CollectedRows
@@ -32,12 +32,24 @@ measure_live_performance = step(
 )
 
 
+detect_attribution_drift = step(
+    attribution_drift.attribution_drift, name="detect-attribution-drift"
+)
+
+
+@step(name="load-serving-model", **on_connection_errors(1, 5))
+def load_serving_model(tracking_uri: str, version: RegisteredVersion) -> Model:
+    """The registered model of the version that serves, as its pipeline was fitted."""
+    return cast(Model, load_model_version(tracking_uri, version.name, version.version))
+
+
 @step(name="predict-holdout", **on_connection_errors(1, 5))
-def predict_holdout(tracking_uri: str, version: RegisteredVersion, problem: Problem) -> Predictions:
+def predict_holdout(
+    tracking_uri: str, version: RegisteredVersion, model: Model, problem: Problem
+) -> Predictions:
     """What a registered version predicts for its own holdout rows: the yardstick its predictions
     in production are compared with (``detect_prediction_shift``)."""
     holdout = load_run_frame(tracking_uri, version.run_id, "holdout")
-    model = cast(Model, load_model_version(tracking_uri, version.name, version.version))
     return problem.predict(model, holdout.drop(columns=[problem.column], errors="ignore"))
 
 

@@ -123,10 +123,9 @@ def wait_for_window(
 
 def _monitor(settings: Settings, out: Out) -> Any:
     outcome = run_deployment_and_wait(settings, MONITORING)
-    drift, perf = outcome.verdicts()
     out(f"   {outcome.rows} rows judged")
-    out(f"   drift:       {drift}")
-    out(f"   performance: {perf}")
+    for objective, line in outcome.verdicts().items():
+        out(f"   {objective + ':':<13}{line}")
     for name, eid in outcome.events.items():
         out(f"   event {name} {eid}")
     return outcome

@@ -32,26 +32,43 @@ def write_prometheus(outcome: MonitoringOutcome, path: Path, pushgateway: str | 
     ).labels(**labels).set(datetime.fromisoformat(outcome.until).timestamp())
     judged = Gauge(
         "mlops_drift_judged",
-        "1 if the last window was judged for drift.",
-        ["model"],
+        "1 if the last window was judged for the objective (skew, drift, attribution).",
+        ["model", "objective"],
         registry=registry,
     )
-    judged.labels(**labels).set(int(outcome.drift.judged))
-    if outcome.drift.judged and outcome.drift.share is not None:
-        Gauge(
-            "mlops_drift_share",
-            "Share of feature columns drifted in the last window.",
-            ["model"],
-            registry=registry,
-        ).labels(**labels).set(outcome.drift.share)
-        column = Gauge(
-            "mlops_drift_column_detected",
-            "1 if the column drifted in the last window.",
-            ["model", "column"],
+    share = Gauge(
+        "mlops_drift_share",
+        "Share of feature columns drifted in the last window, against the training data "
+        "(objective skew) or the production rows before it (drift).",
+        ["model", "objective"],
+        registry=registry,
+    )
+    column = Gauge(
+        "mlops_drift_column_detected",
+        "1 if the column drifted in the last window, by the objective.",
+        ["model", "objective", "column"],
+        registry=registry,
+    )
+    for verdict in (outcome.skew, outcome.drift):
+        judged.labels(objective=verdict.objective, **labels).set(int(verdict.judged))
+        if verdict.judged and verdict.share is not None:
+            share.labels(objective=verdict.objective, **labels).set(verdict.share)
+            for c in verdict.scores:
+                column.labels(objective=verdict.objective, column=c, **labels).set(
+                    int(c in verdict.drifted)
+                )
+    attribution = outcome.attribution
+    judged.labels(objective="attribution", **labels).set(int(attribution.judged))
+    if attribution.judged:
+        influence = Gauge(
+            "mlops_attribution_shift",
+            "How far the feature's influence on the serving model's answers moved in the last "
+            "window, as a share of its total influence on the training data.",
+            ["model", "feature"],
             registry=registry,
         )
-        for c in outcome.drift.scores:
-            column.labels(column=c, **labels).set(int(c in outcome.drift.drifted))
+        for i in attribution.influences:
+            influence.labels(feature=i.feature, **labels).set(i.shift)
     if outcome.performance.judged and outcome.performance.live is not None:
         Gauge(
             "mlops_live_metric",

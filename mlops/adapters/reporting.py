@@ -162,32 +162,43 @@ def write_model_card(
 
 
 def monitoring_table(outcome: MonitoringOutcome) -> list[dict[str, Any]]:
-    """One row per figure of a monitoring window: its span, rows, verdicts, each column's score."""
-    d = outcome.drift
-    drift, perf = outcome.verdicts()
+    """One row per figure of a monitoring window: its span, rows, each objective's verdict, each
+    column's skew score and each feature's influence shift."""
+    s, a = outcome.skew, outcome.attribution
     rows: list[dict[str, Any]] = [
         {"figure": "window", "value": f"{outcome.since or 'start'} .. {outcome.until}"},
         {"figure": "rows", "value": outcome.rows},
-        {"figure": "drift", "value": drift},
-        {"figure": "predictions", "value": d.predictions.line() if d.predictions else "not judged"},
-        {"figure": f"live {outcome.performance.metric}", "value": perf},
+    ]
+    verdicts = outcome.verdicts()
+    rows += [
+        {"figure": name, "value": line} for name, line in verdicts.items() if name != "performance"
+    ]
+    rows += [
+        {"figure": "predictions", "value": s.predictions.line() if s.predictions else "not judged"},
+        {"figure": f"live {outcome.performance.metric}", "value": verdicts["performance"]},
+    ]
+    rows += [
+        {
+            "figure": f"skew score {c} ({s.methods.get(c, '')})",
+            "value": f"{score}{' drifted' if c in s.drifted else ''}",
+        }
+        for c, score in sorted(s.scores.items())
     ]
     return rows + [
         {
-            "figure": f"drift score {c} ({d.methods.get(c, '')})",
-            "value": f"{s}{' drifted' if c in d.drifted else ''}",
+            "figure": f"influence {i.feature} ({a.space})",
+            "value": f"{i.reference:.4g} -> {i.window:.4g} ({i.shift:+.3f}){' moved' if i.moved else ''}",
         }
-        for c, s in sorted(d.scores.items())
+        for i in a.influences
     ]
 
 
 def monitoring_summary(outcome: MonitoringOutcome, report_url: str | None) -> str:
     """A monitoring window's verdict in markdown, linking the Evidently report."""
-    drift, perf = outcome.verdicts()
     lines = [f"## {outcome.model} v{outcome.version}: monitoring window", ""]
-    lines += [f"- **drift**: {drift}", f"- **performance**: {perf}"]
-    if outcome.drift.predictions is not None:
-        lines.append(f"- **predictions**: {outcome.drift.predictions.line()}")
+    lines += [f"- **{name}**: {line}" for name, line in outcome.verdicts().items()]
+    if outcome.skew.predictions is not None:
+        lines.append(f"- **predictions**: {outcome.skew.predictions.line()}")
     if report_url:
         lines.append(f"- Evidently report: [{report_url}]({report_url})")
     lines += [f"- problem: {problem}" for problem in outcome.problems]

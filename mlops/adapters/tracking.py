@@ -222,7 +222,9 @@ MONITORED_MODEL_TAG = "mlops.model"
 MONITORED_VERSION_TAG = "mlops.model.version"
 DRIFT_DETECTED_TAG = "mlops.drift.detected"
 PERFORMANCE_DEGRADED_TAG = "mlops.performance.degraded"
-DRIFT_SHARE_METRIC = "drift_share"
+SKEW_SHARE_METRIC = "skew_share"  # against the training data: present where the window was judged
+DRIFT_SHARE_METRIC = "drift_share"  # against the production rows before the window
+ATTRIBUTION_SHIFT_METRIC = "attribution_max_shift"
 LIVE_METRIC_PREFIX = "live_"
 
 
@@ -262,7 +264,7 @@ def last_monitoring_window(
     return MonitoringWindow(
         tags.get(MONITORED_VERSION_TAG, "?"),
         str(runs[0].info.run_name or "").removeprefix("window-"),
-        tags.get(DRIFT_DETECTED_TAG) == "True" if DRIFT_SHARE_METRIC in metrics else None,
+        tags.get(DRIFT_DETECTED_TAG) == "True" if SKEW_SHARE_METRIC in metrics else None,
         tags.get(PERFORMANCE_DEGRADED_TAG) == "True" if live else None,
     )
 
@@ -301,10 +303,15 @@ def log_monitoring_run(
 ) -> str:
     """One MLflow run per monitoring window: its figures as metrics (a history to chart), the
     verdicts as JSON and the Evidently report as an HTML artifact. Returns the run's URL."""
-    drift, perf = outcome["drift"], outcome["performance"]
+    skew, drift, perf = outcome["skew"], outcome["drift"], outcome["performance"]
     metrics = {"window_rows": float(outcome["rows"])}
-    if drift["share"] is not None:
-        metrics[DRIFT_SHARE_METRIC] = float(drift["share"])
+    for verdict, metric in ((skew, SKEW_SHARE_METRIC), (drift, DRIFT_SHARE_METRIC)):
+        if verdict["judged"] and verdict["share"] is not None:
+            metrics[metric] = float(verdict["share"])
+    shifts = [abs(i["shift"]) for i in outcome["attribution"]["influences"]]
+    if outcome["attribution"]["judged"] and shifts:
+        metrics[ATTRIBUTION_SHIFT_METRIC] = max(shifts)
+    detected = any(v["judged"] and v["detected"] for v in (skew, drift, outcome["attribution"]))
     if perf["live"] is not None:
         metrics[f"{LIVE_METRIC_PREFIX}{perf['metric']}"] = float(perf["live"])
     with tracking_server(tracking_uri):
@@ -314,7 +321,7 @@ def log_monitoring_run(
                 {
                     MONITORED_MODEL_TAG: outcome["model"],
                     MONITORED_VERSION_TAG: str(outcome["version"]),
-                    DRIFT_DETECTED_TAG: str(drift["detected"]),
+                    DRIFT_DETECTED_TAG: str(detected),
                     PERFORMANCE_DEGRADED_TAG: str(perf["degraded"]),
                 }
             )

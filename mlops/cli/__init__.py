@@ -288,10 +288,9 @@ def policy_apply(pipeline: PipelineOption = None) -> None:
 def monitor(pipeline: PipelineOption = None) -> None:
     """Judge the production window since the last one now (the monitoring flow, in this process)."""
     outcome = run_flow(settings(), MONITORING, pipeline=pipeline)
-    drift, perf = outcome.verdicts()
     typer.echo(f"{outcome.model} v{outcome.version}: {outcome.rows} rows")
-    typer.echo(f"  drift        {drift}")
-    typer.echo(f"  performance  {perf}")
+    for objective, line in outcome.verdicts().items():
+        typer.echo(f"  {objective:<12} {line}")
     for problem in outcome.problems:
         typer.echo(f"  problem      {problem}")
     for name, eid in outcome.events.items():

@@ -323,6 +323,57 @@ class ReleasePolicy(_Strict):
         return steps
 
 
+class SkewObjective(_Strict):
+    """Training-serving skew: a window's features against the champion's training data."""
+
+    max_share: float = Field(
+        0.1, ge=0, le=1, description="Share of columns skewed above which drift is detected."
+    )
+
+
+class DriftObjective(_Strict):
+    """Drift: a window's features against the production rows logged before it (the recent
+    windows), as Vertex AI's model monitoring separates it from skew."""
+
+    max_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of columns drifted against the recent production rows above which "
+        "drift is detected. None: reported only, and skew decides.",
+    )
+    lookback_hours: float = Field(
+        24.0,
+        gt=0,
+        description="How far before the window the recent production rows reach (the most "
+        "recent reference_rows of them are judged against; fewer than min_rows: not judged).",
+    )
+
+
+class AttributionObjective(_Strict):
+    """Feature-attribution drift: each feature's influence on the champion's answers in a window
+    (its mean absolute attribution, ``mlops.core.explanations``) against on its training data.
+    It moves where the joint distribution of the inputs moves under the model even when every
+    column's own distribution stays."""
+
+    max_shift: float | None = Field(
+        None,
+        gt=0,
+        description="How far one feature's influence may move, as a share of the model's total "
+        "influence on the training data, before drift is detected (0.1: by a tenth of it). "
+        "None: reported only.",
+    )
+    rows: int = Field(
+        300, ge=50, le=5000, description="Rows explained on each side (sampled, seeded)."
+    )
+    budget_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Time each side's explaining may take; the rows explained by then are judged "
+        "(Tree SHAP of a deep random forest costs ~0.1 s a row).",
+    )
+
+
 class MonitoringPolicy(_Strict):
     """What production data may do before the model is retrained (checked on each window)."""
 
@@ -335,10 +386,15 @@ class MonitoringPolicy(_Strict):
     )
     max_rows: int = Field(50_000, ge=100, description="Most recent rows of a window judged.")
     reference_rows: int = Field(
-        20_000, ge=1000, description="Rows of the champion's training data drift is judged against."
+        20_000,
+        ge=1000,
+        description="Rows of the training data (skew) or of the recent production (drift) a "
+        "window is judged against.",
     )
-    max_drift_share: float = Field(
-        0.1, ge=0, le=1, description="Share of columns drifted above which drift is detected."
+    skew: SkewObjective = Field(default_factory=SkewObjective)
+    drift: DriftObjective = Field(default_factory=DriftObjective)
+    attribution: AttributionObjective | None = Field(
+        None, description="Feature-attribution drift; None: not checked (it explains rows)."
     )
     drift_decision: Literal["evidently", "corrected"] = Field(
         "corrected",
@@ -377,6 +433,17 @@ class MonitoringPolicy(_Strict):
         "class shares (classifiers), the Kolmogorov-Smirnov distance of the predicted values "
         "(regression). None: the shift is reported, and only the feature drift share decides.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_drift_share" in data:
+            raise ValueError(
+                "`max_drift_share` is now `skew: {max_share: ...}` (the window against the "
+                "training data); `drift: {max_share: ...}` judges it against the recent "
+                "production rows"
+            )
+        return data
 
 
 class Policy(_Strict):

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from sklearn.inspection import permutation_importance
 
-from mlops.core.explanations import NotExplainable, baseline_of, explainer_for
+from mlops.core.explanations import Explainer, NotExplainable, baseline_of, explainer_for
 from mlops.ml.split import Split
 
 #: Holdout rows the importance is averaged over, explained CHUNK_ROWS at a time until the
@@ -75,15 +75,27 @@ def global_importance(model: Any, split: Split, seed: int = 0) -> Importance:
         )
     except NotExplainable as exc:
         return _permutation(model, sample, split.y_holdout.loc[sample.index], split, str(exc))
-    started, parts = time.monotonic(), []
-    for start in range(0, len(sample), CHUNK_ROWS):
-        parts.append(np.abs(explainer.explain(sample.iloc[start : start + CHUNK_ROWS]).values))
-        if time.monotonic() - started > BUDGET_SECONDS:
-            break
-    values = np.concatenate(parts)
-    means = dict(zip(explainer.features, values.mean(axis=(0, 2)).tolist(), strict=True))
+    values = absolute_attributions(explainer, sample, BUDGET_SECONDS)
+    means = dict(zip(explainer.features, values.mean(axis=0).tolist(), strict=True))
     measure = f"mean |{explainer.method} attribution| in {explainer.space}"
     return Importance(explainer.method, measure, _ranked(means), len(values))
+
+
+def absolute_attributions(
+    explainer: Explainer, rows: pd.DataFrame, budget_seconds: float
+) -> np.ndarray:
+    """Each row's absolute attribution per feature (``[row, feature]``, averaged over the
+    explained outputs), explained CHUNK_ROWS at a time until ``budget_seconds`` are spent: the
+    first chunk always, so at least min(CHUNK_ROWS, len(rows)) rows."""
+    started, parts = time.monotonic(), []
+    for start in range(0, len(rows), CHUNK_ROWS):
+        values = explainer.explain(rows.iloc[start : start + CHUNK_ROWS]).values
+        parts.append(np.abs(values).mean(axis=2))
+        if time.monotonic() - started > budget_seconds:
+            break
+    if not parts:
+        return np.zeros((0, len(explainer.features)))
+    return np.concatenate(parts)
 
 
 def _permutation(model: Any, X: pd.DataFrame, y: pd.Series, split: Split, why: str) -> Importance:

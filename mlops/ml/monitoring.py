@@ -1,7 +1,11 @@
 """Production monitoring judgements: a window of the prediction log (read by
 ``mlops.adapters.prediction_window``) judged for drift against the champion's training data, for
 how its predictions moved against its own on the holdout, and for the serving model's live
-performance where labels arrived; the evidence events carry. Each problem type is read as it is
+performance where labels arrived; the evidence events carry. Drift is judged by three objectives,
+each with its own limit (``MonitoringPolicy``): *skew*, the window's features against the
+champion's training data; *drift*, against the production rows logged before the window (as
+Vertex AI separates them); and *attribution*, how each feature's influence on the champion's
+answers moved (``mlops.ml.attribution_drift``). Each problem type is read as it is
 logged: class names (binary logs written before problem types: 0/1) with the class
 probabilities, or numbers.
 
@@ -17,13 +21,14 @@ import warnings
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from mlops.core.metrics import KNOWN_METRICS, REGISTRY
 from mlops.core.policy import MonitoringPolicy
+from mlops.ml.attribution_drift import AttributionDrift
 from mlops.ml.drift import DriftRule, drift_tests, evidently_report
 from mlops.ml.prediction_shift import (
     chi_square_p,
@@ -77,6 +82,14 @@ class PredictionShift:
         return ("BEYOND THE LIMIT: " if self.exceeded else "") + self.reason
 
 
+#: What each feature-drift objective judges a window against.
+Objective = Literal["skew", "drift"]
+AGAINST: dict[str, str] = {
+    "skew": "the champion's training data",
+    "drift": "the production rows logged before the window",
+}
+
+
 @dataclass(frozen=True)
 class DriftVerdict:
     judged: bool
@@ -89,6 +102,14 @@ class DriftVerdict:
     report: str | None = None  # the Evidently HTML report, rendered after the verdict
     skipped: dict[str, str] = field(default_factory=dict)  # column -> why it was not judged
     predictions: PredictionShift | None = None  # how the predictions moved (prediction shift)
+    objective: Objective = "skew"  # what the window was judged against (AGAINST)
+    limit: float | None = None  # the objective's share limit; None: reported only
+
+    def line(self) -> str:
+        """The verdict in one line, for reports."""
+        if not self.judged:
+            return f"not judged: {self.reason}"
+        return ("DETECTED: " if self.detected else "none: ") + self.reason
 
 
 @dataclass(frozen=True)
@@ -109,25 +130,41 @@ class MonitoringOutcome:
     since: str | None
     until: str
     rows: int
-    drift: DriftVerdict
+    skew: DriftVerdict  # the window against the champion's training data
     performance: PerformanceVerdict
     problems: list[str]
     events: dict[str, str]  # event name -> id, for the events emitted
+    drift: DriftVerdict = field(  # the window against the production rows logged before it
+        default_factory=lambda: DriftVerdict(False, False, "not judged", objective="drift")
+    )
+    attribution: AttributionDrift = field(  # each feature's influence on the champion's answers
+        default_factory=lambda: AttributionDrift(False, False, "not checked")
+    )
 
-    def verdicts(self) -> tuple[str, str]:
-        """The drift and the performance verdict, each in one line."""
-        d, p = self.drift, self.performance
-        drift = (
-            (("DETECTED: " if d.detected else "none: ") + d.reason)
-            if d.judged
-            else f"not judged: {d.reason}"
-        )
+    @property
+    def detected(self) -> list[str]:
+        """The drift objectives that detected drift: skew, drift, attribution."""
+        verdicts: dict[str, DriftVerdict | AttributionDrift] = {
+            "skew": self.skew,
+            "drift": self.drift,
+            "attribution": self.attribution,
+        }
+        return [name for name, v in verdicts.items() if v.judged and v.detected]
+
+    def verdicts(self) -> dict[str, str]:
+        """Each objective's verdict and the performance verdict, in one line each."""
+        p = self.performance
         perf = (
             (("DEGRADED: " if p.degraded else "holds: ") + p.reason)
             if p.judged
             else f"not judged: {p.reason}"
         )
-        return drift, perf
+        return {
+            "skew": self.skew.line(),
+            "drift": self.drift.line(),
+            "attribution": self.attribution.line(),
+            "performance": perf,
+        }
 
 
 # reading the log --------------------------------------------------------------------------------
@@ -215,20 +252,34 @@ def detect_drift(
     features: list[str],
     policy: MonitoringPolicy,
     predictions: PredictionShift | None = None,
+    objective: Objective = "skew",
 ) -> DriftVerdict:
-    """Drift of the window's features against the reference (the champion's training data):
-    Evidently's test per column, and the share of columns drifted against the policy's limit.
+    """Drift of the window's features against ``reference``: the champion's training data
+    (``objective`` skew, limit ``policy.skew.max_share``) or the production rows logged before
+    the window (drift, ``policy.drift.max_share``; None: reported only). Evidently's test per
+    column, confirmed as the policy's ``drift_decision`` says, and the share of columns drifted
+    against the objective's limit.
 
-    ``predictions`` (``detect_prediction_shift``) is carried in the verdict; a shift beyond the
-    policy's ``max_prediction_shift`` detects drift too (without that limit it is reported only).
+    ``predictions`` (``detect_prediction_shift``, skew only) is carried in the verdict; a shift
+    beyond the policy's ``max_prediction_shift`` detects skew too (without that limit it is
+    reported only).
     """
-    if len(window.rows) < policy.min_rows:
+    limit = policy.skew.max_share if objective == "skew" else policy.drift.max_share
+
+    def unjudged(reason: str) -> DriftVerdict:
         return DriftVerdict(
-            False,
-            False,
+            False, False, reason, predictions=predictions, objective=objective, limit=limit
+        )
+
+    if len(window.rows) < policy.min_rows:
+        return unjudged(
             f"{len(window.rows)} rows: too small to judge (needs {policy.min_rows}); "
-            "the window keeps accumulating",
-            predictions=predictions,
+            "the window keeps accumulating"
+        )
+    if objective == "drift" and len(reference) < policy.min_rows:
+        return unjudged(
+            f"{len(reference)} production rows in the {policy.drift.lookback_hours:g} h before the "
+            f"window: too few to judge it against (needs {policy.min_rows})"
         )
     current, ref = drift_frames(window, reference, features, policy)
     rule = None
@@ -237,17 +288,23 @@ def detect_drift(
     reading = drift_tests(current, ref, rule)
     if not reading.columns:
         skipped = "; ".join(f"{c}: {why}" for c, why in reading.skipped.items())
-        return DriftVerdict(
-            False, False, "no feature column in common with the reference to judge"
-            + (f" ({skipped})" if skipped else ""), predictions=predictions,
-        )  # fmt: skip
+        return unjudged(
+            f"no feature column in common with {AGAINST[objective]} to judge"
+            + (f" ({skipped})" if skipped else "")
+        )
     share = reading.share or 0.0
     shifted = predictions is not None and predictions.exceeded
-    detected = share > policy.max_drift_share or shifted
+    detected = (limit is not None and share > limit) or shifted
     drifted = reading.drifted
+    bound = (
+        f"limit {limit:.0%}"
+        if limit is not None
+        else f"reported only: monitoring.{objective}.max_share is not set"
+    )
     reason = (
-        f"{len(drifted)} of {len(reading.columns)} columns drifted ({share:.0%}; "
-        f"limit {policy.max_drift_share:.0%})" + (f": {', '.join(drifted)}" if drifted else "")
+        f"{len(drifted)} of {len(reading.columns)} columns drifted ({share:.0%}; {bound}) "
+        f"against {AGAINST[objective]} ({len(ref)} rows)"
+        + (f": {', '.join(drifted)}" if drifted else "")
     )
     unconfirmed = sorted(c.column for c in reading.columns if c.evidently and not c.drifted)
     if unconfirmed:  # Evidently's test fired where the corrected significance test did not
@@ -264,6 +321,8 @@ def detect_drift(
         {c.column: c.method for c in reading.columns},
         skipped=reading.skipped,
         predictions=predictions,
+        objective=objective,
+        limit=limit,
     )
 
 
@@ -454,20 +513,27 @@ def _score(
 
 
 def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
-    """The payload of an event: what was judged, on which window, and why."""
+    """The payload of an event: what was judged, on which window, and why. A drift event names
+    the objectives that detected it and carries each objective's figures."""
     common = {
         "model": outcome.model,
         "version": outcome.version,
         "window": {"since": outcome.since, "until": outcome.until, "rows": outcome.rows},
     }
     if kind == "drift":
-        d = outcome.drift
+        s, d, a = outcome.skew, outcome.drift, outcome.attribution
+        detected = outcome.detected
+        lines = {"skew": s.reason, "drift": d.reason, "attribution": a.reason}
         return common | {
-            "reason": d.reason,
-            "drift_share": d.share,
-            "drifted_columns": d.drifted,
-            "scores": {c: d.scores[c] for c in d.drifted},
-            "predictions": _shift_evidence(d.predictions),
+            "objectives": detected,
+            "reason": "; ".join(f"{name}: {lines[name]}" for name in detected),
+            "drift_share": s.share,
+            "drifted_columns": sorted(set(s.drifted) | set(d.drifted)),
+            "scores": {c: s.scores[c] for c in s.drifted},
+            "predictions": _shift_evidence(s.predictions),
+            "skew": _drift_evidence(s),
+            "drift": _drift_evidence(d),
+            "attribution": _attribution_evidence(a),
         }
     p = outcome.performance
     return common | {
@@ -476,6 +542,19 @@ def evidence(outcome: MonitoringOutcome, kind: str) -> dict[str, Any]:
         "live": p.live,
         "baseline": p.baseline,
         "labelled_rows": p.labelled,
+    }
+
+
+def _drift_evidence(verdict: DriftVerdict) -> dict[str, Any]:
+    keys = ("judged", "detected", "reason", "share", "limit", "drifted")
+    return {k: getattr(verdict, k) for k in keys} | {"against": AGAINST[verdict.objective]}
+
+
+def _attribution_evidence(verdict: AttributionDrift) -> dict[str, Any]:
+    keys = ("judged", "detected", "reason", "limit", "method", "space", "rows", "reference_rows")
+    return {k: getattr(verdict, k) for k in keys} | {
+        "moved": verdict.moved,
+        "shifts": {i.feature: i.shift for i in verdict.influences},
     }
 
 

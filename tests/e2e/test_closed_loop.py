@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -35,11 +36,16 @@ def test_the_demo_closes_the_loop_with_no_hands(
 ) -> None:
     out = demo.stdout
     # no manual step after the shift: the drift event, the automation, retraining, gates, canary
-    assert "drift:       none: 0 of 14 columns drifted" in out
-    assert (
-        "drift:       DETECTED: 2 of 14 columns drifted (14%; limit 10%): age, hours_per_week"
-        in out
-    )
+    assert "skew:        none: 0 of 14 columns drifted (0%; limit 10%) against the " in out
+    assert re.search(
+        r"skew: +DETECTED: 2 of 14 columns drifted \(14%; limit 10%\) against the champion's "
+        r"training data \(\d+ rows\): age, hours_per_week",
+        out,
+    ), out
+    # the shifted window against the unshifted one before it: reported (the example sets no
+    # limit), and each feature's influence on the champion's answers judged
+    assert re.search(r"drift: +none: \d+ of 14 columns drifted \(\d+%; reported only", out), out
+    assert "attribution: none: " in out or "attribution: DETECTED: " in out, out
     assert (
         "automation triggered by mlops.model.drift-detected: run deployment retraining/adult" in out
     )

@@ -319,22 +319,22 @@ def test_train_serve_drift_retrain_and_a_new_champion(
     send(router, rows.sample(UNSHIFTED_ROWS, random_state=1), target)
     calm = run_deployment_and_wait(settings, f"monitoring/{example.name}")
     assert calm.version == 1 and calm.rows >= UNSHIFTED_ROWS, calm
-    assert calm.drift.judged and not calm.drift.detected, calm.drift.reason
+    assert calm.skew.judged and not calm.skew.detected, calm.skew.reason
     assert calm.performance.judged and not calm.performance.degraded, calm.performance.reason
     assert calm.events == {}
-    clock.mark(f"unshifted window judged: {calm.drift.reason}")
+    clock.mark(f"unshifted window judged: {calm.skew.reason}")
 
     # 4. the world shifts (examples/<name>/shift.py); monitoring sees it and says so on the model
     shift_at = datetime.now(UTC)
     population = example.shift(rows)
     send(router, population.sample(SHIFTED_ROWS, replace=True, random_state=2), target)
     moved = run_deployment_and_wait(settings, f"monitoring/{example.name}")
-    assert moved.drift.judged and moved.drift.detected, moved.drift.reason
+    assert moved.skew.judged and moved.skew.detected, moved.skew.reason
     event_id = moved.events[DRIFT_DETECTED]
     event = read_event(settings, event_id)
     assert event["event"] == DRIFT_DETECTED
     assert event["resource"]["prefect.resource.id"] == model_resource(name)["prefect.resource.id"]
-    clock.mark(f"shifted ({example.shift_description}): {moved.drift.reason}")
+    clock.mark(f"shifted ({example.shift_description}): {moved.skew.reason}")
 
     # 5. no hands: the model's automation runs retraining; the canary is judged on live traffic
     stop = threading.Event()

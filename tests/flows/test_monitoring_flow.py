@@ -25,6 +25,11 @@ from mlops.stack.local import LocalStack, service_env
 from tests.fixtures import trained_project
 from tests.helpers import EXAMPLE
 
+FEATURES = [
+    *["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"],
+    *["workclass", "education", "marital_status", "occupation", "relationship", "race", "sex", "native_country"],
+]
+
 pytestmark = pytest.mark.flows
 
 
@@ -45,7 +50,14 @@ def production(
         tmp_path_factory.mktemp("monitoring-project"),
         "monitored",
         rows=8000,
-        policy={"monitoring": {"min_rows": 900, "min_labelled_rows": 200}},
+        policy={
+            "monitoring": {
+                "min_rows": 900,
+                "min_labelled_rows": 200,
+                "drift": {"max_share": 0.1},
+                "attribution": {"max_shift": 0.1, "rows": 200},
+            }
+        },
         promote=True,
         router=True,
     ) as p:
@@ -84,14 +96,24 @@ def test_unshifted_traffic_raises_no_drift_over_repeated_windows(
     for k in range(3):
         _send(production, typed_rows(8000 + 1000 * k, 1000))
         outcome = monitoring(pipeline=production["pipeline"])
-        assert outcome.drift.judged and not outcome.drift.detected, outcome.drift.reason
+        assert outcome.skew.judged and not outcome.skew.detected, outcome.skew.reason
         assert outcome.performance.judged and not outcome.performance.degraded, (
             outcome.performance.reason
         )
         assert outcome.events == {} and outcome.problems == []
         assert 900 <= outcome.rows <= 1000
+        # the window against the one before it (none before the first), and the influences
+        if k == 0:
+            assert not outcome.drift.judged and "the first window" in outcome.drift.reason
+        else:
+            assert outcome.drift.judged and not outcome.drift.detected, outcome.drift.reason
+            assert "against the production rows logged before the window" in outcome.drift.reason
+        attribution = outcome.attribution
+        assert attribution.judged and not attribution.detected, attribution.reason
+        assert attribution.rows == 200 and attribution.space == "log_odds"
+        assert {i.feature for i in attribution.influences} == set(FEATURES)
         # the champion predicts production's classes in the shares it predicted its holdout's
-        shift = outcome.drift.predictions
+        shift = outcome.skew.predictions
         assert shift is not None and shift.judged and shift.measure == "total variation"
         assert shift.distance is not None and shift.distance < 0.1, shift.reason
         assert set(shift.window) == {"<=50K", ">50K"} and not shift.exceeded
@@ -106,7 +128,7 @@ def test_a_window_too_small_is_reported_and_kept_for_the_next_run(
     before = Variable.get(watermark_name(production["name"]))
     _send(production, typed_rows(12000, 100))
     outcome = monitoring(pipeline=production["pipeline"])
-    assert not outcome.drift.judged and "too small to judge (needs 900)" in outcome.drift.reason
+    assert not outcome.skew.judged and "too small to judge (needs 900)" in outcome.skew.reason
     assert outcome.events == {}
     assert Variable.get(watermark_name(production["name"])) == before  # the window keeps growing
 
@@ -115,20 +137,28 @@ def test_shifted_traffic_emits_a_drift_event_with_its_evidence(production: dict[
     settings, name = production["settings"], production["name"]
     _send(production, shift_adult(typed_rows(13000, 1200)))
     outcome = monitoring(pipeline=production["pipeline"])
-    assert outcome.drift.detected and {"age", "hours_per_week"} <= set(outcome.drift.drifted)
+    assert outcome.skew.detected and {"age", "hours_per_week"} <= set(outcome.skew.drifted)
     assert DRIFT_DETECTED in outcome.events
-    assert outcome.drift.report and Path(outcome.drift.report).exists()
+    assert outcome.skew.report and Path(outcome.skew.report).exists()
     deadline = time.monotonic() + 20
     while not (found := _events(settings, DRIFT_DETECTED, name)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert [e["id"] for e in found] == [outcome.events[DRIFT_DETECTED]]
     payload = found[0]["payload"]
     assert "age" in payload["drifted_columns"] and payload["window"]["rows"] == outcome.rows
-    shift = outcome.drift.predictions  # reported beside the features (no limit: reported only)
+    # skewed against the training data and drifted against the unshifted windows before it
+    assert {"skew", "drift"} <= set(payload["objectives"]) == set(outcome.detected)
+    assert {"age", "hours_per_week"} <= set(payload["drift"]["drifted"])
+    assert payload["attribution"]["judged"] and "age" in payload["attribution"]["shifts"]
+    shift = outcome.skew.predictions  # reported beside the features (no limit: reported only)
     assert shift is not None and shift.judged and payload["predictions"]["reason"] == shift.reason
     assert payload["predictions"]["window"] == pytest.approx(shift.window)
     metrics = (settings.state_dir / "metrics" / f"monitoring-{name}.prom").read_text()
-    assert f'mlops_drift_column_detected{{column="age",model="{name}"}} 1.0' in metrics
+    assert f'mlops_drift_column_detected{{column="age",model="{name}",objective="skew"}} 1.0' in (
+        metrics
+    )
+    assert f'mlops_drift_judged{{model="{name}",objective="attribution"}} 1.0' in metrics
+    assert f'mlops_attribution_shift{{feature="age",model="{name}"}}' in metrics
 
 
 def test_a_burst_of_ten_drift_events_launches_one_retraining(local_stack: Settings) -> None:

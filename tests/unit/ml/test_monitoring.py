@@ -220,7 +220,8 @@ def test_unshifted_windows_raise_no_drift_and_the_shifted_one_does(tmp_path: Pat
     )
     verdict = detect_drift(window, reference, FEATURES, POLICY)
     assert verdict.detected and set(verdict.drifted) == {"age", "hours_per_week"}, verdict.reason
-    assert "2 of 14 columns drifted (14%; limit 10%): age, hours_per_week" in verdict.reason
+    assert verdict.reason.startswith("2 of 14 columns drifted (14%; limit 10%) against the ")
+    assert verdict.reason.endswith("training data (5000 rows): age, hours_per_week")
     path, differ = render_drift_report(
         window, reference, FEATURES, POLICY, verdict, tmp_path / "r.html"
     )
