@@ -37,6 +37,7 @@ from tasks.monitoring import (
     detect_attribution_drift,
     detect_drift,
     detect_prediction_shift,
+    draw_drift_charts,
     load_serving_model,
     measure_live_performance,
     predict_holdout,
@@ -119,13 +120,17 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
         report = render_drift_report(window, reference, features, rules, skew, html)
         outcome = replace(outcome, skew=replace(skew, report=report))
 
-    report_url = log_monitoring_run(
+    charts = {}
+    if skew.judged and skew.drifted and reference is not None:
+        charts = draw_drift_charts(window, reference, features, rules, skew)
+    logged = log_monitoring_run(
         ctx.tracking_uri,
         monitoring_experiment(ctx.config.experiment),
         asdict(outcome),
         outcome.skew.report,
+        charts,
     )
-    publish_monitoring_report(outcome, report_url)
+    publish_monitoring_report(outcome, logged.url, logged.charts)
     write_prometheus(
         outcome,
         settings.state_dir / "metrics" / f"monitoring-{name}.prom",

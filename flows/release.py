@@ -39,6 +39,7 @@ from tasks.registry import resolve_model_version
 from tasks.release import (
     AuditContext,
     HoldAnswer,
+    chart_release_steps,
     deploy_candidate,
     explain_step,
     hold_step,
@@ -326,8 +327,10 @@ def _answer_hold(run: _Release, where: str, decision: Decision) -> Decision:
 
 
 def _tell_steps(run: _Release) -> None:
-    """Every watched step not told yet: its artifact, the version's MLflow run, its event."""
-    for n in range(len(run.story.told), len(run.decisions)):
+    """Every watched step not told yet: its artifact, the version's MLflow run, its event; then
+    the chart of every step so far, redrawn on the run and linked from the release's artifact."""
+    already = len(run.story.told)
+    for n in range(already, len(run.decisions)):
         run.story.told.append(
             explain_step(
                 run.audit.tracking_uri,
@@ -343,6 +346,11 @@ def _tell_steps(run: _Release) -> None:
                 target=run.where.name,
             )
         )
+    if len(run.story.told) > already:
+        chart_release_steps(
+            run.audit.tracking_uri, run.name, run.version, run.candidate.run_id, run.release_id,
+            run.story.told,
+        )  # fmt: skip
 
 
 def _steps(run: _Release) -> list[dict[str, object]]:

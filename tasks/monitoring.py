@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pandas as pd
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlops.adapters import prediction_window
+from mlops.adapters.charts import distribution_figure
 from mlops.adapters.registry import RegisteredVersion, load_model_version
 from mlops.adapters.reporting import monitoring_summary, monitoring_table
 from mlops.adapters.tracking import load_run_frame
@@ -77,9 +78,38 @@ def render_drift_report(
     return path
 
 
+#: Drifted columns charted per window (the first by name; every column is in the report).
+MAX_CHARTS = 8
+
+
+@step(name="draw-drift-charts")
+def draw_drift_charts(
+    window: Window,
+    reference: pd.DataFrame,
+    features: list[str],
+    policy: MonitoringPolicy,
+    verdict: DriftVerdict,
+) -> dict[str, Any]:
+    """Each skewed column's distribution in the training data and in the window, side by side
+    (matplotlib figures for the window's MLflow run); none where one could not be drawn."""
+    current, ref = monitoring.drift_frames(window, reference, features, policy)
+    charts: dict[str, Any] = {}
+    for column in verdict.drifted[:MAX_CHARTS]:
+        try:
+            charts[column] = distribution_figure(
+                column, ref[column], current[column], "training data"
+            )
+        except Exception as exc:  # a chart is for people: the verdict stands without it
+            get_run_logger().warning("no chart of %s: %s", column, exc)
+    return charts
+
+
 @step(name="publish-monitoring-report")
-def publish_monitoring_report(outcome: MonitoringOutcome, report_url: str | None) -> None:
-    """A summary table and a markdown verdict in the Prefect UI, linking the Evidently report."""
+def publish_monitoring_report(
+    outcome: MonitoringOutcome, report_url: str | None, charts: dict[str, str] | None = None
+) -> None:
+    """A summary table and a markdown verdict in the Prefect UI, linking the Evidently report
+    and showing each drifted column's chart."""
     key = f"monitoring-{outcome.model}".lower().replace("_", "-")
     create_table_artifact(
         key=key,
@@ -87,7 +117,9 @@ def publish_monitoring_report(outcome: MonitoringOutcome, report_url: str | None
         description=f"{outcome.model}: last monitoring window",
     )
     create_markdown_artifact(
-        key=f"{key}-report", markdown=monitoring_summary(outcome, report_url), description="verdict"
+        key=f"{key}-report",
+        markdown=monitoring_summary(outcome, report_url, charts or {}),
+        description="verdict",
     )
 
 

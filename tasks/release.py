@@ -24,8 +24,10 @@ from prefect.transactions import Transaction, get_transaction, transaction
 from pydantic import Field
 
 from mlops.adapters.audit import Action, AuditEntry, AuditTrail
+from mlops.adapters.charts import canary_figure, close_figure
 from mlops.adapters.events import emit_model_event
 from mlops.adapters.registry import download_model, lookup_model_version, registry_client
+from mlops.adapters.tracking import artifact_url
 from mlops.core.events import RELEASE_STEP, version_resource
 from mlops.core.policy import HookPolicy, Policy, ReleasePolicy
 from mlops.ml.prediction_shift import ExpectedPredictions
@@ -493,6 +495,43 @@ def explain_step(
             )
     emit_model_event(RELEASE_STEP, model, document, related=[version_resource(model, version)])
     return document
+
+
+#: The chart of a release's steps, on the version's run beside the steps' JSON.
+RELEASE_CHART = "canary.png"
+
+
+@step(name="chart-release-steps", task_run_name="chart-{model}-release")
+def chart_release_steps(
+    tracking_uri: str,
+    model: str,
+    version: int,
+    run_id: str,
+    release_id: str,
+    steps: list[dict[str, object]],
+) -> str | None:
+    """The canary's checks at each step so far as a PNG on the version's MLflow run
+    (``release/<release id>/canary.png``), linked and shown in a markdown artifact; its URL, or
+    None where it could not be drawn or written (the release goes on either way)."""
+    if not run_id:
+        return None
+    path = f"{RELEASE_RUN_FOLDER}/{release_id}/{RELEASE_CHART}"
+    try:
+        figure = canary_figure(steps)
+        try:
+            registry_client(tracking_uri).log_figure(run_id, figure, path)
+        finally:
+            close_figure(figure)
+        url = artifact_url(tracking_uri, run_id, path)
+        create_markdown_artifact(
+            key=f"release-{model}-chart".lower().replace("_", "-"),
+            markdown=f"## v{version}: the canary's checks at each step\n\n![canary]({url})\n",
+            description=f"v{version} release {release_id}: {len(steps)} step(s)",
+        )
+    except Exception as exc:  # MLflow or Prefect away: the steps are told without the chart
+        get_run_logger().warning("%s v%s: no release chart: %s", model, version, exc)
+        return None
+    return url
 
 
 def tell_release_outcome(event: str, model: str, version: int, payload: dict[str, object]) -> None:

@@ -193,8 +193,11 @@ def monitoring_table(outcome: MonitoringOutcome) -> list[dict[str, Any]]:
     ]
 
 
-def monitoring_summary(outcome: MonitoringOutcome, report_url: str | None) -> str:
-    """A monitoring window's verdict in markdown, linking the Evidently report."""
+def monitoring_summary(
+    outcome: MonitoringOutcome, report_url: str | None, charts: dict[str, str] | None = None
+) -> str:
+    """A monitoring window's verdict in markdown, linking the Evidently report and showing each
+    drifted column's chart (column -> image URL)."""
     lines = [f"## {outcome.model} v{outcome.version}: monitoring window", ""]
     lines += [f"- **{name}**: {line}" for name, line in outcome.verdicts().items()]
     if outcome.skew.predictions is not None:
@@ -203,4 +206,7 @@ def monitoring_summary(outcome: MonitoringOutcome, report_url: str | None) -> st
         lines.append(f"- Evidently report: [{report_url}]({report_url})")
     lines += [f"- problem: {problem}" for problem in outcome.problems]
     lines += [f"- event `{name}`: {eid}" for name, eid in outcome.events.items()]
+    if charts:
+        lines += ["", "### Skewed columns: the training data against the window", ""]
+        lines += [f"![{column}]({url})" for column, url in charts.items()]
     return "\n".join(lines)

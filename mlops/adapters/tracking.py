@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from sklearn.pipeline import Pipeline
 
-from mlops.adapters.charts import importance_figure
+from mlops.adapters.charts import close_figure, importance_figure
 from mlops.core.explanations import baseline_of
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
@@ -269,6 +270,13 @@ def last_monitoring_window(
     )
 
 
+def artifact_url(tracking_uri: str, run_id: str, path: str) -> str:
+    """Where a browser reads a run's artifact from the tracking server (the route MLflow's UI
+    shows images by), to embed or link it from Prefect's artifacts."""
+    query = urllib.parse.urlencode({"path": path, "run_uuid": run_id})
+    return f"{tracking_uri.rstrip('/')}/get-artifact?{query}"
+
+
 #: Where a training run keeps its version's global feature importance (JSON, and its chart).
 IMPORTANCE_ARTIFACT = "explanations/importance.json"
 IMPORTANCE_PLOT = "explanations/importance.png"
@@ -283,9 +291,7 @@ def log_importance(tracking_uri: str, run_id: str, importance: Importance) -> No
         try:
             client.log_figure(run_id, figure, IMPORTANCE_PLOT)
         finally:
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
+            close_figure(figure)
 
 
 def load_importance(tracking_uri: str, run_id: str) -> Importance | None:
@@ -298,11 +304,28 @@ def load_importance(tracking_uri: str, run_id: str) -> Importance | None:
     return Importance.from_dict(data)
 
 
+#: Where a monitoring run keeps the chart of each drifted column (``drift/<column>.png``).
+DRIFT_CHARTS = "drift"
+
+
+@dataclass(frozen=True)
+class LoggedWindow:
+    """A monitoring window's MLflow run: its URL, and each drifted column's chart's URL."""
+
+    url: str
+    charts: dict[str, str]
+
+
 def log_monitoring_run(
-    tracking_uri: str, experiment: str, outcome: dict[str, Any], report: str | None
-) -> str:
+    tracking_uri: str,
+    experiment: str,
+    outcome: dict[str, Any],
+    report: str | None,
+    charts: dict[str, Any] | None = None,
+) -> LoggedWindow:
     """One MLflow run per monitoring window: its figures as metrics (a history to chart), the
-    verdicts as JSON and the Evidently report as an HTML artifact. Returns the run's URL."""
+    verdicts as JSON, the Evidently report as an HTML artifact and ``charts`` (column ->
+    matplotlib figure, closed once written) as PNGs."""
     skew, drift, perf = outcome["skew"], outcome["drift"], outcome["performance"]
     metrics = {"window_rows": float(outcome["rows"])}
     for verdict, metric in ((skew, SKEW_SHARE_METRIC), (drift, DRIFT_SHARE_METRIC)):
@@ -329,7 +352,16 @@ def log_monitoring_run(
             mlflow.log_dict(outcome, "monitoring.json")
             if report:
                 mlflow.log_artifact(report)
-    return f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+            urls = {}
+            for column, figure in (charts or {}).items():
+                path = f"{DRIFT_CHARTS}/{column}.png"
+                try:
+                    mlflow.log_figure(figure, path)
+                finally:
+                    close_figure(figure)
+                urls[column] = artifact_url(tracking_uri, run.info.run_id, path)
+    url = f"{tracking_uri}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}"
+    return LoggedWindow(url, urls)
 
 
 def log_search_runs(

@@ -4,6 +4,7 @@ production traffic sent through the local release target's router to real model 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,16 @@ from tests.helpers import EXAMPLE
 
 FEATURES = [
     *["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"],
-    *["workclass", "education", "marital_status", "occupation", "relationship", "race", "sex", "native_country"],
+    *[
+        "workclass",
+        "education",
+        "marital_status",
+        "occupation",
+        "relationship",
+        "race",
+        "sex",
+        "native_country",
+    ],
 ]
 
 pytestmark = pytest.mark.flows
@@ -158,6 +168,25 @@ def test_shifted_traffic_emits_a_drift_event_with_its_evidence(production: dict[
         metrics
     )
     assert f'mlops_drift_judged{{model="{name}",objective="attribution"}} 1.0' in metrics
+    # each skewed column's two distributions, a PNG on the window's run shown in the verdict
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        (verdict,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"monitoring-{name}-report"])
+            ),
+            limit=1,
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    images = re.findall(r"!\[(\w+)\]\((\S+)\)", str(verdict.data))
+    assert {"age", "hours_per_week"} <= {column for column, _ in images}, verdict.data
+    url = dict(images)["age"]
+    assert "path=drift%2Fage.png" in url
+    png = httpx.get(url, timeout=10)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert f'mlops_attribution_shift{{feature="age",model="{name}"}}' in metrics
 
 

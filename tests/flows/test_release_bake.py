@@ -29,6 +29,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.release import release
 from mlops.adapters.audit import AuditEntry, AuditTrail
+from mlops.adapters.tracking import artifact_url
 from mlops.core.events import RELEASE_PROMOTED, RELEASE_ROLLED_BACK, RELEASE_STEP
 from mlops.core.settings import Settings
 from mlops.release.canary import ReleaseFailed
@@ -357,7 +358,11 @@ def test_a_healthy_bake_keeps_the_new_version_and_every_step_is_told(
     # the version's MLflow run holds each step's whole decision
     run_id = _client().get_model_version(name, str(v2)).run_id
     stored = sorted(a.path for a in _client().list_artifacts(run_id, f"release/{rid}"))
-    assert stored == [f"release/{rid}/step-1.json", f"release/{rid}/step-2.json"]
+    chart = f"release/{rid}/canary.png"  # the steps' checks over time, redrawn at each step
+    assert stored == [chart, f"release/{rid}/step-1.json", f"release/{rid}/step-2.json"]
+    png = httpx.get(artifact_url(Settings().mlflow_tracking_uri, run_id, chart), timeout=10)
+    assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), png.status_code
+    stored.remove(chart)
     docs = [json.loads(Path(_client().download_artifacts(run_id, p)).read_text()) for p in stored]
     assert [(d["step"], d["name"], d["decision"]["action"]) for d in docs] == [
         (1, "at 50%", "pass"),
@@ -397,3 +402,13 @@ def test_a_healthy_bake_keeps_the_new_version_and_every_step_is_told(
     texts = [str(a.data) for a in found if f"v{v2} step 2 (bake): pass" in str(a.data)]
     assert texts, [str(a.data)[:60] for a in found]
     assert "| error-rate | pass |" in texts[-1] and f'model="{name}"' in texts[-1]
+    with get_client(sync_client=True) as client:
+        charts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"release-{name}-chart"]))
+        )
+    shown = [str(a.data) for a in charts if f"run_uuid={run_id}" in str(a.data)]
+    assert (
+        shown
+        and f"![canary]({artifact_url(Settings().mlflow_tracking_uri, run_id, chart)})"
+        in (shown[-1])
+    )
