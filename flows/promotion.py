@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import asdict
 from typing import cast
 
+import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -45,9 +46,11 @@ from tasks.gates import (
     check_fairness,
     check_metric_thresholds,
     check_model_contract,
+    check_replay,
     check_training_data,
     compare_with_champion,
     publish_gate_report,
+    read_replay_rows,
     record_approval,
     request_approval,
 )
@@ -145,6 +148,16 @@ def _judge(
     challenger_model = cast(Model, load_model_version(uri, name, candidate.version))
     champion_model = cast(Model, load_model_version(uri, name, previous)) if previous else None
     reference = load_run_frame(uri, champion.run_id, "training") if champion else None
+    training = load_run_frame(uri, candidate.run_id, "training")
+    features = list(ctx.config.features.columns)
+    replayed = ctx.policy.replay
+    production = (
+        read_replay_rows(
+            ctx.settings.prediction_log(name), replayed.lookback_hours, features, replayed.max_rows
+        )
+        if previous is not None and replayed.enabled
+        else pd.DataFrame(columns=[*features, "label"])
+    )
     results = [
         check_metric_thresholds(candidate.metrics, ctx.policy),
         compare_with_champion(
@@ -156,9 +169,12 @@ def _judge(
             f"champion v{previous}",
             reference,
         ),
+        check_replay(
+            challenger_model, production, previous, problem, features, ctx.policy, training
+        ),
         check_fairness(challenger_model, holdout, problem, ctx.policy.fairness),
         check_training_data(
-            load_run_frame(uri, candidate.run_id, "training").drop(columns=[target]),
+            training.drop(columns=[target]),
             reference.drop(columns=[target]) if reference is not None else None,
             ctx.policy.data,
         ),

@@ -1,21 +1,24 @@
-"""Gate steps: thresholds, champion comparison, fairness, data and model contract, the gate report, approval."""
+"""Gate steps: thresholds, champion comparison, replay, fairness, data and model contract, the gate
+report, approval."""
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.input import RunInput
 from pydantic import Field
 
 from mlops.adapters.gate_report import gate_report, gate_table
+from mlops.adapters.prediction_window import SETTLE, read_prediction_window
 from mlops.adapters.registry import parse_registered_uri, registry_client, verified_model_folder
 from mlops.adapters.tracking import problem_metadata
-from mlops.ml import gates
+from mlops.ml import gates, replay
 from mlops.ml.gates import GateResult
 from mlops.ml.problems import Problem
 from mlops.release.approval import (
@@ -32,6 +35,21 @@ check_metric_thresholds = step(gates.check_metric_thresholds, name="check-metric
 compare_with_champion = step(gates.compare_with_champion, name="compare-with-champion")
 check_fairness = step(gates.check_fairness, name="check-fairness")
 check_training_data = step(gates.check_training_data, name="check-training-data")
+check_replay = step(replay.check_replay, name="check-replay")
+
+
+@step(name="read-replay-rows")
+def read_replay_rows(
+    log_root: str, lookback_hours: float, features: list[str], max_rows: int
+) -> pd.DataFrame:
+    """The prediction log's rows of the last ``lookback_hours`` (the newest ``max_rows``), with
+    the labels that came back: what the replay gate replays."""
+    until = datetime.now(UTC) - SETTLE
+    since = until - timedelta(hours=lookback_hours)
+    window = read_prediction_window(log_root, since, until, features, max_rows)
+    if window.problems:
+        get_run_logger().warning("replay: %s", "; ".join(window.problems))
+    return window.rows
 
 
 @step(name="check-model-contract")

@@ -126,6 +126,24 @@ class ComparisonPolicy(_Strict):
     seed: int = 0
 
 
+class ReplayPolicy(_Strict):
+    """The replay gate: the challenger scores the rows the champion answered in production
+    (the prediction log) and is compared with the champion's real answers on the labelled ones,
+    by the champion comparison's paired test, metric, margin and confidence."""
+
+    enabled: bool = True
+    lookback_hours: float = Field(
+        168.0, gt=0, description="How far back the replayed rows of the prediction log reach."
+    )
+    min_labelled_rows: int = Field(
+        200,
+        ge=20,
+        description="Labelled rows the champion answered (and the challenger never trained on) "
+        "below which the replay is reported, not judged.",
+    )
+    max_rows: int = Field(50_000, ge=100, description="Most recent rows replayed.")
+
+
 class DataPolicy(_Strict):
     """What the training data must look like (checked with Evidently)."""
 
@@ -452,6 +470,7 @@ class Policy(_Strict):
     version: int = Field(ge=1)
     metrics: dict[str, Threshold]
     comparison: ComparisonPolicy = ComparisonPolicy()
+    replay: ReplayPolicy = ReplayPolicy()
     fairness: FairnessPolicy = FairnessPolicy()
     data: DataPolicy = DataPolicy()
     release: ReleasePolicy = ReleasePolicy()

@@ -22,7 +22,7 @@ from mlops.core.lineage import PROBLEM_METADATA
 from mlops.core.metrics import KNOWN_METRICS, PROBLEM_TYPES
 from mlops.core.policy import ComparisonPolicy, DataPolicy, FairnessPolicy, Policy, Threshold
 from mlops.ml.drift import drift_tests
-from mlops.ml.problems import Model, Problem
+from mlops.ml.problems import Model, Predictions, Problem
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,28 @@ def _paired_bootstrap(
     The challenger passes unless the interval's upper end lies below ``-margin`` (it is worse
     beyond the margin at the confidence level). A difference whose interval holds zero is a tie.
     """
-    metric = policy.metric
     if champion is None:
         return GateResult(
-            "champion-vs-challenger", True, "no champion yet: nothing to beat", {"metric": metric}
-        )
+            "champion-vs-challenger", True, "no champion yet: nothing to beat",
+            {"metric": policy.metric},
+        )  # fmt: skip
     new, old = problem.predict(challenger, X), problem.predict(champion, X)
+    return paired_comparison(new, old, y, problem, policy, champion_label, "champion-vs-challenger")
+
+
+def paired_comparison(
+    new: Predictions,
+    old: Predictions,
+    y: np.ndarray,
+    problem: Problem,
+    policy: ComparisonPolicy,
+    champion_label: str,
+    gate: str,
+) -> GateResult:
+    """The ``gate``'s verdict on the challenger's answers ``new`` against the champion's ``old``
+    on the same rows (``_paired_bootstrap``; the replay gate passes the champion's logged
+    answers)."""
+    metric = policy.metric
     # The difference is signed so that above zero is always the challenger doing better: for
     # a metric where lower is better (rmse, log loss) it is champion minus challenger.
     lower_is_better = KNOWN_METRICS[metric] == "lower"
@@ -106,7 +122,7 @@ def _paired_bootstrap(
         scores = problem.score(metric, y, new), problem.score(metric, y, old)
     except ValueError as exc:
         return GateResult(
-            "champion-vs-challenger",
+            gate,
             False,
             f"{metric} is undefined on the {len(y)} holdout rows compared ({exc})",
             {"metric": metric},
@@ -132,7 +148,7 @@ def _paired_bootstrap(
                 continue  # undefined on this resample (a ROC AUC of one class): not counted
     if not diffs:
         return GateResult(
-            "champion-vs-challenger",
+            gate,
             False,
             f"{metric} is undefined on every one of {policy.bootstrap_samples} resamples",
             {"metric": metric},
@@ -156,7 +172,7 @@ def _paired_bootstrap(
     )
     if hi < -policy.margin:
         return GateResult(
-            "champion-vs-challenger",
+            gate,
             False,
             f"worse than {champion_label} beyond the margin {policy.margin}: {span}",
             details | {"verdict": "worse"},

@@ -90,6 +90,7 @@ def test_the_champions_lineage_and_a_reproduction(
     for gate in (
         "metric-thresholds",
         "champion-vs-challenger",
+        "replay",
         "fairness",
         "training-data",
         "model-contract",

@@ -62,6 +62,7 @@ RETRAINING_TIMEOUT = 600
 GATES = {
     "metric-thresholds",
     "champion-vs-challenger",
+    "replay",
     "fairness",
     "training-data",
     "model-contract",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
@@ -18,12 +20,13 @@ from flows.promotion import promotion
 from flows.release import release
 from flows.training import training
 from mlops.adapters.audit import AuditTrail
+from mlops.adapters.prediction_log import FEEDBACK, PREDICTIONS, PredictionLog
 from mlops.core.settings import Settings
 from mlops.ml.gates import GateFailed
 from mlops.release.approval import APPROVAL_BY_TAG, APPROVAL_DECISION_TAG, REFUSED, ApprovalRejected
 from mlops.release.canary import ReleaseFailed
 from mlops.release.promotion import PromotionConflict
-from tests.helpers import adult_frame, edit_yaml, lenient_policy, make_project
+from tests.helpers import INTS, adult_frame, edit_yaml, lenient_policy, make_project
 
 pytestmark = pytest.mark.flows
 
@@ -74,6 +77,31 @@ def _name(pipeline: Path) -> str:
     return str(yaml.safe_load(pipeline.read_text())["model_name"])
 
 
+def _log_answers(settings: Settings, name: str, version: int, frame: pd.DataFrame) -> None:
+    """``frame`` answered by ``version`` and labelled, in the model's prediction log as its
+    server writes it."""
+    import mlflow.sklearn
+
+    X = frame.drop(columns=["income"]).replace("?", None)
+    X[INTS] = X[INTS].astype(int)
+    model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    p = model.predict_proba(X)[:, 1]
+    log = PredictionLog(settings.prediction_log(name), batch_rows=10_000, max_age_seconds=3600)
+    now = datetime.now(UTC)
+    ids = [uuid.uuid4().hex for _ in range(len(X))]
+    log.append(
+        PREDICTIONS,
+        [
+            {"request_id": rid, "row": 0, "time": now, "model": name, "version": version,
+             "prediction": ">50K" if q >= 0.5 else "<=50K", "probability": float(q), **row}
+            for rid, row, q in zip(ids, X.to_dict("records"), p, strict=True)
+        ],
+    )  # fmt: skip
+    labels = frame["income"].to_numpy()
+    log.append(FEEDBACK, [{"request_id": r, "label": y, "time": now} for r, y in zip(ids, labels, strict=True)])  # fmt: skip
+    log.close()
+
+
 def test_better_challenger_is_promoted_and_worse_one_rejected(
     local_stack: Settings, project: Path
 ) -> None:
@@ -82,12 +110,19 @@ def test_better_challenger_is_promoted_and_worse_one_rejected(
     first = promotion(version=str(v1), pipeline=str(project), trigger="test")
     assert first.promoted and first.previous_champion is None
     assert _champion(local_stack, name) == v1
+    _log_answers(local_stack, name, v1, adult_frame(4600).tail(600))  # rows no version trained on
 
     v2 = _train(project, GOOD)
     second = promotion(pipeline=str(project), trigger="test")  # the `challenger` alias: v2
     assert second.promoted and second.version == v2 and second.previous_champion == v1
     verdict = next(g for g in second.gates if g.gate == "champion-vs-challenger")
     assert verdict.details["verdict"] == "better", verdict.reason
+    # and against v1's real answers to production, replayed from the prediction log
+    replay = next(g for g in second.gates if g.gate == "replay")
+    assert replay.passed and replay.details["replayed"] == 600, replay.reason
+    assert replay.reason.startswith(("better against champion v1's answers to 600 labelled ",
+                                     "tie against champion v1's answers to 600 labelled ")), replay.reason  # fmt: skip
+    assert "answers would change" in replay.reason and replay.details["answered"] == 600
     assert _champion(local_stack, name) == v2
 
     v3 = _train(project, WEAK)
