@@ -28,6 +28,7 @@ from mlops.ml.attribution_drift import AttributionDrift
 from mlops.ml.monitoring import (
     DriftVerdict,
     MonitoringOutcome,
+    OutlierRate,
     PerformanceVerdict,
     Window,
     evidence,
@@ -38,8 +39,10 @@ from tasks.monitoring import (
     detect_drift,
     detect_prediction_shift,
     draw_drift_charts,
+    load_outlier_detector,
     load_serving_model,
     measure_live_performance,
+    measure_outlier_rate,
     predict_holdout,
     publish_monitoring_report,
     read_prediction_window,
@@ -101,6 +104,7 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
             settings.prediction_log(name), start - lookback, start, features, rules.reference_rows
         ).rows
     skew, drift, attribution, perf = _verdicts(ctx, window, reference, recent, champion)
+    outliers = _outlier_rate(ctx, window, champion)
     outcome = MonitoringOutcome(
         name,
         champion.version if champion else None,
@@ -113,6 +117,7 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
         {},
         drift,
         attribution,
+        outliers,
     )
     outcome = replace(outcome, events=_emit_events(ctx, outcome, run_id))
     if skew.judged and reference is not None:  # the report for people, once the events are out
@@ -197,6 +202,24 @@ def _verdicts(
         )
     perf = measure_live_performance(window, champion.version, champion.metrics, rules, problem)
     return skew, drift, attribution, perf
+
+
+def _outlier_rate(
+    ctx: RunContext, window: Window, champion: RegisteredVersion | None
+) -> OutlierRate:
+    """The window's outliers by the champion's detector, against its training rate."""
+    rules = ctx.policy.monitoring
+    if champion is None:
+        return OutlierRate(False, "no champion")
+    if len(window.rows) < rules.min_rows:
+        return OutlierRate(
+            False, f"{len(window.rows)} rows: too small to judge (needs {rules.min_rows})"
+        )
+    try:
+        detector = load_outlier_detector(ctx.tracking_uri, champion)
+    except Exception as exc:  # monitoring reports what it cannot judge, and judges the rest
+        return OutlierRate(False, f"the detector could not be loaded: {type(exc).__name__}: {exc}")
+    return measure_outlier_rate(window, detector, rules)
 
 
 def _emit_events(ctx: RunContext, outcome: MonitoringOutcome, run_id: str) -> dict[str, str]:

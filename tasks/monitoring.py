@@ -12,10 +12,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mlops.adapters import prediction_window
 from mlops.adapters.charts import distribution_figure
-from mlops.adapters.registry import RegisteredVersion, load_model_version
+from mlops.adapters.registry import RegisteredVersion, load_model_version, model_metadata
 from mlops.adapters.reporting import monitoring_summary, monitoring_table
 from mlops.adapters.tracking import load_run_frame
 from mlops.core.config import PipelineConfig
+from mlops.core.outliers import OutlierDetector
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml import attribution_drift, monitoring, production_data
 from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, Window
@@ -42,6 +43,16 @@ detect_attribution_drift = step(
 def load_serving_model(tracking_uri: str, version: RegisteredVersion) -> Model:
     """The registered model of the version that serves, as its pipeline was fitted."""
     return cast(Model, load_model_version(tracking_uri, version.name, version.version))
+
+
+measure_outlier_rate = step(monitoring.outlier_rate, name="measure-outlier-rate")
+
+
+@step(name="load-outlier-detector", **on_connection_errors(1, 5))
+def load_outlier_detector(tracking_uri: str, version: RegisteredVersion) -> OutlierDetector | None:
+    """The outlier detector the serving version was saved with (None: saved before detectors)."""
+    metadata = model_metadata(tracking_uri, version.name, version.version)
+    return OutlierDetector.from_metadata(metadata)
 
 
 @step(name="predict-holdout", **on_connection_errors(1, 5))

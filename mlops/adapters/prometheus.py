@@ -69,6 +69,13 @@ def write_prometheus(outcome: MonitoringOutcome, path: Path, pushgateway: str | 
         )
         for i in attribution.influences:
             influence.labels(feature=i.feature, **labels).set(i.shift)
+    if outcome.outliers.judged and outcome.outliers.rate is not None:
+        Gauge(
+            "mlops_outlier_rate",
+            "Share of the last window's rows the serving model's outlier detector flags.",
+            ["model"],
+            registry=registry,
+        ).labels(**labels).set(outcome.outliers.rate)
     if outcome.performance.judged and outcome.performance.live is not None:
         Gauge(
             "mlops_live_metric",

@@ -368,3 +368,12 @@ def load_model_version(tracking_uri: str, name: str, version: int) -> Any:
     import mlflow.sklearn
 
     return mlflow.sklearn.load_model(str(verified_model_folder(tracking_uri, name, version)))
+
+
+def model_metadata(tracking_uri: str, name: str, version: int) -> dict[str, Any]:
+    """The MLmodel metadata one registered version was saved with (its problem, explanation
+    baseline, outlier detector...), read from its verified folder."""
+    from mlflow.models import Model
+
+    metadata = Model.load(str(verified_model_folder(tracking_uri, name, version))).metadata
+    return dict(metadata or {})

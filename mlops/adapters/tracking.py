@@ -25,6 +25,7 @@ from mlops.core.explanations import baseline_of
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import CODE_METADATA, SERIALIZATION_FORMAT
 from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
+from mlops.core.outliers import OUTLIER_METADATA, OutlierDetector
 from mlops.ml.explanations import Importance
 from mlops.ml.problems import Problem
 from mlops.ml.split import Split
@@ -188,6 +189,7 @@ def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()
     trusted = trusted_types(model, own_code)  # refuses a type nobody decided to trust
     own = sorted({t.split(".", 1)[0] for t in trusted} & set(own_code))
     baseline = baseline_of(model, split.X_train)
+    outliers = OutlierDetector.fit(split.X_train)
     return {
         "signature": infer_signature(sample, model.predict(sample)),
         "input_example": sample.head(5),
@@ -199,7 +201,8 @@ def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()
         "skops_trusted_types": trusted,
         "metadata": {PROBLEM_METADATA: problem_metadata(split.problem, split.y_train)}
         | ({CODE_METADATA: {"packages": own}} if own else {})
-        | ({EXPLANATION_METADATA: {"baseline": baseline}} if baseline else {}),
+        | ({EXPLANATION_METADATA: {"baseline": baseline}} if baseline else {})
+        | {OUTLIER_METADATA: outliers.to_metadata()},
     }
 
 
@@ -226,6 +229,7 @@ PERFORMANCE_DEGRADED_TAG = "mlops.performance.degraded"
 SKEW_SHARE_METRIC = "skew_share"  # against the training data: present where the window was judged
 DRIFT_SHARE_METRIC = "drift_share"  # against the production rows before the window
 ATTRIBUTION_SHIFT_METRIC = "attribution_max_shift"
+OUTLIER_RATE_METRIC = "outlier_rate"
 LIVE_METRIC_PREFIX = "live_"
 
 
@@ -334,6 +338,8 @@ def log_monitoring_run(
     shifts = [abs(i["shift"]) for i in outcome["attribution"]["influences"]]
     if outcome["attribution"]["judged"] and shifts:
         metrics[ATTRIBUTION_SHIFT_METRIC] = max(shifts)
+    if outcome["outliers"]["judged"] and outcome["outliers"]["rate"] is not None:
+        metrics[OUTLIER_RATE_METRIC] = float(outcome["outliers"]["rate"])
     detected = any(v["judged"] and v["detected"] for v in (skew, drift, outcome["attribution"]))
     if perf["live"] is not None:
         metrics[f"{LIVE_METRIC_PREFIX}{perf['metric']}"] = float(perf["live"])

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.core.metrics import KNOWN_METRICS, REGISTRY
+from mlops.core.outliers import OutlierDetector
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.attribution_drift import AttributionDrift
 from mlops.ml.drift import DriftRule, drift_tests, evidently_report
@@ -124,6 +125,53 @@ class PerformanceVerdict:
 
 
 @dataclass(frozen=True)
+class OutlierRate:
+    """The share of a window's rows the champion's outlier detector flags, against the share of
+    its training rows (``mlops.core.outliers``): reported, with a one-sided binomial test."""
+
+    judged: bool
+    reason: str
+    rows: int = 0
+    flagged: int = 0
+    rate: float | None = None
+    training_rate: float | None = None
+    p_value: float | None = None
+    columns: dict[str, int] = field(default_factory=dict)  # column -> rows it made outliers
+
+    def line(self) -> str:
+        return self.reason if self.judged else f"not judged: {self.reason}"
+
+
+def outlier_rate(
+    window: Window, detector: OutlierDetector | None, policy: MonitoringPolicy
+) -> OutlierRate:
+    """How many of the window's rows the champion's detector flags, by column, against its
+    training rate."""
+    from scipy.stats import binomtest
+
+    if detector is None:
+        return OutlierRate(False, "the champion was saved without an outlier detector")
+    n = len(window.rows)
+    if n < policy.min_rows:
+        return OutlierRate(False, f"{n} rows: too small to judge (needs {policy.min_rows})")
+    scored = detector.score(window.rows)
+    flagged = int(scored.flags.sum())
+    counts: dict[str, int] = {}
+    for flag, column in zip(scored.flags, scored.columns, strict=True):
+        if flag and column is not None:
+            counts[column] = counts.get(column, 0) + 1
+    by_column = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    expected = detector.rate
+    p = float(binomtest(flagged, n, min(max(expected, 1e-9), 1.0), alternative="greater").pvalue)
+    most = ", ".join(f"{c} {k}" for c, k in list(by_column.items())[:3])
+    reason = (
+        f"{flagged} of {n} rows are outliers ({flagged / n:.1%}) against {expected:.1%} of the "
+        f"training rows (binomial p {p:.2g})" + (f"; by column: {most}" if most else "")
+    )
+    return OutlierRate(True, reason, n, flagged, flagged / n, expected, p, by_column)
+
+
+@dataclass(frozen=True)
 class MonitoringOutcome:
     model: str
     version: int | None
@@ -139,6 +187,9 @@ class MonitoringOutcome:
     )
     attribution: AttributionDrift = field(  # each feature's influence on the champion's answers
         default_factory=lambda: AttributionDrift(False, False, "not checked")
+    )
+    outliers: OutlierRate = field(  # the rows unlike the training data, against its rate
+        default_factory=lambda: OutlierRate(False, "not checked")
     )
 
     @property
@@ -163,6 +214,7 @@ class MonitoringOutcome:
             "skew": self.skew.line(),
             "drift": self.drift.line(),
             "attribution": self.attribution.line(),
+            "outliers": self.outliers.line(),
             "performance": perf,
         }
 

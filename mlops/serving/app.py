@@ -78,6 +78,7 @@ from mlops.adapters.prediction_log import (
 )
 from mlops.core.errors import MlopsError
 from mlops.core.explanations import NotExplainable
+from mlops.core.outliers import OutlierScores
 from mlops.serving import open_inference as oip
 from mlops.serving.batching import Batcher
 from mlops.serving.model import Answers, Column, InferencePath, ServedModel, ServedProblem
@@ -217,6 +218,19 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
             registry=self.registry,
         )
+        self.outliers = Counter(
+            "mlops_outlier_rows",
+            "Answered rows unlike the training data (the model's outlier detector), by the "
+            "column that makes them so.",
+            [*labels, "column"],
+            registry=self.registry,
+        )
+        self.scored = Counter(
+            "mlops_outlier_scored_rows",
+            "Answered rows given an outlier score (the denominator of the outlier rate).",
+            list(labels),
+            registry=self.registry,
+        )
         self.probability: Histogram | None = None
         self.value: Histogram | None = None
         Gauge(
@@ -251,6 +265,12 @@ class Metrics:
             [*self.labels, "path", "reason"],
             registry=self.registry,
         ).labels(**self.labels, path=path.name, reason=path.reason).set(1)
+
+    def observe_outliers(self, scored: OutlierScores) -> None:
+        self.scored.labels(**self.labels).inc(len(scored.flags))
+        for flag, column in zip(scored.flags, scored.columns, strict=True):
+            if flag:
+                self.outliers.labels(**self.labels, column=column or "").inc()
 
     def observe(self, problem: ServedProblem, answers: Answers) -> None:
         if problem.is_classifier:
@@ -490,6 +510,16 @@ def create_app(
             log_rows(route, PREDICTIONS, _records(model, request_id, checked, answers))
         return request_id
 
+    def outliers(model: ServedModel, checked: list[dict[str, Any]], synthetic: bool) -> Any:
+        """Each row's outlier score, flag and column (None for a model without a detector),
+        counted in /metrics for real traffic."""
+        if model.outliers is None:
+            return None
+        scored = model.outliers.score_records(checked)
+        if not synthetic:
+            metrics.observe_outliers(scored)
+        return scored
+
     def validated(
         raw: bytes, limit: int = config.max_batch_rows
     ) -> tuple[list[dict[str, Any]], Callable[[int], str]]:
@@ -519,7 +549,8 @@ def create_app(
             request_id = settle(model, "/predict", checked, answers, synthetic, where)
         except Refused as exc:
             return refuse("/predict", exc, started)
-        return respond("/predict", 200, _answer_body(model, request_id, answers), started)
+        scored = outliers(model, checked, synthetic)
+        return respond("/predict", 200, _answer_body(model, request_id, answers, scored), started)
 
     @app.post("/predict", include_in_schema=False)  # described by mlops.serving.openapi once loaded
     async def predict(request: Request) -> Response:
@@ -538,7 +569,8 @@ def create_app(
             request_id = settle(model, "/predict", checked, answers, synthetic, where)
         except Refused as exc:
             return refuse("/predict", exc, started)
-        return respond("/predict", 200, _answer_body(model, request_id, answers), started)
+        scored = outliers(model, checked, synthetic)
+        return respond("/predict", 200, _answer_body(model, request_id, answers, scored), started)
 
     def explain(raw: bytes, started: float) -> Response:
         """Validate as /predict does, then attribute each row's answer to its input columns
@@ -810,9 +842,12 @@ def _split_binary(raw: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     return raw[: int(value)], raw[int(value) :]
 
 
-def _answer_body(model: ServedModel, request_id: str, answers: Answers) -> dict[str, Any]:
-    """/predict's answer: the request id, the model, the problem type, a prediction per row and,
-    for classifiers, the classes and one probability per class per row (in class order)."""
+def _answer_body(
+    model: ServedModel, request_id: str, answers: Answers, scored: OutlierScores | None = None
+) -> dict[str, Any]:
+    """/predict's answer: the request id, the model, the problem type, a prediction per row,
+    for classifiers the classes and one probability per class per row (in class order) and,
+    for a model saved with an outlier detector, each row's outlier score, flag and column."""
     body: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": model.name, "version": model.version},
@@ -822,6 +857,11 @@ def _answer_body(model: ServedModel, request_id: str, answers: Answers) -> dict[
     if answers.probabilities is not None:
         body["classes"] = list(model.problem.classes)
         body["probabilities"] = answers.probabilities.tolist()
+    if scored is not None:
+        body["outliers"] = [
+            {"score": round(float(score), 4), "outlier": bool(flag), "column": column}
+            for score, flag, column in zip(scored.scores, scored.flags, scored.columns, strict=True)
+        ]
     return body
 
 

@@ -39,6 +39,7 @@ from mlops.core.explanations import Explainer, NotExplainable, explainer_for
 from mlops.core.frames import missing_as_nan
 from mlops.core.integrity import ModelIntegrityError, verify_artifacts
 from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
+from mlops.core.outliers import OutlierDetector
 from mlops.serving.fast_path import (
     CompiledPipeline,
     InferencePath,
@@ -158,6 +159,8 @@ class ServedModel:
     # the rows its explainer is checked on (the input example and the probe rows)
     baseline: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
     example: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    # how unlike the training rows each answered row is (None: saved without a detector)
+    outliers: OutlierDetector | None = field(default=None, repr=False, compare=False)
     _explainer: Explainer | NotExplainable | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -352,8 +355,9 @@ def _served(folder: Path, name: str, version: int) -> ServedModel:
     estimator = mlflow.sklearn.load_model(str(folder))
     baseline = explanation_baseline(mlmodel.metadata)
     model = ServedModel(
-        name, version, estimator, columns, problem, baseline=baseline, example=example
-    )
+        name, version, estimator, columns, problem, baseline=baseline, example=example,
+        outliers=OutlierDetector.from_metadata(mlmodel.metadata),
+    )  # fmt: skip
     return model.with_fast_path(example)
 
 

@@ -52,6 +52,14 @@ class ErrorBody(BaseModel):
     fields: list[FieldError] | None = Field(None, min_length=1)
 
 
+class Outlier(BaseModel):
+    """How unlike the training rows an answered row is (``mlops.core.outliers``)."""
+
+    score: float = Field(ge=0, description="The row's largest surprise, in normal deviates.")
+    outlier: bool = Field(description="Above the threshold 1 % of the training rows exceed.")
+    column: str | None = Field(description="The column the score comes from.")
+
+
 def answer_model(problem: ServedProblem) -> type[BaseModel]:
     """What /predict answers for a model of ``problem``: a prediction per row, in order (a class
     name, or a number) and, for classifiers, the classes and a probability per class per row."""
@@ -60,6 +68,7 @@ def answer_model(problem: ServedProblem) -> type[BaseModel]:
         "request_id": (str, Field(pattern=r"^[0-9a-f]{32}$")),
         "model": (ModelId, ...),
         "problem": (kind, ...),
+        "outliers": (list[Outlier] | None, None),
     }
     if not problem.is_classifier:
         return create_model("Answer", predictions=(list[float], ...), **common)

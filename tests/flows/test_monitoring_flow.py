@@ -122,6 +122,10 @@ def test_unshifted_traffic_raises_no_drift_over_repeated_windows(
         assert attribution.judged and not attribution.detected, attribution.reason
         assert attribution.rows == 200 and attribution.space == "log_odds"
         assert {i.feature for i in attribution.influences} == set(FEATURES)
+        # the champion's detector flags production like its training rows (1 % at most)
+        outliers = outcome.outliers
+        assert outliers.judged and outliers.p_value is not None and outliers.p_value > 0.001
+        assert outliers.training_rate is not None and 0 < outliers.training_rate <= 0.01
         # the champion predicts production's classes in the shares it predicted its holdout's
         shift = outcome.skew.predictions
         assert shift is not None and shift.judged and shift.measure == "total variation"

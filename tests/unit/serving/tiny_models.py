@@ -20,6 +20,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from mlops.core.explanations import baseline_of
 from mlops.core.integrity import SERIALIZATION_FORMAT, artifact_checksum
 from mlops.core.lineage import EXPLANATION_METADATA, PROBLEM_METADATA
+from mlops.core.outliers import OUTLIER_METADATA, OutlierDetector
 from mlops.serving.model import Column
 
 #: The classes of each problem type's target, in label order (binary: negative, positive).
@@ -125,6 +126,7 @@ def save_model_folder(folder: Path, model: Any, X: pd.DataFrame, spec: dict[str,
         metadata={
             PROBLEM_METADATA: spec,
             EXPLANATION_METADATA: {"baseline": baseline_of(model, X)},
+            OUTLIER_METADATA: OutlierDetector.fit(X).to_metadata(),
         },
     )
     return artifact_checksum(folder)
