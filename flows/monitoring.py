@@ -97,12 +97,17 @@ def _judge_window(ctx: RunContext, since: str | None) -> MonitoringOutcome:
     )
     run_id = str(flow_run.get_id() or "local")
     reference = load_run_frame(ctx.tracking_uri, champion.run_id, "training") if champion else None
-    recent = None
-    if start is not None and len(window.rows) >= rules.min_rows:  # the rows before the window
+    recent = None  # the rows before the window (none before the first one)
+    if start is not None:
         lookback = timedelta(hours=rules.drift.lookback_hours)
-        recent = read_prediction_window(
-            settings.prediction_log(name), start - lookback, start, features, rules.reference_rows
-        ).rows
+        recent = (
+            read_prediction_window(
+                settings.prediction_log(name), start - lookback, start, features,
+                rules.reference_rows,
+            ).rows
+            if len(window.rows) >= rules.min_rows
+            else pd.DataFrame(columns=features)  # too small to judge: nothing to read
+        )  # fmt: skip
     skew, drift, attribution, perf = _verdicts(ctx, window, reference, recent, champion)
     outliers = _outlier_rate(ctx, window, champion)
     outcome = MonitoringOutcome(
