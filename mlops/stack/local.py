@@ -75,7 +75,7 @@ class Service:
 class Running:
     name: str
     pid: int
-    started: float  # psutil create_time of the process, to tell it from a recycled pid
+    started: float  # processes.started_at: tells the process from a later one given its pid
     log: str
     ui_url: str | None = None
     port: int | None = None

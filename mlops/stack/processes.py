@@ -76,16 +76,31 @@ def spawn(
 
 
 def started_at(pid: int) -> float:
-    """The process's start time: with the pid, what tells it from a later process given that pid."""
-    return float(psutil.Process(pid).create_time())
+    """The process's start time: with the pid, what tells it from a later process given that pid.
+
+    On Linux, seconds after boot (``/proc/<pid>/stat``'s starttime), not the wall clock: psutil's
+    ``create_time`` is the boot time plus that, and the boot time is derived from the wall clock,
+    so a step of the clock (a virtual machine restored from a snapshot, or forked) moves every
+    running process's ``create_time`` by the step, and each would look like a stranger."""
+    try:
+        after_paren = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(after_paren[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of proc(5)
+    except (OSError, IndexError, ValueError):
+        return float(psutil.Process(pid).create_time())
+
+
+#: Start times at or past this are wall-clock seconds (create_time): of another platform, or
+#: recorded by an earlier mlops; seconds after boot stay far below it.
+_WALL_CLOCK = 1e9
 
 
 def process_alive(pid: int, started: float) -> bool:
     """Whether the process ``pid`` that started at ``started`` still runs (not a recycled pid)."""
     try:
         proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        now = proc.create_time() if started >= _WALL_CLOCK else started_at(pid)
+        return abs(now - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
         return False
 
 

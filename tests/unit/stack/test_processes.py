@@ -10,7 +10,7 @@ import sys
 import psutil
 import pytest
 
-from mlops.stack.processes import _wait_gone, stop_process_group
+from mlops.stack.processes import _wait_gone, process_alive, started_at, stop_process_group
 
 pytestmark = pytest.mark.unit
 
@@ -50,3 +50,25 @@ def test_stopping_reaps_our_own_child_and_kills_one_that_ignores_sigterm() -> No
     assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
     stop_process_group(stubborn.pid, timeout=0.5)
     assert not psutil.pid_exists(stubborn.pid)  # killed and reaped: no zombie of ours left
+
+
+def test_a_running_process_is_still_known_after_the_wall_clock_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A virtual machine restored or forked from a snapshot steps its wall clock (dmesg: "crng
+    reseeded due to virtual machine fork"), and psutil's create_time of every running process
+    moves by the step. Seen here: `mlops demo --fresh` found the whole running stack "not
+    running", left it running and moved its state away."""
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        started = started_at(sleeper.pid)
+        wall_clock = psutil.Process(sleeper.pid).create_time()  # what an earlier mlops recorded
+        assert process_alive(sleeper.pid, started) and process_alive(sleeper.pid, wall_clock)
+        stepped = psutil.Process.create_time
+        monkeypatch.setattr(psutil.Process, "create_time", lambda p: stepped(p) + 3600)
+        assert process_alive(sleeper.pid, started)
+        assert not process_alive(sleeper.pid, started + 5)  # another process given the pid
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert not process_alive(sleeper.pid, started)
