@@ -42,7 +42,7 @@ wrk: ## wrk (HTTP load generator) from Debian's packages when missing: benchmark
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends wrk) || echo "no wrk: benchmarks/serving.py cannot run"
 
 demo: $(STAMP) prometheus ## The main job: start the local stack and run the training deployment on it
-	$(BIN)/mlops demo
+	$(BIN)/mlops demo --fresh
 
 up: $(STAMP) prometheus ## Start the local stack (Prefect server, MLflow server, Prometheus, Pushgateway, worker)
 	$(BIN)/mlops up

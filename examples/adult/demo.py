@@ -37,6 +37,11 @@ MONITORING = "monitoring/adult"
 
 RETRAINING = "retraining/adult"
 
+#: Requests a second while the retraining runs and its canary is judged: production's pace, not
+#: as fast as the server answers (unpaced callers took the cores the training needed and slowed
+#: it 8x). At 10 % of traffic a canary step's 100 requests (the policy's `min_requests`) take 4 s.
+CALLER_RATE = 250
+
 
 @dataclass(frozen=True)
 class LoopResult:
@@ -235,6 +240,27 @@ def _detect(
         out(f"   (the scheduled {MONITORING} run judged it first: {earlier[0]})")
 
 
+def _refuse_an_earlier_history(settings: Settings, name: str) -> None:
+    """The loop starts from a new model. On a registry that already holds versions of it, the
+    training step would reuse one, and the retraining would learn from the earlier runs' traffic
+    too (its prediction log's labelled rows): another model, whose gates may refuse it, so not
+    the demo's outcome."""
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(str(settings.mlflow_tracking_uri)).search_model_versions(
+        f"name = '{name}'"
+    )
+    if versions:
+        numbers = sorted(int(v.version) for v in versions)
+        raise MlopsError(
+            f"{name} already has versions {', '.join(map(str, numbers))} in this stack's "
+            f"registry ({settings.mlflow_tracking_uri}): the demo starts from a new model, and "
+            "on an earlier history its retraining would learn from the earlier runs' traffic as "
+            "well. `mlops demo --fresh` (what `make demo` runs) stops the stack and moves its "
+            f"state folder {settings.state_dir} aside first; nothing is deleted"
+        )
+
+
 def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -> LoopResult:
     """The whole demo after the stack is up: see the module docstring."""
     from mlops.adapters.audit import AuditTrail
@@ -246,6 +272,7 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     target = cfg.target.column
     router = LocalTarget(settings, name).router.url
 
+    _refuse_an_earlier_history(settings, name)
     out(f"\n== 1. train, judge and release: deployment {TRAINING} ==")
     before_demo = current_champion(uri, name)
     registered = run_deployment_and_wait(settings, TRAINING)
@@ -294,7 +321,9 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
         fast these calls are answered: a label sent now would reach its data or not by the
         prediction log's flush, and a different v2 (one failed the fairness gate) by timing."""
         while not stop.is_set():
-            send_traffic(router, shifted.iloc[2000:], target, clients=2, feedback=False, stop=stop)
+            send_traffic(
+                router, shifted.iloc[2000:], target, feedback=False, stop=stop, rate=CALLER_RATE
+            )
 
     background = threading.Thread(target=callers, daemon=True)
     background.start()

@@ -5,6 +5,7 @@ example's documented shift of the world (its column names are the Adult data's).
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,21 +51,27 @@ def send_traffic(
     feedback: bool = True,
     token: str | None = None,
     stop: threading.Event | None = None,
+    rate: float | None = None,
 ) -> TrafficReport:
     """POST each row to ``url``/predict (one row a request) and, with ``feedback``, its true label
     (the ``target`` column's own value: the class name for a classifier, the number for a
     regression, as the answer's ``problem`` says) to ``url``/feedback; ``clients`` at a time.
-    Rows with missing values are skipped (the server refuses them)."""
+    With ``rate``, the requests start at most ``rate`` a second over all clients, as production
+    traffic comes; without, each client sends its next as soon as it is answered (which on a
+    small machine takes the cores the rest of the loop needs). Rows with missing values are
+    skipped (the server refuses them)."""
     rows = rows.dropna()
     labels = rows[target].tolist() if target in rows else None
     records = rows.drop(columns=[target], errors="ignore").to_dict("records")
     report = TrafficReport()
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    pace = _Pace(rate)
 
     def work(part: range) -> None:
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
             for i in part:
+                pace.wait(stop)
                 if stop is not None and stop.is_set():
                     return
                 row: dict[str, Any] = {k: _plain(v) for k, v in records[i].items()}
@@ -98,6 +105,30 @@ def send_traffic(
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(work, [range(k, n, clients) for k in range(clients)]))
     return report
+
+
+class _Pace:
+    """Start times ``1 / rate`` apart, shared by the clients' threads (no pace without a rate)."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        self.interval = 1 / rate if rate else 0.0
+        self.next = time.monotonic()
+        self.lock = threading.Lock()
+
+    def wait(self, stop: threading.Event | None) -> None:
+        if not self.interval:
+            return
+        with self.lock:
+            now = time.monotonic()
+            start = max(self.next, now)
+            self.next = start + self.interval
+        if start > now:
+            if stop is not None:
+                stop.wait(start - now)
+            else:
+                time.sleep(start - now)
 
 
 def _label(value: Any, problem: str) -> str | float:

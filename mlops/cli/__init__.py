@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,15 +101,19 @@ def deploy(
 @app.command()
 def down() -> None:
     """Stop exactly the processes `mlops up` and local releases started."""
+    found = settings()
+    with reported():
+        _down(found)
+
+
+def _down(found: Settings) -> None:
     from mlops.release.targets.local import LocalTarget
     from mlops.stack.local import LocalStack
 
-    found = settings()
-    with reported():
-        for folder in sorted((found.state_dir / "release").glob("*/")):
-            LocalTarget(found, folder.name).stop()
-            typer.echo(f"release target {folder.name}: router and model servers stopped")
-        LocalStack(found).down()
+    for folder in sorted((found.state_dir / "release").glob("*/")):
+        LocalTarget(found, folder.name).stop()
+        typer.echo(f"release target {folder.name}: router and model servers stopped")
+    LocalStack(found).down()
 
 
 @app.command()
@@ -459,7 +464,16 @@ def _print_version(result: Any) -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start from an empty state: stop the stack and move its state folder aside "
+            "(to <state>-<UTC time>; nothing is deleted) first. `make demo` runs this.",
+        ),
+    ] = False,
+) -> None:
     """The main job, the closed loop: train, judge and release a champion; send production
     traffic; shift the world; watch monitoring, an automation, retraining, the gates and a canary
     put a new champion in production by themselves."""
@@ -469,6 +483,8 @@ def demo() -> None:
     started = time.monotonic()
     with reported():
         closed_loop = project_object(found, DEMO)  # the example's script, not the library's
+        if fresh:
+            _move_state_aside(found)
         LocalStack(found).up(with_worker=True)
         data_pull()
         result = closed_loop(found, typer.echo)
@@ -487,6 +503,30 @@ def demo() -> None:
     )
     typer.echo(f"audit trail  mlops audit {result.model}")
     typer.echo("stop the stack with `mlops down`")
+
+
+def _move_state_aside(found: Settings) -> None:
+    """Stop the stack and rename its state folder (its registry, prediction logs, Prefect's
+    database, DVC remote) to one with the time in its name, so the stack starts empty. Refused
+    where part of that state lives elsewhere, which a rename would not reset."""
+    elsewhere = {
+        "MLOPS_PREDICTION_LOG_URL": found.prediction_log_url,
+        "MLOPS_MLFLOW_ARTIFACTS_URL": found.mlflow_artifacts_url,
+        "MLOPS_PREFECT_DATABASE_URL": found.prefect_database_url,
+    }
+    if kept := [name for name, value in elsewhere.items() if value]:
+        raise MlopsError(
+            f"--fresh moves the state folder {found.state_dir} aside, but {', '.join(kept)} "
+            "keep part of the stack's state outside it, which a fresh start would not reset; "
+            "unset them for the demo or clear what they name yourself"
+        )
+    if not found.state_dir.exists() or not any(found.state_dir.iterdir()):
+        return
+    _down(found)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = found.state_dir.with_name(f"{found.state_dir.name}-{stamp}")
+    found.state_dir.rename(moved)
+    typer.echo(f"--fresh: the earlier state is in {moved} (nothing deleted)")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -172,6 +173,12 @@ def test_up_again_starts_nothing_and_the_prefect_cli_runs_through_the_worker(
     assert adult.split()[1:3] == ["examples/adult/pipeline.yaml", "v2"], table
     assert f"http://127.0.0.1:{user_env['MLOPS_ROUTER_PORT']} (v2)" in adult, table
 
+    # the demo again on this history: refused before it trains, naming the way to start over
+    refused = mlops(user_env, "demo")
+    assert refused.returncode == 1, refused.stdout
+    assert "adult-income already has versions 1, 2" in refused.stderr, refused.stderr
+    assert "mlops demo --fresh" in refused.stderr and "== 1." not in refused.stdout
+
 
 def test_a_dead_server_is_reported_and_down_stops_everything(
     demo: subprocess.CompletedProcess[str], user_env: dict[str, str]
@@ -196,3 +203,16 @@ def test_a_dead_server_is_reported_and_down_stops_everything(
             name
         )
     assert "not running" in mlops(user_env, "status").stdout
+
+    # --fresh moves the whole state aside, nothing deleted, before the stack starts again (here
+    # it cannot: its Prefect port is taken, which is where this run stops)
+    state_dir = Path(user_env["MLOPS_STATE_DIR"])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(user_env["MLOPS_PREFECT_PORT"])))
+        blocker.listen()
+        fresh = mlops(user_env, "demo", "--fresh", timeout=180)
+    assert fresh.returncode == 1 and "is already in use" in fresh.stderr, fresh.stderr
+    (moved,) = state_dir.parent.glob(f"{state_dir.name}-*Z")
+    assert f"the earlier state is in {moved}" in fresh.stdout, fresh.stdout
+    assert (moved / "mlflow").is_dir() and (moved / "prediction-log").is_dir()
+    assert not (state_dir / "mlflow").exists()

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from examples.adult.demo import run_deployment_and_wait
+from examples.adult.demo import CALLER_RATE, run_deployment_and_wait
 from examples.adult.traffic import TrafficReport, send_traffic
 from examples.diabetes import shift as diabetes
 from examples.penguins import shift as penguins
@@ -342,9 +342,9 @@ def test_train_serve_drift_retrain_and_a_new_champion(
     callers = population.sample(BACKGROUND_ROWS, replace=True, random_state=3)
 
     def call() -> None:  # until the retraining ends: a canary step without traffic never passes
-        send_traffic(router, callers, target, clients=2, stop=stop)
+        send_traffic(router, callers, target, stop=stop, rate=CALLER_RATE)
         while not stop.is_set():  # the same rows again, without labels (no duplicated rows)
-            send_traffic(router, callers, target, clients=2, feedback=False, stop=stop)
+            send_traffic(router, callers, target, feedback=False, stop=stop, rate=CALLER_RATE)
 
     background = threading.Thread(target=call, daemon=True)
     background.start()
