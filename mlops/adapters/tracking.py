@@ -65,9 +65,18 @@ def tracking_server(uri: str) -> Iterator[None]:
 
 def _dataset(frame: pd.DataFrame, target: pd.Series, source: str, name: str, digest: str) -> Any:
     data = frame.assign(**{target.name: target.to_numpy()})
-    return mlflow.data.from_pandas(  # type: ignore[attr-defined]
+    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
         data, source=source, targets=str(target.name), name=name, digest=digest
     )
+    # MLflow would infer the schema value by value over every row (2.3 s of the example's
+    # training run for its two frames); the data contract fixes each column's type, so the first
+    # rows say what all of them do.
+    dataset.schema = infer_signature(data.head(SCHEMA_ROWS)).inputs
+    return dataset
+
+
+#: Rows a logged dataset's column types are read from.
+SCHEMA_ROWS = 1000
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -211,12 +220,9 @@ def _pip_requirements(trusted: list[str]) -> list[str]:
     types the model holds (xgboost-cpu, lightgbm), pinned to the version it was trained with."""
     from importlib.metadata import packages_distributions, version
 
-    found = packages_distributions()
-    extra = {
-        dist
-        for package in {t.split(".", 1)[0] for t in trusted} - {"sklearn", "numpy", "collections"}
-        for dist in found.get(package, [])
-    }
+    packages = {t.split(".", 1)[0] for t in trusted} - {"sklearn", "numpy", "collections"}
+    found = packages_distributions() if packages else {}  # 1.5 s: every installed distribution
+    extra = {dist for package in packages for dist in found.get(package, [])}
     pinned = [f"{dist}=={version(dist)}" for dist in sorted(extra)]
     return [*mlflow.sklearn.get_default_pip_requirements(), *pinned]
 
