@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.core.explanations import NotExplainable, baseline_of, explainer_for
+from mlops.core.frames import canonical_order
 from mlops.core.policy import MonitoringPolicy
 from mlops.ml.drift import corrected
 from mlops.ml.explanations import absolute_attributions
@@ -96,7 +97,10 @@ def attribution_drift(
             limit,
         )  # fmt: skip
     ref_rows = reference[features].sample(min(objective.rows, len(reference)), random_state=seed)
-    cur_rows = window[features].sample(min(objective.rows, len(window)), random_state=seed)
+    # the same window's rows, however they arrived, give the same sample
+    cur_rows = canonical_order(window[features]).sample(
+        min(objective.rows, len(window)), random_state=seed
+    )
     try:
         explainer = explainer_for(
             model, features, problem.kind, problem.classes, ref_rows.head(PROBE_ROWS),

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.core.config import PipelineConfig
-from mlops.core.frames import missing_as_nan
+from mlops.core.frames import canonical_order, missing_as_nan
 from mlops.ml.contract import contract_of, split_by_contract
 from mlops.ml.monitoring import Window, read_answers
 from mlops.ml.prediction_shift import ExpectedPredictions, class_counts, quantiles_of, shares
@@ -155,13 +155,6 @@ def write_production_data(frame: pd.DataFrame, path: Path, problem: Problem) -> 
     canonical_order(frame).to_parquet(path, index=False)
     md5 = hashlib.md5(path.read_bytes()).hexdigest()
     return ProductionData(str(path), md5, len(frame), expected)
-
-
-def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows sorted by a hash of their values (identical rows are interchangeable), so the same
-    rows give the same frame, the same file and its md5, whatever order they came in."""
-    key = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return frame.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
 def read_production_data(path: str) -> tuple[pd.DataFrame, str]:
