@@ -208,6 +208,7 @@ def test_a_dead_server_is_reported_and_down_stops_everything(
     # it cannot: its Prefect port is taken, which is where this run stops)
     state_dir = Path(user_env["MLOPS_STATE_DIR"])
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old server's TIME_WAIT
         blocker.bind(("127.0.0.1", int(user_env["MLOPS_PREFECT_PORT"])))
         blocker.listen()
         fresh = mlops(user_env, "demo", "--fresh", timeout=180)
