@@ -1,7 +1,8 @@
-"""The CI/CD pipelines shipped for the user's repository (GitHub Actions, GitLab CI, Jenkins).
+"""The CI/CD pipelines shipped for the user's repository (GitHub Actions, GitLab CI, Bitbucket
+Pipelines, Jenkins).
 
-The GitHub and GitLab files are checked against SchemaStore's schemas for them, which
-check-jsonschema ships (no network needed). Every command the three pipelines call is checked
+The GitHub, GitLab and Bitbucket files are checked against SchemaStore's schemas for them, which
+check-jsonschema ships (no network needed). Every command the four pipelines call is checked
 against the project: `make` targets against the Makefile, `mlops` commands and options against
 the CLI, `prefect deployment run` names and parameters against prefect.yaml and the flows,
 `mlops deploy --env` against deployments/environments, and the files they name must exist. Secrets
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 PROJECT = Path(__file__).resolve().parents[2]
 GITHUB = sorted((PROJECT / ".github" / "workflows").glob("*.yml"))
 GITLAB = PROJECT / ".gitlab-ci.yml"
+BITBUCKET = PROJECT / "bitbucket-pipelines.yml"
 JENKINS = PROJECT / "Jenkinsfile"
 
 
@@ -46,6 +48,22 @@ def gitlab_commands(path: Path) -> list[str]:
         if isinstance(job, dict) and name not in ("variables", "workflow", "default"):
             lines += job.get("before_script", []) + job.get("script", [])
     return lines + spec.get("default", {}).get("before_script", [])
+
+
+def bitbucket_steps(node: Any) -> list[dict[str, Any]]:
+    """Every step of a Bitbucket pipeline file, wherever it sits (pipelines by trigger, parallel
+    groups; YAML's anchors already resolved by the loader)."""
+    if isinstance(node, dict):
+        found = [node["step"]] if isinstance(node.get("step"), dict) else []
+        return found + [s for k, v in node.items() if k != "step" for s in bitbucket_steps(v)]
+    if isinstance(node, list):
+        return [s for item in node for s in bitbucket_steps(item)]
+    return []
+
+
+def bitbucket_commands(path: Path) -> list[str]:
+    spec = yaml.safe_load(path.read_text())
+    return [line for step in bitbucket_steps(spec["pipelines"]) for line in step["script"]]
 
 
 def jenkins_commands(path: Path) -> list[str]:
@@ -142,13 +160,17 @@ def problems(lines: list[str]) -> list[str]:
 # tests -------------------------------------------------------------------------------------------
 def test_the_pipelines_are_shipped() -> None:
     assert {p.name for p in GITHUB} == {"pull-request.yml", "main.yml", "data.yml"}
-    assert GITLAB.exists() and JENKINS.exists()
+    assert GITLAB.exists() and BITBUCKET.exists() and JENKINS.exists()
 
 
 @pytest.mark.parametrize(
     ("schema", "files"),
-    [("vendor.github-workflows", GITHUB), ("vendor.gitlab-ci", [GITLAB])],
-    ids=["github", "gitlab"],
+    [
+        ("vendor.github-workflows", GITHUB),
+        ("vendor.gitlab-ci", [GITLAB]),
+        ("vendor.bitbucket-pipelines", [BITBUCKET]),
+    ],
+    ids=["github", "gitlab", "bitbucket"],
 )
 def test_the_workflow_files_match_their_schemas(schema: str, files: list[Path]) -> None:
     out = subprocess.run(
@@ -178,6 +200,7 @@ def test_the_schema_check_catches_a_misspelt_key(tmp_path: Path) -> None:
     [
         *[(p.name, github_commands(p)) for p in GITHUB],
         (".gitlab-ci.yml", gitlab_commands(GITLAB)),
+        ("bitbucket-pipelines.yml", bitbucket_commands(BITBUCKET)),
         ("Jenkinsfile", jenkins_commands(JENKINS)),
     ],
 )
@@ -193,6 +216,7 @@ def test_every_pipeline_runs_the_checks_and_the_deploy() -> None:
     for lines in (
         lines_of([c for p in GITHUB for c in github_commands(p)]),
         lines_of(gitlab_commands(GITLAB)),
+        lines_of(bitbucket_commands(BITBUCKET)),
         lines_of(jenkins_commands(JENKINS)),
     ):
         text = "\n".join(lines)
@@ -224,7 +248,7 @@ def test_the_command_check_names_what_does_not_exist() -> None:
 
 def test_secrets_appear_only_as_references() -> None:
     secret = re.compile(r"(API_KEY|SECRET_ACCESS_KEY|ACCESS_KEY_ID)\s*[:=]\s*(.+)")
-    for path in [*GITHUB, GITLAB, JENKINS]:
+    for path in [*GITHUB, GITLAB, BITBUCKET, JENKINS]:
         for match in secret.finditer(path.read_text()):
             value = match[2].strip()
             assert value.startswith(("${{ secrets.", "credentials(")), f"{path.name}: {match[0]}"
