@@ -10,9 +10,11 @@ environment and working folder Prefect's `EngineCommandStarter` would give
 (SIGTERM then SIGKILL by pid, and Prefect's control channel), crash reports (a non-zero exit or a
 signal is proposed Crashed by Prefect's executor) and logs (the engine's API log handler) are
 Prefect's own. Deployments with a ``command`` of their own, and every run while the zygote is not
-ready (starting, or exited), start as plain subprocesses, and the worker log says so. So does the
-first run after a Python file of the project changed (edited, added or removed): the zygote's
-modules are the code it imported, so it is replaced by one that imports the new code.
+ready (exited, refused, or still importing after `IMPORT_WAIT`), start as plain subprocesses, and
+the worker log says so; a run that finds the zygote importing waits for it, since a plain
+subprocess would import the same modules. A Python file of the project that changed (edited, added
+or removed) replaces the zygote by one that imports the new code: its modules are the code it
+imported.
 
     python -m mlops.stack.worker --pool POOL --name NAME
 """
@@ -27,6 +29,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -54,6 +57,8 @@ if TYPE_CHECKING:
 
 # the command ProcessJobConfiguration gives a deployment that configures none
 ENGINE_COMMAND = command_to_string([get_sys_executable(), "-m", "prefect.engine"])
+# how long a flow run waits for a zygote still importing before it starts as a plain subprocess
+IMPORT_WAIT = 60.0
 
 
 class ZygoteUnavailable(RuntimeError):
@@ -109,6 +114,17 @@ class ZygoteProcess:
         if self.proc is None or not self.socket_path.exists():
             return "it is still importing"
         return None
+
+    def importing(self) -> bool:
+        """Started, alive, not yet listening."""
+        return self.proc is not None and self.proc.poll() is None and not self.socket_path.exists()
+
+    async def wait_importing(self, wait: float = IMPORT_WAIT) -> str | None:
+        """Wait up to ``wait`` seconds while the zygote is importing; then `unready_reason`."""
+        deadline = time.monotonic() + wait
+        while self.importing() and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+        return self.unready_reason()
 
     def stop(self) -> None:
         self._terminate()
@@ -273,7 +289,19 @@ with warnings.catch_warnings():
             logger = self.get_flow_run_logger(flow_run)
             if configuration.command != ENGINE_COMMAND:
                 return await super().run(flow_run, configuration, task_status)
-            if reason := self.zygote.unready_reason():
+            reason = self.zygote.unready_reason()
+            if reason is not None and self.zygote.importing():
+                # a plain subprocess would import the same modules beside the zygote on the same
+                # cores: waiting never starts the run later than falling back (the first run
+                # after the worker started fell back and took 11 s; a fork takes 0.4 s)
+                began, waited_for = time.monotonic(), reason
+                reason = await self.zygote.wait_importing()
+                logger.info(
+                    "The zygote was not ready (%s): waited %.1f s for it",
+                    waited_for,
+                    time.monotonic() - began,
+                )
+            if reason is not None:
                 logger.warning(
                     "The zygote is not ready (%s): the flow run starts as a plain subprocess",
                     reason,

@@ -212,10 +212,11 @@ def test_cancelling_a_flow_run_kills_its_forked_child(
         time.sleep(0.2)
 
 
-def test_without_its_zygote_the_worker_starts_plain_subprocesses_and_says_so(
+def test_a_killed_zygote_is_replaced_and_the_next_run_waits_for_the_new_one(
     deployment_id: uuid.UUID, forking_worker: Worker, tmp_path: Path
 ) -> None:
-    """Last in this file: it kills the zygote (the worker starts another for later runs)."""
+    """Last but one in this file: it kills the zygote. The next run finds the new one importing
+    and waits for it (a plain subprocess would import the same modules beside it)."""
     import psutil
 
     zygote = psutil.Process(forking_worker.zygote_pid)
@@ -225,14 +226,16 @@ def test_without_its_zygote_the_worker_starts_plain_subprocesses_and_says_so(
     while zygote.is_running() and zygote.status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the SIGKILLed zygote still runs"
         time.sleep(0.1)
+    killed_at = time.time()
     out = tmp_path / "facts.json"
     run = _wait(_start(deployment_id, out, "return"), "FINAL")
     assert run.state.is_completed(), run.state  # type: ignore[attr-defined]
     facts = json.loads(out.read_text())
     assert facts["ppid"] != forking_worker.zygote_pid
-    assert facts["preloaded_at"] is None, "a plain subprocess has no zygote's preloaded modules"
+    assert facts["preloaded_at"] is not None and facts["preloaded_at"] > killed_at, facts
     assert str(facts["pid"]) == run.infrastructure_pid  # type: ignore[attr-defined]
-    assert "the flow run starts as a plain subprocess" in forking_worker.log.read_text()
+    log = forking_worker.log.read_text()
+    assert "The zygote was not ready (it exited with -9, a new one is importing): waited" in log
 
 
 def test_after_the_projects_code_changed_the_next_run_is_not_forked_from_old_modules(
@@ -240,14 +243,35 @@ def test_after_the_projects_code_changed_the_next_run_is_not_forked_from_old_mod
 ) -> None:
     """After the zygote test above (its zygote is another by now): the flow's own file saved
     again (its modification time moved, its text as it was) is code the zygote imported before
-    the change, so the next run starts as a fresh interpreter that imports what is on disk."""
+    the change, so the zygote is replaced and the next run is forked from modules imported
+    after the change."""
     flow_file = PROJECT / ENTRYPOINT.split(":")[0]
     stat = flow_file.stat()
+    changed_at = time.time()
     os.utime(flow_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     out = tmp_path / "facts.json"
     run = _wait(_start(deployment_id, out, "return"), "FINAL")
     assert run.state.is_completed(), run.state  # type: ignore[attr-defined]
-    assert json.loads(out.read_text())["preloaded_at"] is None, "forked from the old modules"
+    preloaded_at = json.loads(out.read_text())["preloaded_at"]
+    assert preloaded_at is not None and preloaded_at > changed_at, "forked from the old modules"
     assert "the project's Python files changed since it imported them" in (
         forking_worker.log.read_text()
     )
+
+
+def test_a_run_waits_for_an_importing_zygote_only_up_to_the_bound() -> None:
+    """`wait_importing`: past its bound the run goes on (as a plain subprocess) with the zygote
+    still importing; within it, the zygote ends up listening."""
+    import anyio
+
+    from mlops.stack.worker import ZygoteProcess
+
+    zygote = ZygoteProcess(PROJECT)
+    zygote.start()
+    try:
+        assert anyio.run(zygote.wait_importing, 0.2) == "it is still importing"
+        assert zygote.importing(), "the bound was not kept: the zygote finished importing"
+        assert anyio.run(zygote.wait_importing, 120.0) is None
+        assert zygote.socket_path.exists() and not zygote.importing()
+    finally:
+        zygote.stop()
