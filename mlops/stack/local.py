@@ -29,6 +29,7 @@ import httpx
 from mlops.core.errors import StackError
 from mlops.core.files import write_atomic
 from mlops.core.settings import Settings
+from mlops.stack.fork_server import ForkServer
 from mlops.stack.processes import (
     console_script,
     free_port,
@@ -564,6 +565,8 @@ class LocalStack:
                 self.out(f"{run.name}: stopped (pid {run.pid})")
             else:
                 self.out(f"{run.name}: was not running")
+        if ForkServer(self.settings.state_dir).stop():
+            self.out("fork server: stopped (the model servers it forked are the targets')")
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped

@@ -1,5 +1,6 @@
 """A zygote for flow-run processes: one interpreter that imports Prefect and the pipeline once,
-then forks a child per flow run that runs Prefect's engine for it.
+then forks a child per flow run that runs Prefect's engine for it; or, given the modules to import,
+any module as ``python -m`` runs it (the local target's model servers: mlops.stack.fork_server).
 
 A fresh ``python -m prefect.engine`` spends seconds importing Prefect, scikit-learn, pandas, MLflow
 and the project's flows before the flow starts (most of an event's way to a running retraining).
@@ -8,13 +9,14 @@ threads can copy a lock some other thread held); it checks that after its import
 to serve otherwise, so the worker falls back to plain subprocesses.
 
 Protocol, one connection per flow run on the Unix socket given as argument (JSON lines):
-the worker sends ``{"env": {...}, "cwd": "...", "stream_output": bool}``; the zygote answers
+the worker sends ``{"env": {...}, "cwd": "...", "stream_output": bool}`` (and, for another module
+than Prefect's engine, ``"module"``, ``"args"``, ``"log"``, ``"session"``); the zygote answers
 ``{"pid": N}`` once the child is forked and ``{"returncode": R}`` when it exits (R as
 `subprocess` reports it: negative for a signal). The child is an ordinary child of the zygote
 (same process group as the worker, like Prefect's process worker's children), so the worker can
 signal it by pid; only the zygote can reap it, hence the second message.
 
-    python -m mlops.stack.zygote SOCKET_PATH
+    python -m mlops.stack.zygote SOCKET_PATH [--preload MODULES --record FILE]
 """
 
 from __future__ import annotations
@@ -64,20 +66,21 @@ PRELOADED: dict[str, int] = {}
 PRELOADED_AT: float | None = None
 REQUEST_SECONDS = 10.0  # how long the zygote waits for a connected worker's request
 REFUSED = 3  # the exit status of a zygote that will not fork: the worker does not restart it
+RECORD_SECONDS = 1.0  # how often a zygote with a record file checks that it still names it
 
 
 class ZygoteError(RuntimeError):
     """The zygote cannot fork safely (a thread is running) or cannot import what it preloads."""
 
 
-def preload(project_dir: Path) -> dict[str, int]:
-    """Import `PRELOAD` and every module of `PACKAGES` under ``project_dir``; fail if any import
-    started a thread."""
+def preload(project_dir: Path, modules: list[str] | None = None) -> dict[str, int]:
+    """Import ``modules`` (a flow run's: `PRELOAD` and every module of `PACKAGES` under
+    ``project_dir``); fail if any import started a thread."""
     global PRELOADED_AT
     if str(project_dir) not in sys.path:
         sys.path.insert(0, str(project_dir))
-    names = list(PRELOAD)
-    for package in PACKAGES:
+    names = list(PRELOAD) if modules is None else list(modules)
+    for package in PACKAGES if modules is None else ():
         folder = project_dir / package
         names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(folder)])]
     for name in names:
@@ -105,30 +108,60 @@ def _read_installed_distributions() -> None:
         warn_dependency_requirement_mismatches(["scikit-learn"])
 
 
+ENGINE = "prefect.engine"
+
+
 @dataclass(frozen=True)
 class ChildRun:
-    """What a forked child runs once it has left the zygote's loop."""
+    """What a forked child runs once it has left the zygote's loop: ``module`` as ``python -m``
+    would run it, with ``args`` (a flow run: Prefect's engine, no arguments)."""
 
     env: dict[str, str]
     cwd: str
     stream_output: bool
+    module: str = ENGINE
+    args: tuple[str, ...] = ()
+    log: str | None = None  # the file its output is appended to (else stream_output says)
+    session: bool = False  # a session (and process group) of its own, as `spawn` starts one
+
+    @classmethod
+    def from_request(cls, request: dict[str, Any]) -> ChildRun:
+        return cls(
+            request["env"],
+            request["cwd"],
+            bool(request.get("stream_output", False)),
+            request.get("module", ENGINE),
+            tuple(request.get("args", ())),
+            request.get("log"),
+            bool(request.get("session", False)),
+        )
 
     def run(self) -> None:
-        """Become the flow run's engine process: its environment and folder, Prefect's settings
-        read from that environment, then `prefect.engine` as ``python -m`` would run it."""
+        """Become the process asked for: its session, environment, folder and output, then the
+        module (a flow run's engine reads Prefect's settings from that environment first)."""
+        if self.session:
+            os.setsid()
         os.environ.clear()
         os.environ.update(self.env)
         os.chdir(self.cwd)
-        if not self.stream_output:
+        if self.log is not None:
+            out = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            for fd, to in ((out, 1), (out, 2), (null, 0)):
+                os.dup2(fd, to)
+            os.close(out)
+            os.close(null)
+        elif not self.stream_output:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             os.close(devnull)
-        from prefect.context import refresh_global_settings_context
-        from prefect.logging.configuration import setup_logging
+        if self.module == ENGINE:
+            from prefect.context import refresh_global_settings_context
+            from prefect.logging.configuration import setup_logging
 
-        refresh_global_settings_context()
-        setup_logging()
+            refresh_global_settings_context()
+            setup_logging()
         # what a fresh interpreter would differ in: the job's PYTHONPATH ahead of the zygote's
         # path (which keeps the project folder), and numpy's global generator, which a fork
         # copies (every child would draw the same numbers; `random` reseeds itself at fork)
@@ -136,23 +169,29 @@ class ChildRun:
         sys.path[:0] = [p for p in extra if p not in sys.path]
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        sys.argv = [sys.executable]
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+        sys.argv = [sys.executable, *self.args]
+        runpy.run_module(self.module, run_name="__main__", alter_sys=True)
 
 
 class Zygote:
     """The accept-fork-reap loop on one listening Unix socket."""
 
-    def __init__(self, listener: socket.socket) -> None:
+    def __init__(self, listener: socket.socket, record: Path | None = None) -> None:
         self.listener = listener
         self.selector = selectors.DefaultSelector()
         self.selector.register(listener, selectors.EVENT_READ)
         self.children: dict[int, socket.socket] = {}  # pid -> the connection that asked for it
+        self.record = record
+        self.checked = time.monotonic()
 
     def serve(self) -> ChildRun:
         """Serve until this process is a forked child; return what the child runs. The zygote
-        itself loops until it is signalled."""
+        itself loops until it is signalled, or until its ``record`` no longer names it."""
         while True:
+            if self.record is not None and time.monotonic() - self.checked > RECORD_SECONDS:
+                self.checked = time.monotonic()
+                if not _names(self.record, os.getpid()):
+                    raise SystemExit(0)  # its state folder is gone, or another replaced it
             for key, _ in self.selector.select(timeout=0.1):
                 if key.fileobj is self.listener:
                     connection, _ = self.listener.accept()
@@ -179,7 +218,7 @@ class Zygote:
             for other in self.children.values():
                 other.close()
             connection.close()
-            return ChildRun(request["env"], request["cwd"], request["stream_output"])
+            return ChildRun.from_request(request)
         self.children[pid] = connection
         _send(connection, {"pid": pid})
         return None
@@ -196,6 +235,14 @@ class Zygote:
             if connection is not None:
                 _send(connection, {"returncode": os.waitstatus_to_exitcode(status)})
                 connection.close()
+
+
+def _names(record: Path, pid: int) -> bool:
+    """Whether the record file (JSON with a "pid") names this zygote."""
+    try:
+        return bool(json.loads(record.read_text()).get("pid") == pid)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read_line(connection: socket.socket) -> dict[str, Any] | None:
@@ -215,11 +262,22 @@ def _send(connection: socket.socket, message: dict[str, int]) -> None:
         connection.sendall(json.dumps(message).encode() + b"\n")
 
 
-def main() -> None:
-    socket_path = Path(sys.argv[1])
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mlops.stack.zygote")
+    parser.add_argument("socket", type=Path, help="the Unix socket it accepts requests on")
+    parser.add_argument(
+        "--preload", help="comma-separated modules to import (default: a flow run's)"
+    )
+    parser.add_argument(
+        "--record", type=Path, help="a JSON file naming its pid: it exits once the file does not"
+    )
+    args = parser.parse_args(argv)
+    socket_path: Path = args.socket
     project_dir = Path(os.environ.get("MLOPS_PROJECT_DIR", os.getcwd()))
     try:
-        preload(project_dir)
+        preload(project_dir, args.preload.split(",") if args.preload else None)
     except ZygoteError as exc:
         print(exc, file=sys.stderr, flush=True)
         sys.exit(REFUSED)
@@ -234,7 +292,7 @@ def main() -> None:
         f"from {socket_path}",
         flush=True,
     )
-    child = Zygote(listener).serve()
+    child = Zygote(listener, args.record).serve()
     child.run()  # only a forked child gets here; it exits as the engine's interpreter would
 
 

@@ -23,6 +23,7 @@ from mlops.release.guard import start_guard, stop_guard
 from mlops.release.providers.prometheus import PrometheusProvider, SlotSeries, server_series
 from mlops.release.router import SLOTS, Router, Traffic
 from mlops.release.targets.base import Deployed, SlotSample, TargetError, TargetState
+from mlops.stack.fork_server import ForkServer
 from mlops.stack.local import auth_headers, service_env
 from mlops.stack.processes import (
     console_script,
@@ -215,26 +216,31 @@ class LocalTarget:
         log = self.dir / f"{slot}.log"
         # the servers keep MLOPS_SERVING_TOKEN when it is set: callers send it through the router
         env = os.environ | service_env(self.settings) | {"MLOPS_ENV": "local"}
-        proc = spawn(
-            [
-                console_script("mlops"),
-                "serve",
-                self.model,
-                "--version",
-                str(version),
-                "--port",
-                str(port),
-                "--log-root",
-                self.settings.prediction_log(self.model),
-            ],
-            log,
-            cwd=self.settings.project_dir,
-            env=env,
+        args = [
+            "serve",
+            self.model,
+            "--version",
+            str(version),
+            "--port",
+            str(port),
+            "--log-root",
+            self.settings.prediction_log(self.model),
+        ]
+        # forked from the stack's fork server, which imported the server's libraries once; a
+        # plain process where it cannot fork, said in the server's log
+        pid, why_not = ForkServer(self.settings.state_dir).fork(
+            "mlops.cli", args, log, self.settings.project_dir, dict(env)
         )
+        if pid is None:
+            with log.open("a") as out:
+                out.write(f"mlops: not forked ({why_not}): starting a plain process\n")
+            pid = spawn(
+                [console_script("mlops"), *args], log, cwd=self.settings.project_dir, env=env
+            ).pid
         state.slots[slot] = {
             "version": version,
-            "pid": proc.pid,
-            "started": started_at(proc.pid),
+            "pid": pid,
+            "started": started_at(pid),
             "port": port,
             "log": str(log),
         }
