@@ -225,8 +225,12 @@ def _detect(
     the window's ``min_rows``, a floor the monitoring flow keeps too); it (or a scheduled run
     before it) must raise an event."""
     rows = max(sent.answered, load_policy(cfg.policy)[0].monitoring.min_rows)
+    began = time.monotonic()
     wait_for_window(settings, cfg, shift_at, rows, sent.labelled)
-    out(f"   the log holds the {rows} shifted rows; deployment {MONITORING}:")
+    out(
+        f"   the log holds the {rows} shifted rows ({time.monotonic() - began:.1f} s later); "
+        f"deployment {MONITORING}:"
+    )
     outcome = _monitor(settings, out)
     if not outcome.events:
         # the scheduled monitoring run may have judged the shifted window first
@@ -296,7 +300,10 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     )
     before_traffic = datetime.now(UTC)
     report = send_traffic(router, production_rows(cfg, settings.project_dir, 1500, seed=1), target)
-    out(f"   {report.answered}/{report.sent} answered, {report.labelled} labelled")
+    out(
+        f"   {report.answered}/{report.sent} answered, {report.labelled} labelled "
+        f"({report.seconds:.1f} s)"
+    )
     wait_for_window(settings, cfg, before_traffic, report.answered, report.labelled)
     out(f"   deployment {MONITORING}:")
     _monitor(settings, out)
@@ -308,7 +315,10 @@ def closed_loop(settings: Settings, out: Out, retraining_timeout: float = 900) -
     shift_at = datetime.now(UTC)
     shifted = shift_adult(production_rows(cfg, settings.project_dir, 6000, seed=2))
     report = send_traffic(router, shifted.iloc[:2000], target)
-    out(f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled")
+    out(
+        f"   {report.answered}/{report.sent} shifted rows answered, {report.labelled} labelled "
+        f"({report.seconds:.1f} s)"
+    )
     _detect(settings, cfg, shift_at, report, out)
 
     out("\n== 4. no hands: the automation retrains, the gates judge, a canary releases ==")

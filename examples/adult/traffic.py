@@ -41,6 +41,7 @@ class TrafficReport:
     labelled: int = 0
     failures: list[str] = field(default_factory=list)
     versions: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0  # from the first request to the last answer
 
 
 def send_traffic(
@@ -102,8 +103,10 @@ def send_traffic(
                         report.failures.append(failure)
 
     n = len(records)
+    began = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(work, [range(k, n, clients) for k in range(clients)]))
+    report.seconds = time.monotonic() - began
     return report
 
 
