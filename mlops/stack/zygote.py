@@ -151,6 +151,8 @@ class ChildRun:
                 os.dup2(fd, to)
             os.close(out)
             os.close(null)
+            with contextlib.suppress(AttributeError, ValueError):  # a log is read as it grows
+                sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         elif not self.stream_output:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)

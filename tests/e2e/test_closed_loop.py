@@ -56,7 +56,7 @@ def test_the_demo_closes_the_loop_with_no_hands(
     assert "release step: traffic: blue 90%, green 10%" in out
     # monitoring judged the shifted window as soon as the log held its rows; each canary step
     # passed once its checks passed on at least min_requests (examples/adult/policy.yaml)
-    assert "shifted rows; deployment monitoring/adult" in out
+    assert re.search(r"shifted rows \([\d.]+ s later\); deployment monitoring/adult", out), out
     for step in ("step 1 (at 10%)", "step 2 (at 50%)"):
         assert f"release step: v2 {step}: pass after" in out, out
     assert "audit released v2: canary: all traffic on v2" in out

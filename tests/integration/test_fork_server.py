@@ -53,7 +53,8 @@ def test_the_model_servers_modules_preload_and_a_forked_command_runs_with_its_ar
     try:
         pid, why_not = server.fork("mlops.cli", ["--help"], log, PROJECT, dict(os.environ))
         assert why_not is None and pid is not None
-        assert "serve" in _wait_for(log, "Usage")
+        assert _gone(pid), "the forked `mlops.cli --help` did not exit"
+        assert "Usage" in log.read_text() and "serve" in log.read_text()
         record = server._read()
         assert record is not None and record["pid"] != pid
     finally:
