@@ -35,7 +35,7 @@ from mlops.release.router import Traffic
 from mlops.release.targets import make_target
 from mlops.release.targets.base import ReleaseTarget
 from mlops.stack.local import serving_token
-from tasks.registry import resolve_model_version
+from tasks.registry import resolve_model_version, sync_registry_mirrors
 from tasks.release import (
     AuditContext,
     HoldAnswer,
@@ -99,6 +99,8 @@ def release(
             return _go_live(run)
         finally:
             run.where.unguard()
+            if run.ctx.settings.registry_mirrors:  # promoted, refused or rolled back alike
+                sync_registry_mirrors(run.ctx.settings, run.name)
 
 
 @dataclass

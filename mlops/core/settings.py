@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     sagemaker_image: str | None = Field(
         None, description="Managed training: the project's flow image in ECR."
     )
+    registry_mirrors: list[Literal["sagemaker"]] = Field(
+        default_factory=list,
+        description="Other model registries that follow MLflow's champion after every release "
+        "(mlops.adapters.mirrors), as JSON: '[\"sagemaker\"]' (the SageMaker Model Registry in "
+        "aws_region, at aws_endpoint_url when set).",
+    )
     sagemaker_bucket: str | None = Field(
         None, description="Managed training: bucket for the jobs' input and model output."
     )

@@ -40,9 +40,10 @@ pytestmark = pytest.mark.flows
 
 @pytest.fixture(scope="module")
 def project(
-    local_stack: Settings, tmp_path_factory: pytest.TempPathFactory
+    local_stack: Settings, aws: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """v1 the champion, v2 trained with other parameters (its gates judged elsewhere)."""
+    """v1 the champion, v2 trained with other parameters (its gates judged elsewhere); every
+    release mirrored to the SageMaker Model Registry on moto's server (an emulation)."""
     policy = {
         # availability is what these tests judge; latency and prediction breaches are unit-tested
         # (p99 of a cold server on a busy 2-core machine is noise)
@@ -55,8 +56,13 @@ def project(
         }
     }
     root = tmp_path_factory.mktemp("release-project")
+    mirror = {
+        "MLOPS_REGISTRY_MIRRORS": '["sagemaker"]',
+        "MLOPS_AWS_ENDPOINT_URL": aws,
+        "MLOPS_AWS_REGION": "eu-west-1",
+    }
     with trained_project(
-        root, "release", policy=policy, versions=2, promote=True, router=True
+        root, "release", policy=policy, versions=2, promote=True, router=True, env=mirror
     ) as built:
         v1, v2 = built.versions
         yield {
@@ -128,6 +134,23 @@ def test_blue_green_and_canary_under_steady_load(project: dict[str, Any]) -> Non
     assert target.state().stable.version == project["v1"]
     actions = [e.action for e in AuditTrail(Settings().mlflow_tracking_uri).entries(name, None)]
     assert actions.count("released") >= 3
+    # the SageMaker mirror followed: v1 approved again, v2 (champion in between) rejected
+    statuses = _mirrored(name)
+    assert statuses == {str(project["v1"]): "Approved", str(project["v2"]): "Rejected"}, statuses
+
+
+def _mirrored(name: str) -> dict[str, str]:
+    """MLflow version -> approval status of the model's packages in the SageMaker mirror."""
+    import boto3
+
+    from mlops.adapters.mirrors import sagemaker
+
+    s = Settings()
+    client = boto3.client("sagemaker", region_name=s.aws_region, endpoint_url=s.aws_endpoint_url)
+    return {
+        p["CustomerMetadataProperties"]["mlflow.version"]: p["ModelApprovalStatus"]
+        for p in sagemaker.packages(client, sagemaker.group_name(name))
+    }
 
 
 #: The bake of the crashed canary's step: the rollback must come from the crash, well before it.
