@@ -35,6 +35,7 @@ from typing import Any
 
 from mlops.core.files import write_atomic
 from mlops.stack.processes import process_alive, spawn, started_at, stop_process_group
+from mlops.stack.zygote import read_line
 
 IMPORT_WAIT = 60.0
 #: what `mlops serve` imports before it loads a model (by name: the stack does not import the CLI)
@@ -212,15 +213,9 @@ class ForkServer:
                 connection.settimeout(30)
                 connection.connect(record["socket"])
                 connection.sendall(json.dumps(request).encode() + b"\n")
-                answer = b""
-                while not answer.endswith(b"\n"):
-                    chunk = connection.recv(4096)
-                    if not chunk:
-                        break
-                    answer += chunk
+                answer = read_line(connection)
         except OSError as exc:
             return None, f"the fork server did not answer ({exc})"
-        if not answer.endswith(b"\n"):
+        if answer is None:
             return None, "the fork server closed the connection before it forked"
-        pid = int(json.loads(answer)["pid"])
-        return pid, None
+        return int(answer["pid"]), None

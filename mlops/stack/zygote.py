@@ -206,7 +206,7 @@ class Zygote:
         # bounded: a worker that connected and never asks must not stall the forks of others
         connection.settimeout(REQUEST_SECONDS)
         try:
-            request = _read_line(connection)
+            request = read_line(connection)
         except TimeoutError:
             request = None
         connection.settimeout(None)
@@ -247,7 +247,8 @@ def _names(record: Path, pid: int) -> bool:
         return False
 
 
-def _read_line(connection: socket.socket) -> dict[str, Any] | None:
+def read_line(connection: socket.socket) -> dict[str, Any] | None:
+    """One JSON line of the protocol; None when the other side closed before its end."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = connection.recv(65536)

@@ -44,12 +44,15 @@ def sync_mirrors(settings: Settings, model: str) -> dict[str, list[str] | str]:
     it could not (logged, not raised)."""
     if not settings.registry_mirrors:
         return {}
+    try:  # read once for every mirror
+        champion = lookup_model_version(str(settings.mlflow_tracking_uri), model, CHAMPION_ALIAS)
+    except Exception as exc:  # MLflow away as the release ends: nothing to sync to
+        why = f"not synced: the champion could not be read: {type(exc).__name__}: {exc}"
+        log.warning("registry mirrors of %s %s", model, why)
+        return dict.fromkeys(settings.registry_mirrors, why)
     done: dict[str, list[str] | str] = {}
     for name in settings.registry_mirrors:
         try:
-            champion = lookup_model_version(
-                str(settings.mlflow_tracking_uri), model, CHAMPION_ALIAS
-            )
             done[name] = mirror(name).sync(settings, model, champion)
         except Exception as exc:  # any failure of another service: MLflow stays the truth
             done[name] = f"not synced: {type(exc).__name__}: {exc}"

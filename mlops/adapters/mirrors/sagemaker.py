@@ -99,6 +99,7 @@ def sync(settings: Settings, model: str, champion: RegisteredVersion | None) -> 
     by_version = {p.get("CustomerMetadataProperties", {}).get(VERSION_KEY): p for p in known}
     changed: list[str] = []
     if champion is not None and str(champion.version) not in by_version:
+        metadata = lineage(champion)
         created = client.create_model_package(
             ModelPackageGroupName=group,
             ModelPackageDescription=(
@@ -106,14 +107,14 @@ def sync(settings: Settings, model: str, champion: RegisteredVersion | None) -> 
                 f"{champion.tags.get(CHECKSUM_TAG, 'unrecorded')}"
             )[:1024],
             ModelApprovalStatus=APPROVED,
-            CustomerMetadataProperties=lineage(champion),
+            CustomerMetadataProperties=metadata,
             **_inference(settings, champion),
         )
         changed.append(f"{group}: package {created['ModelPackageArn']} for v{champion.version}")
         by_version[str(champion.version)] = {
             "ModelPackageArn": created["ModelPackageArn"],
             "ModelApprovalStatus": APPROVED,
-            "CustomerMetadataProperties": lineage(champion),
+            "CustomerMetadataProperties": metadata,
         }
     for version, package in by_version.items():
         is_champion = champion is not None and version == str(champion.version)
