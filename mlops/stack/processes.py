@@ -7,11 +7,13 @@ process the system gave the same pid, so stopping one never stops a stranger.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,11 +27,48 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+#: Ports handed out by free_port and not yet bound, one file each, across this user's processes
+PORT_CLAIMS = Path(tempfile.gettempdir()) / f"mlops-ports-{os.getuid()}"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port on ``host`` that nothing listens on right now."""
+    """A port on ``host`` that nothing listens on right now and no other caller of this function
+    has been handed while its process lives.
+
+    The system's free port is only free until someone binds it, and a port is drawn well before
+    its server binds it (a stack draws all its ports, then starts its servers one by one): two
+    processes drawing at once (two test workers, two stacks) could be handed the same one. Each
+    port handed out is claimed by a file under ``PORT_CLAIMS`` naming the claiming process (pid
+    and start time); a claim is void once that process has ended."""
+    for _ in range(200):
+        port = _system_port(host)
+        if _claim(port):
+            return port
+    raise OSError(f"no free port on {host} that another process has not claimed ({PORT_CLAIMS})")
+
+
+def _system_port(host: str) -> int:
+    """A port the system says is free on ``host`` this instant."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _claim(port: int) -> bool:
+    """Claim ``port`` for this process; False when a live process holds it. Claims are read and
+    written under one lock on the folder, so two processes never both take over a void claim."""
+    PORT_CLAIMS.mkdir(mode=0o700, exist_ok=True)
+    path = PORT_CLAIMS / str(port)
+    with open(PORT_CLAIMS / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pid, started = path.read_text().split()
+            if process_alive(int(pid), float(started)):
+                return False
+        except (FileNotFoundError, ValueError):
+            pass  # unclaimed, or garbage a crash left: void
+        path.write_text(f"{os.getpid()} {started_at(os.getpid())}")
+        return True
 
 
 def port_free(host: str, port: int) -> bool:

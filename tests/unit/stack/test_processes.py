@@ -3,9 +3,12 @@ it."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import signal
 import subprocess
 import sys
+from functools import partial
 
 import psutil
 import pytest
@@ -72,3 +75,67 @@ def test_a_running_process_is_still_known_after_the_wall_clock_steps(
         sleeper.kill()
         sleeper.wait()
     assert not process_alive(sleeper.pid, started)
+
+
+DRAWS = (
+    "from mlops.stack.processes import free_port\n"
+    "import sys\n"
+    "sys.stdin.readline()\n"  # both start drawing at once
+    "print(' '.join(str(free_port()) for _ in range(400)), flush=True)\n"
+    "sys.stdin.readline()\n"  # alive until both have drawn: an ended process's claims are void
+)
+
+
+def test_two_processes_drawing_ports_at_once_are_never_handed_the_same_one() -> None:
+    """The CI failure of stop 28: one test worker's stack had drawn a port, not yet bound, that the
+    other worker was then handed. 2 x 400 draws from ~28,000 ephemeral ports would share a few
+    without the claims (the birthday bound: about 6 expected)."""
+    drawers = [
+        subprocess.Popen(
+            [sys.executable, "-c", DRAWS], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for proc in drawers:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    lines = [proc.stdout.readline() for proc in drawers if proc.stdout is not None]
+    for proc in drawers:
+        proc.communicate("done\n", timeout=60)
+    drawn = [set(map(int, line.split())) for line in lines]
+    assert all(len(ports) == 400 for ports in drawn)
+    assert drawn[0].isdisjoint(drawn[1])
+
+
+def test_a_port_the_system_offers_again_is_not_handed_out_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops.stack import processes
+
+    system_port = processes._system_port
+    offered = itertools.chain(
+        [system_port("127.0.0.1")] * 3, iter(partial(system_port, "127.0.0.1"), 0)
+    )
+    monkeypatch.setattr(processes, "_system_port", lambda host: next(offered))
+    first, second = processes.free_port(), processes.free_port()
+    assert first != second
+
+
+def test_a_claim_holds_while_its_process_lives_and_is_taken_over_once_it_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlops.stack import processes
+
+    port = processes._system_port("127.0.0.1")
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        claim = processes.PORT_CLAIMS / str(port)
+        processes.PORT_CLAIMS.mkdir(mode=0o700, exist_ok=True)
+        claim.write_text(f"{holder.pid} {started_at(holder.pid)}")
+        assert processes._claim(port) is False  # a live stranger holds it
+    finally:
+        holder.kill()
+        holder.wait()
+    assert processes._claim(port) is True  # its holder ended: the claim is void
+    assert claim.read_text().split()[0] == str(os.getpid())
