@@ -258,16 +258,21 @@ def _settle_alias(run: _Release, serving: int | None) -> tuple[_Release, Settlem
 def _deploy(run: _Release, stable: str | None) -> str:
     """Deploy and smoke-test the candidate beside ``stable``; returns its slot."""
     try:
-        batch = load_known_batch(
+        # the known answers are computed while the candidate starts (the deploy mostly waits)
+        known = load_known_batch.submit(
             run.audit.tracking_uri, run.name, run.version, run.candidate.tags.get(CHECKSUM_TAG)
         )
-        deployed = deploy_candidate(
-            run.where,
-            run.name,
-            run.version,
-            run.candidate.tags.get(IMAGE_TAG),
-            run.rules.ready_timeout_seconds,
-        )
+        try:
+            deployed = deploy_candidate(
+                run.where,
+                run.name,
+                run.version,
+                run.candidate.tags.get(IMAGE_TAG),
+                run.rules.ready_timeout_seconds,
+            )
+        finally:
+            known.wait()
+        batch = known.result()
         token = serving_token(run.ctx.settings)
         smoke_test_candidate(run.name, deployed, batch, run.rules.warmup_requests, token)
     except MlopsError as exc:

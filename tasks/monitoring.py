@@ -18,6 +18,7 @@ from mlops.adapters.tracking import load_run_frame
 from mlops.core.config import PipelineConfig
 from mlops.core.outliers import OutlierDetector
 from mlops.core.policy import MonitoringPolicy
+from mlops.core.priority import yielding
 from mlops.ml import attribution_drift, monitoring, production_data
 from mlops.ml.monitoring import DriftVerdict, MonitoringOutcome, Window
 from mlops.ml.problems import Model, Predictions, Problem
@@ -78,8 +79,9 @@ def render_drift_report(
     verdict and its events stand without it)."""
     log = get_run_logger()
     try:
-        path, differ = monitoring.render_drift_report(
-            window, reference, features, policy, verdict, html
+        # drawn once the events are out, beside the retraining they started: it yields
+        path, differ = yielding(
+            monitoring.render_drift_report, window, reference, features, policy, verdict, html
         )
     except Exception as exc:
         log.warning("the Evidently report of this window could not be rendered: %s", exc)
@@ -106,9 +108,9 @@ def draw_drift_charts(
     current, ref = monitoring.drift_frames(window, reference, features, policy)
     charts: dict[str, Any] = {}
     for column in verdict.drifted[:MAX_CHARTS]:
-        try:
-            charts[column] = distribution_figure(
-                column, ref[column], current[column], "training data"
+        try:  # beside the retraining the events started, as the report: it yields
+            charts[column] = yielding(
+                distribution_figure, column, ref[column], current[column], "training data"
             )
         except Exception as exc:  # a chart is for people: the verdict stands without it
             get_run_logger().warning("no chart of %s: %s", column, exc)
