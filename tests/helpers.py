@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,3 +170,17 @@ def assert_clean(out: subprocess.CompletedProcess[str]) -> None:
     assert not [
         line for line in text.splitlines() if "| ERROR" in line or line.startswith("ERROR")
     ], text
+
+
+def stack_processes(state: Path) -> Iterator[tuple[int, list[str], dict[str, str]]]:
+    """(pid, command line, environment) of every process of the stack at ``state``: each one it
+    starts carries MLOPS_STATE_DIR; processes that end or cannot be read are passed over."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline, environ = proc.info["cmdline"] or [], proc.info["environ"] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if environ.get("MLOPS_STATE_DIR") == str(state):
+            yield proc.pid, cmdline, environ

@@ -153,15 +153,15 @@ def log_training_run(
             name = data_source.rsplit("/", 1)[-1]
             # MLflow keys a dataset by (name, digest): the digest is the DVC md5 of the file, and
             # the name tells the two parts of the split apart.
-            mlflow.log_input(
+            log_input(
                 _dataset(split.X_train, split.y_train, data_source, f"{name}:training", data_md5),
-                context="training",
+                "training",
             )
-            mlflow.log_input(
+            log_input(
                 _dataset(
                     split.X_holdout, split.y_holdout, data_source, f"{name}:holdout", data_md5
                 ),
-                context="holdout",
+                "holdout",
             )
             for filename, text in config_files.items():
                 mlflow.log_text(text, f"{CONFIG_ARTIFACTS}/{filename}")
@@ -185,6 +185,24 @@ def log_training_run(
             model_uri=info.model_uri,
             run_url=run_url,
         )
+
+
+#: What MLflow's SQL store answers when a concurrent run inserted the same dataset first (SQLite,
+#: PostgreSQL): it looks the dataset up, finds none, and its insert then meets the other's row
+_DATASET_RACE = ("UNIQUE constraint failed: datasets", "duplicate key value violates unique")
+
+
+def log_input(dataset: Any, context: str) -> None:
+    """``mlflow.log_input``, once more when a concurrent run logged the same dataset (experiment,
+    name, digest) between MLflow's look-up and its insert: the second try finds that row and
+    links it. Seen with 25 training runs of one model at once (benchmarks/shared_stack_load.py):
+    one run failed on it."""
+    try:
+        mlflow.log_input(dataset, context=context)
+    except MlflowException as exc:
+        if not any(marker in str(exc) for marker in _DATASET_RACE):
+            raise
+        mlflow.log_input(dataset, context=context)
 
 
 def model_artifact(model: Pipeline, split: Split, own_code: tuple[str, ...] = ()) -> dict[str, Any]:

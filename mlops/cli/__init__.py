@@ -60,7 +60,9 @@ def up(
         bool, typer.Option(help="Also start a process worker for the deployments.")
     ] = True,
 ) -> None:
-    """Start the Prefect server, MLflow server and a worker on 127.0.0.1; wait until they answer."""
+    """Start the Prefect server, MLflow server and a worker on MLOPS_HOST (127.0.0.1); wait until
+    they answer. With MLOPS_DATABASE_URL both servers keep their state on that PostgreSQL
+    server (a team's shared stack, which needs both servers' auth beyond loopback)."""
     from mlops.stack.local import LocalStack
 
     found = settings()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from mlops.core.errors import MlopsError
 from mlops.core.settings import Settings
@@ -22,7 +23,16 @@ def settings() -> Settings:
     """Settings for this command, with the stack's environment applied before Prefect is imported."""
     from mlops.stack.local import service_env
 
-    found = Settings()
+    try:
+        found = Settings()
+    except ValidationError as exc:  # each problem on a line, no traceback (and no value given)
+        for error in exc.errors():
+            where = "_".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            typer.secho(
+                f"error: {f'MLOPS_{where}: ' if where else ''}{message}", fg="red", err=True
+            )
+        raise typer.Exit(2) from None
     os.environ.update(service_env(found))
     return found
 

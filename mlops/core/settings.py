@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +19,12 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        env_prefix="MLOPS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="MLOPS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # an error names the setting and the problem, never the values given: those hold secrets
+        hide_input_in_errors=True,
     )
 
     env: Literal["local", "staging", "prod"] = Field(
@@ -161,11 +168,27 @@ class Settings(BaseSettings):
     prefect_auth_string_file: Path | None = Field(
         None, description="A file holding prefect_auth_string (a mounted secret)."
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="A PostgreSQL server for a team's shared stack "
+        "(postgresql://user:password@host:port): `mlops up` keeps the Prefect server's state in "
+        "its database `prefect` and the MLflow server's (runs, registry, users) in `mlflow`, "
+        "creating them where missing. Default: SQLite files under state_dir. Only the servers "
+        "get it.",
+    )
+    database_url_file: Path | None = Field(
+        None, description="A file holding database_url (a mounted secret)."
+    )
     prefect_database_url: SecretStr | None = Field(
         None,
         description="The Prefect server's database, as SQLAlchemy's async URL "
-        "(postgresql+asyncpg://user:password@host:port/db); default: SQLite under state_dir. "
-        "Only the server gets it.",
+        "(postgresql+asyncpg://user:password@host:port/db), instead of database_url's `prefect`.",
+    )
+    mlflow_database_url: SecretStr | None = Field(
+        None,
+        description="The MLflow server's database (its backend store and its users), as "
+        "SQLAlchemy's URL (postgresql+psycopg://user:password@host:port/db), instead of "
+        "database_url's `mlflow`.",
     )
     mlflow_username: str = Field(
         "admin", min_length=1, description="MLflow basic-auth admin user (with mlflow_password)."
@@ -197,7 +220,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> Settings:
-        for name in ("prefect_auth_string", "mlflow_password"):
+        for name in ("prefect_auth_string", "mlflow_password", "database_url"):
             path: Path | None = getattr(self, f"{name}_file")
             if path is not None:
                 setattr(self, name, _secret_from_file(name, path, getattr(self, name)))
@@ -207,7 +230,33 @@ class Settings(BaseSettings):
         auth = self.prefect_auth_string
         if auth is not None and not auth.get_secret_value():
             raise ValueError("MLOPS_PREFECT_AUTH_STRING: must not be empty")
+        if self.database_url is not None:
+            _check_server_url(self.database_url.get_secret_value())
         return self
+
+    @property
+    def local_only(self) -> bool:
+        """Whether the stack's servers listen on this machine's loopback alone: any other
+        interface serves a team, and then `mlops up` requires both servers' authentication."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: others may reach it
+            return False
+
+    def server_database(self, name: Literal["prefect", "mlflow"]) -> str | None:
+        """The SQLAlchemy URL of server ``name``'s database, or None for its SQLite file: its own
+        setting, else database_url's database of that name with the driver its server uses
+        (asyncpg for Prefect, psycopg for MLflow)."""
+        own = self.prefect_database_url if name == "prefect" else self.mlflow_database_url
+        if own is not None:
+            return own.get_secret_value()
+        if self.database_url is None:
+            return None
+        parts = urlsplit(self.database_url.get_secret_value())
+        driver = "asyncpg" if name == "prefect" else "psycopg"
+        return urlunsplit((f"postgresql+{driver}", parts.netloc, f"/{name}", parts.query, ""))
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
@@ -243,6 +292,23 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Validation reports and failing rows, one folder per run."""
         return self.state_dir / "reports"
+
+
+def _check_server_url(url: str) -> None:
+    """database_url names a PostgreSQL server, not one database: each server gets its own."""
+    parts = urlsplit(url)
+    if parts.scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"MLOPS_DATABASE_URL: a PostgreSQL server's URL "
+            f"(postgresql://user:password@host:port), not {parts.scheme or 'a path'}://"
+        )
+    if not parts.hostname:
+        raise ValueError("MLOPS_DATABASE_URL: names no host (postgresql://user:password@host:port)")
+    if parts.path.strip("/"):
+        raise ValueError(
+            f"MLOPS_DATABASE_URL: names the database {parts.path.strip('/')!r}; name the server "
+            "alone: Prefect and MLflow each keep their own database on it (`prefect`, `mlflow`)"
+        )
 
 
 def _secret_from_file(name: str, path: Path, given: SecretStr | None) -> SecretStr:

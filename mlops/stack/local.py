@@ -30,6 +30,7 @@ from mlops.core.errors import StackError
 from mlops.core.files import write_atomic
 from mlops.core.settings import Settings
 from mlops.stack.fork_server import ForkServer
+from mlops.stack.postgres import ensure_database, where
 from mlops.stack.processes import (
     console_script,
     free_port,
@@ -161,16 +162,60 @@ def server_env(settings: Settings, name: str) -> dict[str, str]:
         env = {}
         if settings.prefect_auth_string is not None:
             env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_auth_string.get_secret_value()
-        if settings.prefect_database_url is not None:  # instead of service_env's SQLite file
-            url = settings.prefect_database_url.get_secret_value()
+        if (url := settings.server_database("prefect")) is not None:  # not the SQLite file
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
         return env
     if name == "mlflow":  # delivers the registry webhooks to the stack's receiver
         auth = mlflow_auth_env(settings) if settings.mlflow_password is not None else {}
+        # the backend store from the environment, not --backend-store-uri: its password stays
+        # off the command line (MLflow's CLI reads this variable for that option)
+        store = settings.server_database("mlflow") or f"sqlite:///{sqlite_file(settings, 'mlflow')}"
         # MLflow 3's Huey job runner (seven processes, each importing MLflow) runs its GenAI jobs;
         # the registry and tracking need none of it, and webhooks go out from the server's threads
-        return auth | mlflow_server_env(settings) | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        return (
+            auth
+            | mlflow_server_env(settings)
+            | {"MLFLOW_BACKEND_STORE_URI": store, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        )
     return {}
+
+
+#: The settings only the servers read: kept out of every other process the stack starts
+SERVER_ONLY = (
+    "MLOPS_DATABASE_URL",
+    "MLOPS_DATABASE_URL_FILE",
+    "MLOPS_PREFECT_DATABASE_URL",
+    "MLOPS_MLFLOW_DATABASE_URL",
+)
+
+
+def check_shared(settings: Settings) -> None:
+    """A stack that serves beyond this machine's loopback runs with both servers' authentication:
+    refused otherwise, naming what to set, before anything starts."""
+    if settings.local_only:
+        return
+    missing = [
+        variable
+        for variable, value in (
+            ("MLOPS_PREFECT_AUTH_STRING", settings.prefect_auth_string),
+            ("MLOPS_MLFLOW_PASSWORD", settings.mlflow_password),
+        )
+        if value is None
+    ]
+    if missing:
+        raise StackError(
+            f"MLOPS_HOST={settings.host} serves the stack beyond this machine, and then both "
+            f"servers require authentication: set {' and '.join(missing)} (or their _FILE "
+            "variables, a mounted secret each), or MLOPS_HOST=127.0.0.1 for one person's stack"
+        )
+
+
+def ensure_databases(settings: Settings, out: Callable[[str], None]) -> None:
+    """Create each server's PostgreSQL database where the server has none yet."""
+    for name in ("prefect", "mlflow"):
+        url = settings.server_database(name)
+        if url is not None and ensure_database(url):
+            out(f"{name}: created the database {where(url)}")
 
 
 def mlflow_auth_env(settings: Settings) -> dict[str, str]:
@@ -180,9 +225,13 @@ def mlflow_auth_env(settings: Settings) -> dict[str, str]:
     ignores the password once the admin exists (see `check_credentials`)."""
     assert settings.mlflow_password is not None
     folder = settings.state_dir / "mlflow"
+    shared = settings.server_database("mlflow")
     database = folder / "auth.db"
-    if not database.exists():  # an empty file is an empty SQLite database: created private
+    if shared is None and not database.exists():  # an empty file is an empty SQLite database
         write_private(database, "")
+    # on a shared stack its users live beside its runs (their own tables and migration history);
+    # the ini then holds the database's password, and is private like every file here
+    users = shared.replace("%", "%%") if shared else f"sqlite:///{database}"
     key_file = folder / "flask-secret-key"
     if not key_file.exists():  # static across restarts, or the UI's CSRF tokens break
         write_private(key_file, secrets.token_hex(32))
@@ -192,7 +241,7 @@ def mlflow_auth_env(settings: Settings) -> dict[str, str]:
         "[mlflow]\n"
         # the admin alone is authorised; a user someone signs up gets no permission by default
         "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{database}\n"
+        f"database_uri = {users}\n"
         f"admin_username = {settings.mlflow_username}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         # one PBKDF2 check per login a minute, not per request; one worker, so no stale copies
@@ -243,14 +292,10 @@ def basic(credentials: str) -> str:
 def database_mode(settings: Settings, name: str) -> str | None:
     """Which database the server ``name`` keeps its state in, for `mlops status` (never the
     password); None for a service without one."""
-    if name == "prefect" and settings.prefect_database_url is not None:
-        from sqlalchemy.engine import make_url
-
-        url = make_url(settings.prefect_database_url.get_secret_value())
-        return f"{url.get_backend_name()} {url.host}:{url.port}/{url.database}"
-    if name in ("prefect", "mlflow"):
-        return f"SQLite {sqlite_file(settings, name)}"
-    return None
+    if name not in ("prefect", "mlflow"):
+        return None
+    url = settings.server_database(name)  # type: ignore[arg-type]
+    return f"postgresql {where(url)}" if url else f"SQLite {sqlite_file(settings, name)}"
 
 
 def auth_mode(settings: Settings, name: str) -> str:
@@ -299,8 +344,6 @@ def services(settings: Settings) -> list[Service]:
                 settings.host,
                 "--port",
                 str(settings.mlflow_port),
-                "--backend-store-uri",
-                f"sqlite:///{sqlite_file(settings, 'mlflow')}",
                 "--artifacts-destination",
                 settings.mlflow_artifacts_url or str(mlflow_dir / "artifacts"),
                 "--serve-artifacts",
@@ -394,9 +437,10 @@ class LocalStack:
         If any part fails, the processes this call started are stopped again: a failed `up`
         leaves the machine as it found it.
         """
+        check_shared(self.settings)
         state = self.load()
-        # the database URL (its password) reaches the Prefect server alone (server_env)
-        env = {k: v for k, v in os.environ.items() if k != "MLOPS_PREFECT_DATABASE_URL"}
+        # the database URLs (their passwords) reach the servers alone (server_env)
+        env = {k: v for k, v in os.environ.items() if k not in SERVER_ONLY}
         env |= service_env(self.settings)
         for d in (
             self.settings.state_dir / "prefect",
@@ -407,6 +451,7 @@ class LocalStack:
         by_name = {s.name: s for s in services(self.settings)}
         started: list[Running] = []
         try:
+            ensure_databases(self.settings, self.out)
             servers = [by_name["prefect"], by_name["mlflow"], by_name[REGISTRY_WEBHOOK]]
             write_scrape_target(self.settings, scrape_targets_dir(self.settings))
             if by_name[PUSHGATEWAY].argv:

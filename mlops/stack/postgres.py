@@ -1,7 +1,8 @@
 """A private Postgres server in a folder of its own: Debian's PostgreSQL binaries, a fresh cluster
 (``initdb``), one loopback port, trust authentication for its one role, and the databases asked
 for. For benchmarks and tests that run the stack's servers on Postgres instead of SQLite, the way
-a team's shared stack would (``Settings.prefect_database_url``).
+a team's shared stack would (``Settings.database_url``); and what `mlops up` does on a team's
+server: create the servers' databases where missing (``ensure_database``).
 
 Postgres refuses to run as root: as root, the cluster belongs to Debian's ``postgres`` user and
 every server command runs as that user (``runuser``). The folder is removed on ``stop``.
@@ -17,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlops.core.errors import MlopsError
+from mlops.core.errors import MlopsError, StackError
 from mlops.stack.processes import free_port
 
 #: what installs the binaries when they are missing
@@ -90,3 +91,52 @@ class PrivatePostgres:
                 self._run([str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def where(url: str) -> str:
+    """``host:port/database`` of a SQLAlchemy URL: what may be said of it (never its password)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return f"{parsed.host}:{parsed.port or 5432}/{parsed.database}"
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database ``url`` names (a SQLAlchemy URL of any PostgreSQL driver) when the
+    server has none of that name; True when it was created. The role needs CREATEDB for that;
+    an unreachable server, refused credentials or a missing privilege are a StackError naming
+    the server and the database, never the password."""
+    import psycopg
+    from psycopg import errors, sql
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url).set(drivername="postgresql")
+    name = str(parsed.database)
+    maintenance = parsed.set(database="postgres").render_as_string(hide_password=False)
+    try:
+        conn = psycopg.connect(maintenance, connect_timeout=10, autocommit=True)
+    except psycopg.OperationalError as exc:  # no maintenance database for this role: is it there?
+        try:
+            psycopg.connect(
+                parsed.render_as_string(hide_password=False), connect_timeout=10
+            ).close()
+        except psycopg.Error:
+            raise StackError(f"postgres {where(url)}: {_first_line(exc)}") from None
+        return False
+    with conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return False
+        try:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        except errors.DuplicateDatabase:
+            return False  # created meanwhile by another `mlops up`
+        except psycopg.Error as exc:
+            raise StackError(
+                f"postgres {where(url)}: the database does not exist and cannot be created "
+                f"({_first_line(exc)}); create it, or grant the role CREATEDB"
+            ) from None
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

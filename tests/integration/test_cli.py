@@ -31,3 +31,32 @@ def test_a_taken_port_is_reported_plainly_and_nothing_is_left_running(
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     status = mlops(user_env, "status")
     assert "not running" in status.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "line"),
+    [
+        (
+            {"MLOPS_PREFECT_PORT": "not-a-port"},
+            "error: MLOPS_PREFECT_PORT: Input should be a valid",
+        ),
+        ({}, "error: MLOPS_MLFLOW_PASSWORD: must be at least 12 characters"),
+    ],
+)
+def test_an_unusable_setting_is_one_line_naming_it_never_its_value(
+    user_env: dict[str, str], bad: dict[str, str], line: str
+) -> None:
+    env = (
+        user_env
+        | {
+            "MLOPS_MLFLOW_PASSWORD": "short-pw",
+            "MLOPS_DATABASE_URL": "postgresql://team:pg-secret@db:5432",
+        }
+        | bad
+    )
+    out = mlops(env, "status", timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert line in out.stderr, out.stderr
+    for secret in ("short-pw", "pg-secret"):
+        assert secret not in out.stdout + out.stderr

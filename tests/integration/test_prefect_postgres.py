@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from mlops.stack.postgres import PrivatePostgres, postgres_bin
-from tests.helpers import mlops
+from tests.helpers import mlops, stack_processes
 
 pytestmark = [
     pytest.mark.integration,
@@ -104,15 +103,8 @@ def test_a_drift_event_creates_its_retraining_run_in_postgres(pg_stack: dict[str
 def test_the_database_url_is_on_no_command_line_and_in_no_clients_environment(
     pg_stack: dict[str, Any],
 ) -> None:
-    state = str(pg_stack["state"])
     seen = 0
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            cmdline, environ = proc.info["cmdline"] or [], proc.info["environ"] or {}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if environ.get("MLOPS_STATE_DIR") != state:
-            continue  # not this stack's
+    for _pid, cmdline, environ in stack_processes(pg_stack["state"]):
         seen += 1
         assert PASSWORD not in " ".join(cmdline), cmdline
         in_env = [k for k, v in environ.items() if PASSWORD in v]

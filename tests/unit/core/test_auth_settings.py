@@ -61,3 +61,78 @@ def test_the_mlflow_auth_files_are_private_and_hold_no_password(tmp_path: Path) 
         mlflow_auth_env(settings)["MLFLOW_FLASK_SERVER_SECRET_KEY"]
         == env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     )  # static across restarts
+
+
+def test_a_settings_error_names_the_problem_never_the_values_given() -> None:
+    """pydantic's error repeats every input by default: the password with the complaint."""
+    with pytest.raises(ValidationError) as raised:
+        Settings(mlflow_password=SecretStr("short-pw"), database_url="postgresql://u:pg-pw@db")  # type: ignore[arg-type]
+    assert "at least 12" in str(raised.value)
+    assert "short-pw" not in str(raised.value) and "pg-pw" not in str(raised.value)
+
+
+def test_one_database_url_gives_each_server_its_own_database_and_driver(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path, database_url="postgresql://team:p%40ss@db:5433")  # type: ignore[arg-type]
+    assert settings.server_database("prefect") == "postgresql+asyncpg://team:p%40ss@db:5433/prefect"
+    assert settings.server_database("mlflow") == "postgresql+psycopg://team:p%40ss@db:5433/mlflow"
+    assert server_env(settings, "prefect")["PREFECT_API_DATABASE_CONNECTION_URL"].endswith(
+        "/prefect"
+    )
+    mlflow = server_env(settings, "mlflow")
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"] == settings.server_database("mlflow")
+    own = Settings(
+        state_dir=tmp_path,
+        database_url="postgresql://team:x@db",  # type: ignore[arg-type]
+        prefect_database_url="postgresql+asyncpg://other@elsewhere/p",  # type: ignore[arg-type]
+    )
+    assert own.server_database("prefect") == "postgresql+asyncpg://other@elsewhere/p"
+    assert Settings(state_dir=tmp_path).server_database("mlflow") is None  # SQLite
+
+
+def test_on_a_shared_database_mlflows_users_live_beside_its_runs(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        database_url="postgresql://team:100%25@db",  # type: ignore[arg-type]
+        mlflow_password=SecretStr("a-long-password"),
+    )
+    config = Path(mlflow_auth_env(settings)["MLFLOW_AUTH_CONFIG_PATH"])
+    # configparser reads %% as one %: the URL MLflow gets is the one configured
+    assert "database_uri = postgresql+psycopg://team:100%%25@db/mlflow" in config.read_text()
+    assert not (tmp_path / "mlflow" / "auth.db").exists()
+    assert config.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://u:p@db:5432/mine", "names the database 'mine'"),
+        ("mysql://u:p@db", "a PostgreSQL server's URL"),
+        ("postgresql:///var/run", "names no host"),
+    ],
+)
+def test_a_database_url_that_is_not_a_postgresql_server_is_refused(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(database_url=url)  # type: ignore[arg-type]
+
+
+def test_a_stack_beyond_loopback_without_both_servers_auth_is_refused(tmp_path: Path) -> None:
+    from mlops.core.errors import StackError
+    from mlops.stack.local import check_shared
+
+    check_shared(Settings(state_dir=tmp_path))  # one person's stack: no auth needed
+    with pytest.raises(StackError, match=r"MLOPS_HOST=0\.0\.0\.0 .*MLOPS_PREFECT_AUTH_STRING and "):
+        check_shared(Settings(state_dir=tmp_path, host="0.0.0.0"))
+    with pytest.raises(StackError, match="set MLOPS_MLFLOW_PASSWORD \\("):
+        check_shared(
+            Settings(state_dir=tmp_path, host="10.0.0.5", prefect_auth_string=SecretStr("a:b"))
+        )
+    check_shared(
+        Settings(
+            state_dir=tmp_path,
+            host="0.0.0.0",
+            prefect_auth_string=SecretStr("a:b"),
+            mlflow_password=SecretStr("a-long-password"),
+        )
+    )
+    assert Settings(host="::1").local_only and Settings(host="localhost").local_only
+    assert not Settings(host="team-box").local_only
