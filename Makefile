@@ -72,6 +72,7 @@ bench: $(STAMP) prometheus postgres wrk ## Benchmarks (each prints ratios; the l
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/router.py
 	$(BIN)/python benchmarks/trigger_latency.py
+	$(BIN)/python benchmarks/shared_stack_load.py
 	$(BIN)/python benchmarks/closed_loop.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/drift_false_alarms.py
