@@ -28,11 +28,17 @@ def adult_frame(rows: int = 1500) -> pd.DataFrame:
 INTS = ["age", "fnlwgt", "education_num", "capital_gain", "capital_loss", "hours_per_week"]
 
 
+def typed_frame(rows: int = 1500) -> pd.DataFrame:
+    """The first ``rows`` rows of the example with their label, typed as a caller sends them
+    (integers as numbers, missing values "?" as None)."""
+    frame = adult_frame(rows).replace("?", None)
+    frame[INTS] = frame[INTS].astype(int)
+    return frame
+
+
 def caller_rows(n: int = 200) -> list[dict[str, Any]]:
     """Rows of the example as a caller posts them (no label, no missing values as "?")."""
-    frame = adult_frame(n).drop(columns=["income"]).replace("?", None)
-    frame[INTS] = frame[INTS].astype(int)
-    return frame.to_dict("records")
+    return typed_frame(n).drop(columns=["income"]).to_dict("records")
 
 
 def copy_version(client: MlflowClient, name: str, version: int, drop: Iterable[str] = ()) -> int:
@@ -184,3 +190,18 @@ def stack_processes(state: Path) -> Iterator[tuple[int, list[str], dict[str, str
             continue
         if environ.get("MLOPS_STATE_DIR") == str(state):
             yield proc.pid, cmdline, environ
+
+
+def service_processes(state: Path) -> dict[str, list[Any]]:
+    """Each service recorded in the stack's ``stack.json`` at ``state``: its process (psutil's)
+    and all its descendants."""
+    import json
+
+    import psutil
+
+    recorded = json.loads((state / "stack.json").read_text())["services"]
+    found = {}
+    for service in recorded:
+        proc = psutil.Process(service["pid"])
+        found[service["name"]] = [proc, *proc.children(recursive=True)]
+    return found

@@ -8,7 +8,6 @@ servers."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from mlops.stack.postgres import PrivatePostgres, postgres_bin
-from tests.helpers import mlops, stack_processes
+from tests.helpers import mlops, service_processes, stack_processes
 
 pytestmark = [
     pytest.mark.e2e,
@@ -82,16 +81,12 @@ def flows_ran(shared: SharedStack) -> dict[str, Any]:
     """Training handed over to release (gates, champion, the local target's canary), traffic
     with its labels, then a monitoring window: as a user runs them, against the shared stack."""
     from examples.adult.traffic import send_traffic
-    from tests.helpers import adult_frame
+    from tests.helpers import typed_frame
 
     trained = mlops(shared.env, "train", "--hand-over", "release", timeout=900)
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     router = f"http://127.0.0.1:{shared.env['MLOPS_ROUTER_PORT']}"
-    rows = adult_frame(1500).replace("?", None)
-    for column in ("age", "fnlwgt", "education_num", "capital_gain", "capital_loss"):
-        rows[column] = rows[column].astype(int)
-    rows["hours_per_week"] = rows["hours_per_week"].astype(int)
-    sent = send_traffic(router, rows.iloc[:800], "income", token=None)
+    sent = send_traffic(router, typed_frame(800), "income", token=None)
     monitored = mlops(shared.env, "monitor", timeout=600)
     assert monitored.returncode == 0, monitored.stdout[-3000:] + monitored.stderr[-3000:]
     return {"trained": trained.stdout, "sent": sent, "monitored": monitored.stdout}
@@ -166,11 +161,8 @@ def test_status_names_each_servers_database_and_auth_never_a_secret(shared: Shar
 
 def test_the_database_password_is_on_no_command_line(shared: SharedStack) -> None:
     """Only the two servers (and the processes they start: MLflow's uvicorn) hold it."""
-    import psutil
-
-    recorded = json.loads((shared.state / "stack.json").read_text())["services"]
-    servers = {s["pid"] for s in recorded if s["name"] in ("prefect", "mlflow")}
-    servers |= {c.pid for pid in set(servers) for c in psutil.Process(pid).children(recursive=True)}
+    recorded = service_processes(shared.state)
+    servers = {proc.pid for name in ("prefect", "mlflow") for proc in recorded[name]}
     seen = 0
     for pid, cmdline, environ in stack_processes(shared.state):
         seen += 1

@@ -17,11 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
-from tests.helpers import assert_clean, mlops
+from tests.helpers import assert_clean, mlops, service_processes
 
 pytestmark = pytest.mark.integration
 
@@ -100,18 +99,8 @@ def stored_events(api: str, resource: str, expected: int) -> list[str]:
         time.sleep(0.25)
 
 
-def stack_processes(state: Path) -> dict[str, list[psutil.Process]]:
-    """Each recorded service's process and all its descendants."""
-    recorded = json.loads((state / "stack.json").read_text())["services"]
-    found = {}
-    for service in recorded:
-        proc = psutil.Process(service["pid"])
-        found[service["name"]] = [proc, *proc.children(recursive=True)]
-    return found
-
-
 def test_secrets_reach_the_servers_through_the_environment_only(auth_stack: AuthStack) -> None:
-    processes = stack_processes(auth_stack.state)
+    processes = service_processes(auth_stack.state)
     assert set(processes) >= {"prefect", "mlflow", "worker", "registry_webhook"}
     assert set(processes) <= {
         "prefect",
