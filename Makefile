@@ -31,9 +31,18 @@ engine: ## Podman (Docker API) and a local image registry, for building and runn
 prometheus: ## Prometheus (server, promtool) and the Pushgateway from Debian's packages when missing: the release's canary analysis reads its metrics there
 	@(command -v prometheus && command -v promtool && command -v prometheus-pushgateway) >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-pushgateway) || echo "no Prometheus: mlops up will say what to install; releases cannot judge their canaries without it"
 
-tools: prometheus ## kubectl (manifest dry-runs) from Debian's packages when missing; checkov (Terraform) in .tools/
+WORKERS := .tools/workers/.installed
+
+tools: prometheus $(WORKERS) ## kubectl (manifest dry-runs) from Debian's packages when missing; checkov (Terraform) and the vertex and azure pools' workers in .tools/
 	@command -v kubectl >/dev/null || (apt-get update -qq && apt-get install -y -qq kubernetes-client) || echo "no kubectl: the manifest dry-run test will skip"
 	@test -x .tools/checkov/bin/checkov || ($(PYTHON) -m venv .tools/checkov && .tools/checkov/bin/pip install --quiet -c infra/terraform/checkov-constraints.txt checkov) || echo "no checkov: the Terraform scan tests will skip"
+
+# The vertex-ai and azure-container-instance workers' packages beside the project (not in it:
+# pyproject.toml's `workers` extra says why), for the tests of those pools' job specifications.
+$(WORKERS): $(STAMP) deployments/work-pools/workers-requirements.txt constraints.txt
+	@rm -rf .tools/workers
+	$(BIN)/python -m pip install --quiet --no-deps --target .tools/workers -c constraints.txt -r deployments/work-pools/workers-requirements.txt
+	@touch $@
 
 postgres: ## PostgreSQL from Debian's packages when missing: the tests and the trigger benchmark run the Prefect server on a private cluster
 	@(command -v initdb || ls /usr/lib/postgresql/*/bin/initdb) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql) || echo "no PostgreSQL: the Postgres tests skip and benchmarks/trigger_latency.py measures SQLite"

@@ -7,8 +7,12 @@
 # The CI pipelines (.github/workflows/main.yml and the GitLab and Jenkins equivalents) build and
 # push it before `mlops deploy`. DVC data is not baked in: flows pull their data version from the
 # DVC remote (MLOPS_DVC_REMOTE_URL) when they run.
+#
+# For the vertex and azure environments, build with `--build-arg EXTRAS=gcp` or `EXTRAS=azure`
+# (pyproject.toml's extras: DVC's remote and the prediction log on gs:// or Azure Blob storage).
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
+ARG EXTRAS=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -24,7 +28,8 @@ WORKDIR /opt/mlops/project
 # library, which is the one package pyproject.toml installs; tasks/ and flows/ run from here)
 COPY pyproject.toml constraints.txt README.md ./
 RUN mkdir mlops && touch mlops/__init__.py \
-    && pip install -c constraints.txt . && pip uninstall -y mlops && rm -rf mlops build
+    && pip install -c constraints.txt ".${EXTRAS:+[$EXTRAS]}" && pip uninstall -y mlops \
+    && rm -rf mlops build
 COPY . .
 RUN pip install --no-deps -c constraints.txt . \
     && useradd --create-home --uid 10001 mlops && chown -R mlops /opt/mlops

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +25,7 @@ from mlops.stack.environments import (
 pytestmark = pytest.mark.flows
 
 PROJECT = Path(__file__).resolve().parents[2]
-CLOUD = ["docker", "kubernetes", "prod", "staging"]
+CLOUD = ["azure", "docker", "kubernetes", "prod", "staging", "vertex"]
 
 
 def flow_name(entrypoint: str) -> str:
@@ -52,6 +53,8 @@ def test_every_environment_is_shipped_and_names_a_pool_of_its_type() -> None:
         "kubernetes": "kubernetes",
         "staging": "ecs",
         "prod": "ecs",
+        "vertex": "vertex-ai",
+        "azure": "azure-container-instance",
     }
 
 
@@ -272,3 +275,133 @@ def test_the_self_hosted_servers_take_every_secret_from_a_secret() -> None:
     for name, service in compose.items():
         literal = [v for v in service.get("environment", {}) if any(w in v for w in secretish)]
         assert not literal, (name, literal)
+
+
+# vertex and azure: no emulator of either runs here; the job each worker would submit is built by
+# the worker's own code and checked by the cloud SDK's own models (tests/flows/cloud_jobs.py)
+WORKERS = PROJECT / ".tools" / "workers"
+needs_workers = pytest.mark.skipif(
+    not (WORKERS / ".installed").exists(),
+    reason="the vertex and azure workers' packages are not in .tools/workers (`make tools`)",
+)
+
+
+def cloud_job(local_stack: Settings, name: str, **environ: str) -> dict[str, Any]:
+    """The environment's pool created on the real Prefect server, and the job its worker would
+    submit for a flow run of it (the MLflow password's Secret block resolved), the worker's
+    process having ``environ`` besides the test's own."""
+    import subprocess
+    import sys
+
+    from prefect.blocks.system import Secret
+
+    Secret(value="mlflow-password-of-the-test").save("mlops-mlflow-password", overwrite=True)
+    env = load_environment(PROJECT, name)
+    ensure_pool(PROJECT, env, values(name), create=True)
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "tests/flows/cloud_jobs.py"), env.pool_type, env.pool],
+        env=dict(os.environ) | environ | {"PYTHONPATH": str(WORKERS)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@needs_workers
+def test_a_vertex_flow_run_is_a_custom_job_the_sdk_accepts(
+    local_stack: Settings, tmp_path: Path
+) -> None:
+    built = cloud_job(
+        local_stack, "vertex", GOOGLE_APPLICATION_CREDENTIALS=str(service_account_key(tmp_path))
+    )
+    assert built["region"] == "value-of-MLOPS_GCP_REGION"
+    spec = built["custom_job"]["jobSpec"]
+    assert spec["serviceAccount"] == "value-of-MLOPS_VERTEX_SERVICE_ACCOUNT"
+    assert spec["scheduling"]["timeout"] == "7200s"  # maximum_run_time_hours: 2
+    (pool_spec,) = spec["workerPoolSpecs"]
+    assert pool_spec["machineSpec"]["machineType"] == "n1-standard-4"
+    assert pool_spec["diskSpec"] == {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 100}
+    container = pool_spec["containerSpec"]
+    assert container["imageUri"] == "value-of-MLOPS_FLOW_IMAGE"
+    assert container["command"] == ["prefect", "flow-run", "execute"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    given = values("vertex")
+    for name in ("MLOPS_MLFLOW_TRACKING_URI", "MLOPS_DVC_REMOTE_URL", "MLOPS_PREDICTION_LOG_URL"):
+        assert env[name] == given[name]
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "mlflow-password-of-the-test"  # resolved at start
+    assert env["PREFECT__FLOW_RUN_ID"]  # the job runs this flow run
+    assert env["PREFECT_API_KEY"] == "pnu_api-key-of-the-worker"  # plain, as docs/security.md says
+    assert built["custom_job"]["displayName"].startswith("spec-check-")
+
+
+@needs_workers
+def test_an_azure_flow_run_is_an_arm_deployment_of_a_container_group_azure_mgmt_accepts(
+    local_stack: Settings,
+) -> None:
+    built = cloud_job(local_stack, "azure")
+    assert built["resource_group"] == "value-of-MLOPS_AZURE_RESOURCE_GROUP"
+    assert built["deployment_missing"] == [] and built["group_missing"] == []
+    group = built["group"]
+    assert group["type"] == "Microsoft.ContainerInstance/containerGroups"
+    # nothing in the group that azure-mgmt's ContainerGroup does not know (a round trip keeps all
+    # but the ARM template's apiVersion)
+    arm = {k: v for k, v in group.items() if k != "apiVersion"}
+    assert drop_nulls(built["group_as_modelled"]) == drop_nulls(arm)
+    assert group["identity"] == {
+        "type": "UserAssigned",
+        "userAssignedIdentities": {"value-of-MLOPS_AZURE_IDENTITY_ID": {}},
+    }
+    (container,) = group["properties"]["containers"]
+    props = container["properties"]
+    assert props["image"] == "value-of-MLOPS_FLOW_IMAGE"
+    assert props["command"] == ["prefect", "flow-run", "execute"]  # no Prefect entrypoint script
+    assert props["resources"]["requests"] == {"cpu": 2.0, "memoryInGB": 8.0}
+    env = {e["name"]: e for e in props["environmentVariables"]}
+    assert env["PREFECT_API_KEY"] == {
+        "name": "PREFECT_API_KEY",
+        "secureValue": "pnu_api-key-of-the-worker",  # tests/flows/cloud_jobs.py: the worker's
+    }
+    tracking = values("azure")["MLOPS_MLFLOW_TRACKING_URI"]
+    assert env["MLOPS_MLFLOW_TRACKING_URI"] == {
+        "name": "MLOPS_MLFLOW_TRACKING_URI",
+        "value": tracking,
+    }
+    # a plain value of the group, as docs/security.md warns
+    assert env["MLFLOW_TRACKING_PASSWORD"]["value"] == "mlflow-password-of-the-test"
+
+
+def drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
+def service_account_key(folder: Path) -> Path:
+    """A Google service account key of a made-up account, its RSA key made here: what the worker's
+    Application Default Credentials would be on Google Cloud. Read offline; never sent anywhere."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    path = folder / "worker-key.json"
+    account = {
+        "type": "service_account",
+        "project_id": "mlops-test-project",
+        "private_key_id": "0" * 40,
+        "private_key": pem,
+        "client_email": "worker@mlops-test-project.iam.gserviceaccount.com",
+        "client_id": "1" * 21,
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path.write_text(json.dumps(account))
+    return path
