@@ -335,7 +335,10 @@ def test_a_users_own_check_that_fails_rolls_back_naming_it(
     assert "median-latency" in entry.reason, entry.reason
     check = _check(entry, "median-latency")
     assert check["outcome"] == "fail" and check["statistic"]["ratio"] > 3
-    assert check["candidate"] >= 0.25 and check["candidate"] > 3 * check["stable"]
+    # the window also holds the candidate's fast answers from before its switch said slow, so its
+    # median is the 500 ms sleep only when slow answers are most of them (a loaded CI saw 17.5 ms
+    # against the stable's 5): the conviction is the user's ratio, not an absolute figure
+    assert check["candidate"] > 3 * check["stable"] > 0
     version = f'version="{project["v2"]}"'
     assert version in check["query"]["candidate"] and "[" in check["query"]["candidate"]
     assert f'version="{project["v1"]}"' in check["query"]["stable"]
