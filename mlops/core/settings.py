@@ -148,12 +148,15 @@ class Settings(BaseSettings):
     sagemaker_image: str | None = Field(
         None, description="Managed training: the project's flow image in ECR."
     )
-    registry_mirrors: list[Literal["sagemaker"]] = Field(
+    registry_mirrors: list[Literal["sagemaker", "vertex"]] = Field(
         default_factory=list,
         description="Other model registries that follow MLflow's champion after every release "
         "(mlops.adapters.mirrors), as JSON: '[\"sagemaker\"]' (the SageMaker Model Registry in "
-        "aws_region, at aws_endpoint_url when set).",
+        "aws_region, at aws_endpoint_url when set), '[\"vertex\"]' (the Vertex AI Model Registry "
+        "of gcp_project in gcp_region; the `gcp` extra).",
     )
+    gcp_project: str | None = Field(None, description="Google Cloud project (the vertex mirror).")
+    gcp_region: str | None = Field(None, description="Google Cloud region (the vertex mirror).")
     sagemaker_bucket: str | None = Field(
         None, description="Managed training: bucket for the jobs' input and model output."
     )

@@ -23,7 +23,10 @@ from mlops.core.settings import Settings
 log = logging.getLogger(__name__)
 
 #: mirror name (as ``registry_mirrors`` says it) -> the module that syncs it
-MIRRORS = {"sagemaker": "mlops.adapters.mirrors.sagemaker"}
+MIRRORS = {
+    "sagemaker": "mlops.adapters.mirrors.sagemaker",
+    "vertex": "mlops.adapters.mirrors.vertex",
+}
 
 
 class Mirror(Protocol):
@@ -58,3 +61,12 @@ def sync_mirrors(settings: Settings, model: str) -> dict[str, list[str] | str]:
             done[name] = f"not synced: {type(exc).__name__}: {exc}"
             log.warning("registry mirror %s of %s %s", name, model, done[name])
     return done
+
+
+def artifact_source(settings: Settings, champion: RegisteredVersion) -> str | None:
+    """Where MLflow keeps the version's artifacts (an s3:// or gs:// URL in the cloud)."""
+    from mlops.adapters.registry import registry_client
+
+    client = registry_client(str(settings.mlflow_tracking_uri))
+    uri = client.get_model_version_download_uri(champion.name, str(champion.version))
+    return str(uri) if uri else None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from mlops.adapters.mirrors import artifact_source
 from mlops.adapters.registry import RegisteredVersion
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.core.settings import Settings
@@ -77,7 +78,7 @@ def _inference(settings: Settings, champion: RegisteredVersion) -> dict[str, Any
     image = champion.tags.get(IMAGE_TAG)
     if not image:
         return {}
-    source = _source(settings, champion)
+    source = artifact_source(settings, champion)
     if not source or not source.startswith("s3://"):
         return {}
     container = {"Image": image, "ModelDataUrl": source}
@@ -137,12 +138,3 @@ def sync(settings: Settings, model: str, champion: RegisteredVersion | None) -> 
         )
         changed.append(f"{group}: v{version} {new} ({why})")
     return changed
-
-
-def _source(settings: Settings, champion: RegisteredVersion) -> str | None:
-    """Where MLflow keeps the version's artifacts (an s3:// URL in the cloud)."""
-    from mlops.adapters.registry import registry_client
-
-    client = registry_client(str(settings.mlflow_tracking_uri))
-    uri = client.get_model_version_download_uri(champion.name, str(champion.version))
-    return str(uri) if uri else None
