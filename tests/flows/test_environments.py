@@ -77,25 +77,30 @@ def test_the_pool_is_created_from_its_template_with_the_environment_defaults(
     assert pool.base_job_template == expected  # the server kept the template as sent
 
 
+@pytest.mark.parametrize("name", ["staging", "vertex", "azure"])
 def test_deploying_to_an_environment_registers_every_deployment_on_its_pool(
-    local_stack: Settings,
+    local_stack: Settings, name: str
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    environ = values("staging")
-    done = deploy_environment(PROJECT, "staging", create_pool=True, environ=environ)
-    assert done[-1] == "deployments of prefect.yaml: registered on work pool 'mlops-staging'"
-    assert done[1] == (
-        "result storage s3-bucket/mlops-staging-results: created "
-        "(s3://value-of-MLOPS_RESULTS_BUCKET/results)"
-    )
+    env = load_environment(PROJECT, name)
+    environ = values(name)
+    done = deploy_environment(PROJECT, name, create_pool=True, environ=environ)
+    assert done[-1] == f"deployments of prefect.yaml: registered on work pool {env.pool!r}"
+    if name == "staging":  # results on S3 (prefect-aws); the others keep none
+        assert done[1] == (
+            "result storage s3-bucket/mlops-staging-results: created "
+            "(s3://value-of-MLOPS_RESULTS_BUCKET/results)"
+        )
+    else:
+        assert len(done) == 2
     spec = yaml.safe_load((PROJECT / "prefect.yaml").read_text())
     names = {f"{flow_name(d['entrypoint'])}/{d['name']}" for d in spec["deployments"]}
     assert len(names) == len(spec["deployments"])
     with get_client(sync_client=True) as client:
-        for name in names:
-            deployment = client.read_deployment_by_name(name)
-            assert deployment.work_pool_name == "mlops-staging", name
+        for deployment_name in names:
+            deployment = client.read_deployment_by_name(deployment_name)
+            assert deployment.work_pool_name == env.pool, deployment_name
             step = deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"]
             assert step["directory"] == "/opt/mlops/project"  # the image's project folder
 
