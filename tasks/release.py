@@ -280,9 +280,9 @@ def watch_candidate(
     ``expected`` and ``classes`` go to ``mlops.release.analysis.analyse``: the predictions
     expected of the candidate (default: the stable version's), and the target's classes in
     label order. ``stable_before``: the stable slot takes no traffic in this step (after a
-    blue-green switch, in the bake), so its figures are those of the ``seconds`` before the step
-    began, or, with ``stable_ago``, before it last took traffic that long before the step began
-    (the bake after a blue-green switch).
+    blue-green switch, in the bake), so its figures are those of a window as long as the step so
+    far (at least ``seconds``) that ended when the step began, or, with ``stable_ago``, when it
+    last took traffic that long before the step began (the bake after a blue-green switch).
 
     The flow tells the decision (``explain_step``): after a hold, with the person's answer."""
     provider = target.metrics()
@@ -298,7 +298,10 @@ def watch_candidate(
         if (broken := target.health()) is not None:
             decision = Decision("rollback", broken, (), elapsed, step.failures + 1)
             break
-        before = (seconds, elapsed + stable_ago) if stable_before else None
+        # the stable side as long as the candidate's watched so far (at least the step): an
+        # extended step widens both, so a stable whose last seconds hold no scrape (a loaded
+        # machine's late scrapes) is compared over more of its traffic, not judged forever on none
+        before = (max(seconds, elapsed), elapsed + stable_ago) if stable_before else None
         window = measure_window(provider, candidate, stable, elapsed, policy.checks, before)
         decision = step.decide(analyse(window, policy, expected, classes), elapsed)
         if decision.action in ("pass", "rollback", "hold"):
