@@ -205,3 +205,32 @@ def service_processes(state: Path) -> dict[str, list[Any]]:
         proc = psutil.Process(service["pid"])
         found[service["name"]] = [proc, *proc.children(recursive=True)]
     return found
+
+
+#: the vertex-ai and azure workers' packages, beside the project's environment (`make tools`;
+#: pyproject.toml's `workers` extra says why they are not in it)
+WORKERS = PROJECT / ".tools" / "workers"
+
+
+def needs_workers(reason: str) -> Any:
+    """Skip a test whose subprocess imports the workers' packages where `make tools` has not
+    installed them, saying which of them it needs."""
+    import pytest
+
+    return pytest.mark.skipif(
+        not (WORKERS / ".installed").exists(), reason=f"{reason} (`make tools`)"
+    )
+
+
+def run_with_workers(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` with the workers' packages on PYTHONPATH and ``environ`` besides the
+    test's own."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, *args],
+        env=dict(os.environ) | environ | {"PYTHONPATH": str(WORKERS)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -21,6 +21,7 @@ from mlops.stack.environments import (
     ensure_pool,
     load_environment,
 )
+from tests.helpers import needs_workers, run_with_workers
 
 pytestmark = pytest.mark.flows
 
@@ -284,44 +285,31 @@ def test_the_self_hosted_servers_take_every_secret_from_a_secret() -> None:
 
 # vertex and azure: no emulator of either runs here; the job each worker would submit is built by
 # the worker's own code and checked by the cloud SDK's own models (tests/flows/cloud_jobs.py)
-WORKERS = PROJECT / ".tools" / "workers"
-needs_workers = pytest.mark.skipif(
-    not (WORKERS / ".installed").exists(),
-    reason="the vertex and azure workers' packages are not in .tools/workers (`make tools`)",
-)
+workers = needs_workers("the vertex and azure workers' packages are not in .tools/workers")
 
 
-def cloud_job(local_stack: Settings, name: str, **environ: str) -> dict[str, Any]:
+def cloud_job(name: str, **environ: str) -> dict[str, Any]:
     """The environment's pool created on the real Prefect server, and the job its worker would
     submit for a flow run of it (the MLflow password's Secret block resolved), the worker's
     process having ``environ`` besides the test's own."""
-    import subprocess
-    import sys
-
     from prefect.blocks.system import Secret
 
     Secret(value="mlflow-password-of-the-test").save("mlops-mlflow-password", overwrite=True)
     env = load_environment(PROJECT, name)
     ensure_pool(PROJECT, env, values(name), create=True)
-    done = subprocess.run(
-        [sys.executable, str(PROJECT / "tests/flows/cloud_jobs.py"), env.pool_type, env.pool],
-        env=dict(os.environ) | environ | {"PYTHONPATH": str(WORKERS)},
-        capture_output=True,
-        text=True,
-        check=False,
+    done = run_with_workers(
+        str(PROJECT / "tests/flows/cloud_jobs.py"), env.pool_type, env.pool, **environ
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
     return result
 
 
-@needs_workers
+@workers
 def test_a_vertex_flow_run_is_a_custom_job_the_sdk_accepts(
     local_stack: Settings, tmp_path: Path
 ) -> None:
-    built = cloud_job(
-        local_stack, "vertex", GOOGLE_APPLICATION_CREDENTIALS=str(service_account_key(tmp_path))
-    )
+    built = cloud_job("vertex", GOOGLE_APPLICATION_CREDENTIALS=str(service_account_key(tmp_path)))
     assert built["region"] == "value-of-MLOPS_GCP_REGION"
     spec = built["custom_job"]["jobSpec"]
     assert spec["serviceAccount"] == "value-of-MLOPS_VERTEX_SERVICE_ACCOUNT"
@@ -342,11 +330,11 @@ def test_a_vertex_flow_run_is_a_custom_job_the_sdk_accepts(
     assert built["custom_job"]["displayName"].startswith("spec-check-")
 
 
-@needs_workers
+@workers
 def test_an_azure_flow_run_is_an_arm_deployment_of_a_container_group_azure_mgmt_accepts(
     local_stack: Settings,
 ) -> None:
-    built = cloud_job(local_stack, "azure")
+    built = cloud_job("azure")
     assert built["resource_group"] == "value-of-MLOPS_AZURE_RESOURCE_GROUP"
     assert built["deployment_missing"] == [] and built["group_missing"] == []
     group = built["group"]

@@ -6,10 +6,6 @@ where `make tools` installs it with the workers' packages)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,11 +15,9 @@ from mlops.adapters.registry import RegisteredVersion
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.core.settings import Settings
+from tests.helpers import needs_workers, run_with_workers
 
 pytestmark = pytest.mark.unit
-
-PROJECT = Path(__file__).resolve().parents[3]
-WORKERS = PROJECT / ".tools" / "workers"
 
 
 def version(n: int, **tags: str) -> RegisteredVersion:
@@ -78,10 +72,7 @@ def test_a_champion_vertex_cannot_serve_is_named_not_uploaded() -> None:
         upload_arguments(settings, "m", version(7, **{IMAGE_TAG: "img"}), "s3://b/m", None)
 
 
-@pytest.mark.skipif(
-    not (WORKERS / ".installed").exists(),
-    reason="google-cloud-aiplatform is not in .tools/workers (`make tools`)",
-)
+@needs_workers("google-cloud-aiplatform is not in .tools/workers")
 def test_the_calls_bind_to_the_installed_sdks_signatures() -> None:
     settings = Settings(gcp_project="p", gcp_region="europe-west4")
     champion = version(7, **{IMAGE_TAG: "europe-west4-docker.pkg.dev/p/r/serve:7"})
@@ -99,11 +90,5 @@ inspect.signature(aiplatform.models.ModelRegistry.list_versions).bind(None)
 inspect.signature(aiplatform.models.ModelRegistry.get_model).bind(None, version="1")
 print("bound")
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        env=dict(os.environ) | {"PYTHONPATH": str(WORKERS)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_with_workers("-c", script)
     assert done.stdout.strip() == "bound", done.stderr[-2000:]
