@@ -22,6 +22,9 @@ from mlops.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: MLflow's lineage tags a mirror carries with the champion (its metadata, its labels)
+LINEAGE_PREFIX = "mlops."
+
 #: mirror name (as ``registry_mirrors`` says it) -> the module that syncs it
 MIRRORS = {
     "sagemaker": "mlops.adapters.mirrors.sagemaker",

@@ -16,15 +16,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mlops.adapters.mirrors import artifact_source
+from mlops.adapters.mirrors import LINEAGE_PREFIX, artifact_source
 from mlops.adapters.registry import RegisteredVersion
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
 from mlops.core.settings import Settings
 
 APPROVED, REJECTED = "Approved", "Rejected"
 VERSION_KEY = "mlflow.version"
-#: MLflow's lineage tags carried into the package's customer metadata (at most 50 entries)
-LINEAGE_PREFIX = "mlops."
 _VALUE = re.compile(r"[^\w\s.:/=+\-@]")  # what SageMaker's metadata values may not hold
 
 

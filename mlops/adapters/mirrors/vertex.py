@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mlops.adapters.mirrors import artifact_source
+from mlops.adapters.mirrors import LINEAGE_PREFIX, artifact_source
 from mlops.adapters.registry import RegisteredVersion
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import CHECKSUM_TAG, IMAGE_TAG
@@ -29,8 +29,6 @@ from mlops.core.settings import Settings
 
 DEFAULT = "default"  # Vertex AI's alias of a model's default version
 VERSION_LABEL = "mlflow-version"
-#: MLflow's lineage tags carried into the version's labels (Vertex allows 64 labels)
-LINEAGE_PREFIX = "mlops."
 _LABEL = re.compile(r"[^a-z0-9_-]")
 
 

@@ -22,23 +22,24 @@ def pinned() -> dict[str, str]:
     return {canonicalize_name(n): v for n, _, v in (x.partition("==") for x in lines if "==" in x)}
 
 
+def extras(*keys: str) -> list[str]:
+    """The names the pyproject extras ``keys`` ask for."""
+    declared = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    found = declared["optional-dependencies"]
+    return [Requirement(r).name for key in keys for r in found[key]]
+
+
 def workers_list() -> list[str]:
     text = (PROJECT / "deployments/work-pools/workers-requirements.txt").read_text()
     return [line.strip() for line in text.splitlines() if line.strip() and line[0] != "#"]
 
 
 def test_every_cloud_extra_and_worker_package_is_pinned() -> None:
-    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
-    names = [Requirement(r).name for key in ("gcp", "azure", "workers") for r in extras[key]]
+    names = extras("gcp", "azure", "workers")
     unpinned = sorted({canonicalize_name(n) for n in names + workers_list()} - set(pinned()))
     assert unpinned == []
 
 
 def test_the_workers_list_holds_what_the_workers_extra_names() -> None:
-    extras = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
-    wanted = {canonicalize_name(Requirement(r).name) for r in extras["workers"]}
+    wanted = {canonicalize_name(n) for n in extras("workers")}
     assert wanted <= {canonicalize_name(n) for n in workers_list()}
