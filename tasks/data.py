@@ -10,6 +10,8 @@ from prefect.artifacts import create_markdown_artifact
 from mlops.adapters import dvc
 from mlops.core.config import DataContract
 from mlops.core.errors import DataContractError
+from mlops.core.lineage import DataVersion
+from mlops.core.settings import Settings
 from mlops.ml import split
 from mlops.ml.contract import check_contract
 from tasks import on_connection_errors, step
@@ -19,7 +21,20 @@ resolve_data_version = step(
     name="resolve-data-version",
     **on_connection_errors(1, 5),
 )
-load_dataset = step(dvc.load_dataset, name="load-dataset")
+
+
+@step(name="load-dataset")
+def load_dataset(
+    project_dir: Path, version: DataVersion, na_values: tuple[str, ...] = ()
+) -> pd.DataFrame:
+    """Exactly ``version`` of the dataset, read through the DVC remote the settings name
+    (MLOPS_DVC_REMOTE_URL, as the cloud and docker environments set it) or else the repo's own."""
+    settings = Settings()
+    return dvc.load_dataset(
+        project_dir, version, na_values, settings.dvc_remote_url, settings.dvc_remote_endpoint_url
+    )
+
+
 locate_data_version = step(dvc.locate_data_version, name="locate-data-version")
 split_dataset = step(split.split_dataset, name="split-dataset")
 

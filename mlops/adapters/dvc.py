@@ -31,11 +31,16 @@ def configure_remote(project_dir: Path, url: str | None, endpoint_url: str | Non
             if conf.get("core", {}).get("remote") == REMOTE_NAME:
                 del conf["core"]["remote"]
             return
-        remote: dict[str, str] = {"url": url}
-        if endpoint_url:
-            remote["endpointurl"] = endpoint_url
-        conf.setdefault("remote", {})[REMOTE_NAME] = remote
+        conf.setdefault("remote", {})[REMOTE_NAME] = remote_config(url, endpoint_url)
         conf.setdefault("core", {})["remote"] = REMOTE_NAME
+
+
+def remote_config(url: str, endpoint_url: str | None = None) -> dict[str, str]:
+    """The DVC config of the remote at ``url`` (with an S3-compatible ``endpoint_url``)."""
+    remote = {"url": url}
+    if endpoint_url:
+        remote["endpointurl"] = endpoint_url
+    return remote
 
 
 def _md5_of(path: Path) -> str:
@@ -107,10 +112,24 @@ def resolve_data_version(project_dir: Path, path: str, rev: str | None = None) -
     return DataVersion(path=path, md5=md5, size=int(dvc_info.get("size") or 0), rev=rev)
 
 
-def read_data_version(project_dir: Path, version: DataVersion) -> bytes:
-    """The bytes of exactly ``version`` through DVC (workspace, cache or remote), md5 verified."""
+def read_data_version(
+    project_dir: Path,
+    version: DataVersion,
+    remote_url: str | None = None,
+    endpoint_url: str | None = None,
+) -> bytes:
+    """The bytes of exactly ``version`` through DVC (workspace, cache or remote), md5 verified.
+
+    ``remote_url`` (MLOPS_DVC_REMOTE_URL) overrides the repo's configured remote for this read
+    alone: a flow run in a fresh container has only the committed .dvc/config, whose default
+    remote is a folder of the machine that made it."""
+    override = (
+        {"remote": REMOTE_NAME, "remote_config": remote_config(remote_url, endpoint_url)}
+        if remote_url
+        else {}
+    )
     try:
-        fs = DVCFileSystem(str(project_dir), rev=version.rev)
+        fs = DVCFileSystem(str(project_dir), rev=version.rev, **override)
         with fs.open(version.path, "rb") as fh:
             raw: bytes = fh.read()
     except (FileNotFoundError, DvcException) as exc:
@@ -128,10 +147,15 @@ def read_data_version(project_dir: Path, version: DataVersion) -> bytes:
 
 
 def load_dataset(
-    project_dir: Path, version: DataVersion, na_values: tuple[str, ...] = ()
+    project_dir: Path,
+    version: DataVersion,
+    na_values: tuple[str, ...] = (),
+    remote_url: str | None = None,
+    endpoint_url: str | None = None,
 ) -> pd.DataFrame:
     """Read exactly ``version`` through DVC, verify its md5, and parse it (CSV, gzip CSV or Parquet)."""
-    return parse_dataset(read_data_version(project_dir, version), version.path, na_values)
+    raw = read_data_version(project_dir, version, remote_url, endpoint_url)
+    return parse_dataset(raw, version.path, na_values)
 
 
 def locate_data_version(

@@ -107,6 +107,36 @@ def test_pull_seeds_an_empty_remote_from_the_verified_copy(tmp_path: Path) -> No
     assert len(pd.read_csv(data)) == 1500
 
 
+def test_a_flow_reads_through_the_remote_the_settings_name_not_only_the_repos_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow run in a fresh container (the docker, kubernetes and cloud pools) has the committed
+    .dvc/config alone, whose remote is a folder of another machine: MLOPS_DVC_REMOTE_URL is where
+    its data versions are."""
+    import shutil
+
+    from dvc.repo import Repo
+
+    project = tmp_path / "project"
+    make_project(project)
+    team = tmp_path / "team-remote"
+    configure_remote(project, str(team))
+    with Repo(str(project)) as repo:
+        repo.push()
+    configure_remote(project, None)  # back to the repo's default: a folder holding nothing
+    (project / "data" / "adult.csv").unlink()
+    shutil.rmtree(project / ".dvc" / "cache")
+    version = resolve_data_version.fn(project, "data/adult.csv")
+    monkeypatch.delenv("MLOPS_DVC_REMOTE_URL", raising=False)
+    with pytest.raises(
+        DataVersionError, match="cannot be read from the workspace, cache or remote"
+    ):
+        load_dataset.fn(project, version)
+    monkeypatch.setenv("MLOPS_DVC_REMOTE_URL", str(team))
+    assert len(load_dataset.fn(project, version, ("?",))) == 1500
+    assert not (project / ".dvc" / "config.local").read_text().strip(), "nothing was written"
+
+
 def _pull(project: Path, seed: Path) -> str:
     return pull_dataset(project, "data/adult.csv", seed)
 
