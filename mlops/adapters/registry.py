@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from mlops.adapters.tracking import tracking_server
 from mlops.core.errors import MlopsError
 from mlops.core.integrity import (
     CHECKSUM_ALGORITHM,
@@ -204,16 +205,21 @@ def _set_aside(client: MlflowClient, mv: ModelVersion, reason: str) -> None:
     client.delete_model_version_tag(mv.name, mv.version, FINGERPRINT_TAG)
 
 
+# MLflow (3.17) resolves a models:/ URI through a client of its default tracking URI whatever
+# tracking_uri it is handed (ModelsArtifactRepository._get_model_uri_infos): where that default is
+# not the server (a flow container has MLOPS_MLFLOW_TRACKING_URI only), the lookup goes to a SQLite
+# file of its own. So those downloads run with the server as the default too.
 def download_model(tracking_uri: str, name: str, version: int, dst: Path | None = None) -> Path:
     """The artifacts of one registered version, in a local folder (unverified: see
     `fetch_verified_model` before loading anything from it)."""
-    return Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}",
-            dst_path=str(dst) if dst else None,
-            tracking_uri=tracking_uri,
+    with tracking_server(tracking_uri):
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}",
+                dst_path=str(dst) if dst else None,
+                tracking_uri=tracking_uri,
+            )
         )
-    )
 
 
 def register_model_version(
@@ -226,7 +232,7 @@ def register_model_version(
     if not model_uri.startswith("models:/"):
         raise MlopsError(f"{name}: register a logged model (models:/<model id>), not {model_uri!r}")
     model_id = model_uri.removeprefix("models:/")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tracking_server(tracking_uri):
         folder = Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=model_uri, dst_path=tmp, tracking_uri=tracking_uri

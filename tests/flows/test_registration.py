@@ -82,7 +82,34 @@ def _copy(settings: Settings, of: RegisteredVersion, fingerprint: str) -> Regist
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
         )
     tags = {FINGERPRINT_TAG: fingerprint, RUN_ID_TAG: run.info.run_id}
-    return register_model_version.fn(uri, of.name, info.model_uri, tags, description="a copy")
+    with mlflows_default_elsewhere():
+        return register_model_version.fn(uri, of.name, info.model_uri, tags, description="a copy")
+
+
+@contextmanager
+def mlflows_default_elsewhere() -> Iterator[None]:
+    """MLflow's default tracking URI pointed away from the server, as in a flow container of the
+    docker, kubernetes and cloud pools, which are given MLOPS_MLFLOW_TRACKING_URI alone."""
+    previous = mlflow.get_tracking_uri()
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{tmp}/elsewhere.db")
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+def test_a_version_registers_and_downloads_from_the_server_named_whatever_mlflows_default(
+    local_stack: Settings, trained: RegisteredVersion
+) -> None:
+    """MLflow 3 resolves a models:/ URI with a client of its own default tracking URI, not the
+    tracking_uri it is handed; a flow container's training failed at registration with
+    "Logged model with ID ... not found" from a SQLite file of its own."""
+    copy = _copy(local_stack, trained, "registers-against-the-named-server")
+    assert copy.version > trained.version
+    with mlflows_default_elsewhere(), tempfile_dir() as tmp:
+        folder = download_model(str(local_stack.mlflow_tracking_uri), copy.name, copy.version, tmp)
+        assert (folder / "MLmodel").is_file()
 
 
 @contextmanager
