@@ -98,3 +98,24 @@ def container_engine(workdir: Path) -> Iterator[Engine]:
     finally:
         for proc in procs:
             stop_process_group(proc.pid, timeout=10)
+
+
+def build_image(
+    engine: Engine, dockerfile: Path, context: Path, tag: str, **build_args: str
+) -> None:
+    """Build ``dockerfile`` as ``tag`` on the engine's base (BASE_IMAGE), with the machine's CA
+    bundle as the build secret ``ca-certificates`` (pip behind a TLS-intercepting proxy). The
+    engine's CLI: Podman's, which shares its service's storage, or Docker's with BuildKit."""
+    from mlops.release.packaging import ca_bundle
+
+    cli = shutil.which("podman") or shutil.which("docker")
+    if cli is None:
+        pytest.skip("no podman or docker CLI to build images with")
+    args = {"BASE_IMAGE": engine.base_image, **build_args}
+    argv = [cli, "build", "-q", "-f", str(dockerfile), "-t", tag]
+    argv += [f"--build-arg={k}={v}" for k, v in args.items()]
+    argv += [f"--secret=id=ca-certificates,src={ca_bundle()}", str(context)]
+    env = {**os.environ, "DOCKER_HOST": engine.docker_host, "DOCKER_BUILDKIT": "1"}
+    built = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1800)
+    if built.returncode:
+        raise RuntimeError(f"building {tag} from {dockerfile} failed:\n{built.stderr[-4000:]}")

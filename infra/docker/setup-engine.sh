@@ -15,6 +15,8 @@ command -v podman >/dev/null || missing+=(podman)
 command -v runc >/dev/null || missing+=(runc)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
+# compose.yaml's team stack over the engine's Docker API (tests/e2e/test_compose_stack.py)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
 if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
@@ -60,4 +62,4 @@ runroot = "/run/containers/storage"
 graphroot = "/var/lib/containers/storage"
 CONF
 fi
-echo "setup-engine: podman $(podman --version | awk '{print $3}') ($(awk -F'"' '/^driver/ {print $2}' "$storage") storage), runc, debootstrap, docker-registry ready"
+echo "setup-engine: podman $(podman --version | awk '{print $3}') ($(awk -F'"' '/^driver/ {print $2}' "$storage") storage), runc, debootstrap, docker-registry, docker-compose ready"

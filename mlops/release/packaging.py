@@ -87,7 +87,7 @@ def image_tag(version: int, git_commit: str) -> str:
     return f"v{version}-{short}"
 
 
-def _ca_bundle() -> Path:
+def ca_bundle() -> Path:
     """The CA bundle this machine trusts, so pip in the build trusts the same (proxies included)."""
     for candidate in (os.environ.get("SSL_CERT_FILE"), "/etc/ssl/certs/ca-certificates.crt"):
         if candidate and Path(candidate).is_file():
@@ -143,7 +143,7 @@ def assemble_build_context(tracking_uri: str, version: RegisteredVersion, dst: P
     for name in ("Dockerfile", "requirements.txt"):
         shutil.copy2(DOCKER_DIR / name, dst / name)
     shutil.copy2(PRODUCT_ROOT / "constraints.txt", dst / "constraints.txt")
-    shutil.copy2(_ca_bundle(), dst / "ca-certificates.crt")
+    shutil.copy2(ca_bundle(), dst / "ca-certificates.crt")
     build_wheel(dst / "wheels")
     meta = {
         "name": version.name,

@@ -275,8 +275,10 @@ def test_the_self_hosted_servers_take_every_secret_from_a_secret() -> None:
     server = next(c for c in containers if c["name"] == "prefect-server")
     assert "PREFECT_SERVER_API_AUTH_STRING" in {v["name"] for v in server["env"]}
     compose = yaml.safe_load((PROJECT / "infra/docker/compose.yaml").read_text())["services"]
-    assert compose["prefect-server"]["env_file"] == ["secrets/prefect-server.env"]
-    assert compose["worker"]["env_file"] == ["secrets/clients.env"]
+    secrets = "${MLOPS_SECRETS_DIR:-./secrets}"
+    assert compose["prefect-server"]["env_file"] == [f"{secrets}/prefect-server.env"]
+    assert compose["prefect-services"]["env_file"] == [f"{secrets}/prefect-server.env"]
+    assert compose["worker"]["env_file"] == [f"{secrets}/clients.env"]
     assert "basic-auth" in compose["mlflow"]["command"]
     for name, service in compose.items():
         literal = [v for v in service.get("environment", {}) if any(w in v for w in secretish)]

@@ -47,6 +47,11 @@ def test_prometheus_config_and_rules_pass_promtool() -> None:
     assert "SUCCESS: 8 rules found" in checked.stdout
 
 
+def test_the_compose_stacks_prometheus_config_passes_promtool() -> None:
+    checked = promtool("check", "config", "prometheus.yml", cwd=PROJECT / "infra" / "docker")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
 def test_alert_rules_fire_on_what_they_should_and_only_that() -> None:
     tested = promtool("test", "rules", "mlops.rules.test.yml", cwd=MONITORING / "rules")
     assert tested.returncode == 0, tested.stdout + tested.stderr

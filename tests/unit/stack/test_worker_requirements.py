@@ -1,7 +1,7 @@
-"""The cloud extras and the vertex and azure workers' packages are pinned like everything CI
-installs: `make tools` installs deployments/work-pools/workers-requirements.txt with --no-deps,
-so a name missing there, or a pin missing from constraints.txt, would go unnoticed until a
-worker failed to import."""
+"""The cloud extras, the team stack's `server` extra and the vertex and azure workers' packages
+are pinned like everything CI installs: `make tools` installs
+deployments/work-pools/workers-requirements.txt with --no-deps, so a name missing there, or a pin
+missing from constraints.txt, would go unnoticed until a worker failed to import."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def workers_list() -> list[str]:
 
 
 def test_every_cloud_extra_and_worker_package_is_pinned() -> None:
-    names = extras("gcp", "azure", "workers")
+    names = extras("gcp", "azure", "server", "workers")
     unpinned = sorted({canonicalize_name(n) for n in names + workers_list()} - set(pinned()))
     assert unpinned == []
 
