@@ -158,6 +158,28 @@ def test_gitops_commits_each_step_and_rolls_back_with_one_revert(tmp_path: Path)
     assert candidate.state().traffic == Traffic.only(first.slot)
 
 
+def test_gitops_reads_the_repository_configured_now_not_the_one_it_cloned_before(
+    tmp_path: Path,
+) -> None:
+    """MLOPS_GITOPS_REPO changed (a new repository, empty): the model's clone of the old one must
+    not lend it the old manifest as this release's state."""
+    old, new = tmp_path / "old.git", tmp_path / "new.git"
+    for remote in (old, new):
+        subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(remote)], check=True)
+    state = tmp_path / "state"
+    first = GitOpsTarget(Settings(state_dir=state, gitops_repo=str(old)), "adult-income")
+    deployed = first.deploy(1, image(1))
+    first.mark_stable(deployed.slot)
+    assert first.spec().stable == deployed.slot
+    moved = GitOpsTarget(Settings(state_dir=state, gitops_repo=str(new)), "adult-income")
+    assert moved.spec().slots == {}, "nothing is released in the new repository yet"
+    second = moved.deploy(2, image(2))
+    assert git(new, "log", "--format=%s", "main").splitlines() == [
+        f"adult-income: deploy v2 in {second.slot} ({second.slot} 100%)"
+    ]
+    assert git(old, "log", "--format=%s", "main").count("\n") == 1  # the old one untouched
+
+
 def test_gitops_without_a_repository_or_against_a_missing_one_is_a_clear_error(
     tmp_path: Path,
 ) -> None:

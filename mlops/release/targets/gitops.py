@@ -11,6 +11,7 @@ then the ones used, which no Python git library reproduces whole.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,10 @@ class GitOpsTarget(DeclarativeTarget):
 
     def _sync(self) -> None:
         """The local clone at the remote branch's head (an empty branch is started)."""
+        # a clone of another repository (MLOPS_GITOPS_REPO changed) would lend that one's
+        # manifest to this release as its state: the clone is of the repository configured now
+        if (self.clone / ".git").exists() and self._git("remote", "get-url", "origin") != self.repo:
+            shutil.rmtree(self.clone)
         if not (self.clone / ".git").exists():
             self.clone.parent.mkdir(parents=True, exist_ok=True)
             self._git("clone", "--quiet", self.repo, str(self.clone), cwd=self.clone.parent)
