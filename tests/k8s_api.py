@@ -29,9 +29,10 @@ from fastapi.responses import JSONResponse
 
 from mlops.stack.processes import free_port
 
-KINDS = {  # (group, version) -> (plural, kind)
-    ("serving.kserve.io", "v1beta1"): ("inferenceservices", "InferenceService"),
-    ("serving.knative.dev", "v1"): ("services", "Service"),
+KINDS = {  # (group, version) -> [(plural, kind)]
+    ("serving.kserve.io", "v1beta1"): [("inferenceservices", "InferenceService")],
+    ("serving.knative.dev", "v1"): [("services", "Service")],
+    ("mlops.seldon.io", "v1alpha1"): [("models", "Model"), ("experiments", "Experiment")],
 }
 
 
@@ -50,6 +51,7 @@ class EmulatedKubernetes:
         self.revision_images: dict[str, str] = {}  # revision name -> its image
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.writes: list[dict[str, Any]] = []  # every accepted object, in order
+        self.deleted: list[str] = []  # names of the deleted objects, in order
         self.config_path: Path | None = None  # the last kubeconfig written
         self._lock = threading.Lock()
         self._rv = 0
@@ -157,6 +159,77 @@ class EmulatedKubernetes:
             status["components"] = {"predictor": predictor_status}
             obj["status"] = status
 
+    def _reconcile_seldon(self, key: tuple[str, str, str, str], generation: int) -> None:
+        """Plays Seldon's scheduler: a Model is loaded (Ready) after the delay, or fails when its
+        storage URI is in ``failing``; an Experiment is ready once every model it names is."""
+        time.sleep(self.ready_after)
+        for _ in range(100):  # an Experiment waits up to 10 s for its models
+            if self._reconcile_seldon_once(key, generation):
+                return
+            time.sleep(0.1)
+
+    def _reconcile_seldon_once(self, key: tuple[str, str, str, str], generation: int) -> bool:
+        with self._lock:
+            obj = self.objects.get(key)
+            if obj is None or obj["metadata"]["generation"] != generation:
+                return True
+            if key[1] == "models":
+                uri = obj["spec"]["storageUri"]
+                ok = uri not in self.failing
+                condition = {"type": "ModelReady", "status": "True"}
+                if not ok:
+                    condition = {
+                        "type": "ModelReady",
+                        "status": "False",
+                        "reason": "ScheduleFailed",
+                        "message": f"failed to load model from {uri}",
+                    }
+            else:
+                names = [c["name"] for c in obj["spec"].get("candidates", [])]
+                names += [obj["spec"]["mirror"]["name"]] if obj["spec"].get("mirror") else []
+                loaded = {
+                    n
+                    for (g, pl, ns, n), m in self.objects.items()
+                    if pl == "models" and ns == key[2]
+                    for c in m.get("status", {}).get("conditions", [])
+                    if c["type"] == "Ready" and c["status"] == "True"
+                }
+                ok = set(names) <= loaded
+                condition = {"type": "CandidatesReady", "status": "True" if ok else "Unknown"}
+            ready = {"type": "Ready", "status": "True" if ok else "False"}
+            if not ok and key[1] == "models":
+                ready |= {"reason": "ScheduleFailed"}
+            obj["status"] = {"observedGeneration": generation, "conditions": [condition, ready]}
+            return ok or key[1] == "models"
+
+    def seldon_split(self, experiment: str) -> dict[str, Any]:
+        """How Seldon's router would send a request to ``experiment`` now: ``candidates`` as
+        (Model name, storage URI, weight), and ``mirror`` as (Model name, storage URI) or None."""
+        with self._lock:
+            models = {n: o for (_, pl, _, n), o in self.objects.items() if pl == "models"}
+            exp = next(
+                (
+                    o
+                    for (_, pl, _, n), o in self.objects.items()
+                    if (pl, n) == ("experiments", experiment)
+                ),
+                None,
+            )
+            if exp is None:
+                return {"candidates": [], "mirror": None}
+            candidates = [
+                (c["name"], models[c["name"]]["spec"]["storageUri"], int(c["weight"]))
+                for c in exp["spec"]["candidates"]
+                if c["name"] in models
+            ]
+            mirror = exp["spec"].get("mirror")
+            return {
+                "candidates": candidates,
+                "mirror": (mirror["name"], models[mirror["name"]]["spec"]["storageUri"])
+                if mirror and mirror["name"] in models
+                else None,
+            }
+
     def routes(self, name: str) -> list[tuple[str, int]]:
         """(image, percent) of each revision of InferenceService ``name`` that takes traffic, as
         its status routes it now (empty before the first ready revision)."""
@@ -207,7 +280,6 @@ class EmulatedKubernetes:
         def resources(group: str, version: str) -> Any:
             if (group, version) not in KINDS:
                 return _status(404, "NotFound", f"{group}/{version}")
-            plural, kind = KINDS[group, version]
             verbs = ["create", "get", "list", "update", "patch", "delete"]
             return {
                 "kind": "APIResourceList",
@@ -220,6 +292,7 @@ class EmulatedKubernetes:
                         "kind": kind,
                         "verbs": verbs,
                     }
+                    for plural, kind in KINDS[group, version]
                 ],
             }
 
@@ -234,6 +307,27 @@ class EmulatedKubernetes:
                     return _status(409, "AlreadyExists", f"{key[3]} already exists")
                 obj["metadata"] |= {"namespace": ns, "generation": 1}
                 return self._store(key, obj, 201)
+
+        @app.get(base)
+        def listed(group: str, version: str, ns: str, plural: str, labelSelector: str = "") -> Any:
+            wanted = dict(p.split("=", 1) for p in labelSelector.split(",") if "=" in p)
+            with self._lock:
+                items = [
+                    copy.deepcopy(obj)
+                    for (g, pl, n, _), obj in self.objects.items()
+                    if (g, pl, n) == (group, plural, ns)
+                    and wanted.items() <= obj["metadata"].get("labels", {}).items()
+                ]
+            return {"kind": "List", "apiVersion": f"{group}/{version}", "items": items}
+
+        @app.delete(base + "/{name}")
+        def delete(group: str, version: str, ns: str, plural: str, name: str) -> Any:
+            with self._lock:
+                obj = self.objects.pop((group, plural, ns, name), None)
+            if obj is None:
+                return _status(404, "NotFound", f'{plural} "{name}" not found')
+            self.deleted.append(name)
+            return {"kind": "Status", "apiVersion": "v1", "status": "Success"}
 
         @app.get(base + "/{name}")
         def read(group: str, version: str, ns: str, plural: str, name: str) -> Any:
@@ -269,8 +363,13 @@ class EmulatedKubernetes:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         self.objects[key] = obj
         self.writes.append(json.loads(json.dumps(obj)))
-        if key[1] == "inferenceservices":
+        reconcile = {
+            "inferenceservices": self._reconcile,
+            "models": self._reconcile_seldon,
+            "experiments": self._reconcile_seldon,
+        }.get(key[1])
+        if reconcile is not None:
             threading.Thread(
-                target=self._reconcile, args=(key, obj["metadata"]["generation"]), daemon=True
+                target=reconcile, args=(key, obj["metadata"]["generation"]), daemon=True
             ).start()
         return JSONResponse(copy.deepcopy(obj), code)

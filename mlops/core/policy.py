@@ -248,8 +248,10 @@ class ReleasePolicy(_Strict):
     tolerated, the next rolls back; a step that ends inconclusive does ``on_inconclusive``."""
 
     strategy: Literal["blue-green", "canary", "shadow"] = "canary"
-    target: Literal["local", "kserve", "gitops", "lambda"] = Field(
-        "local", description="Where it runs (targets/): the local router, KServe, GitOps, Lambda."
+    target: Literal["local", "kserve", "seldon", "gitops", "lambda"] = Field(
+        "local",
+        description="Where it runs (targets/): the local router, KServe, Seldon Core 2, GitOps, "
+        "Lambda.",
     )
     canary_steps: tuple[int, ...] = (5, 25, 50, 100)
     bake_seconds: float = Field(

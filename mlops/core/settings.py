@@ -112,27 +112,34 @@ class Settings(BaseSettings):
     )
     prometheus_url: str | None = Field(
         None,
-        description="The Prometheus the release's analysis queries (local, kserve and gitops "
-        "targets); derived from host and prometheus_port when unset.",
+        description="The Prometheus the release's analysis queries (local, kserve, seldon and "
+        "gitops targets); derived from host and prometheus_port when unset.",
     )
 
     # release targets beyond the local one (targets/): each is used only when a release names it
     k8s_kubeconfig: Path | None = Field(
-        None, description="kserve target: kubeconfig of the cluster (or k8s_in_cluster)."
+        None,
+        description="kserve and seldon targets: kubeconfig of the cluster (or k8s_in_cluster).",
     )
-    k8s_context: str | None = Field(None, description="kserve target: kubeconfig context.")
+    k8s_context: str | None = Field(
+        None, description="kserve and seldon targets: kubeconfig context."
+    )
     k8s_in_cluster: bool = Field(
-        False, description="kserve target: use the pod's service account (running in-cluster)."
+        False,
+        description="kserve and seldon targets: use the pod's service account (in-cluster).",
     )
-    k8s_namespace: str = Field("mlops", description="Namespace of the InferenceServices.")
+    k8s_namespace: str = Field(
+        "mlops", description="Namespace of the InferenceServices (Seldon: Models, Experiments)."
+    )
     gitops_repo: str | None = Field(
         None, description="gitops target: the git repository Argo CD or Flux syncs from."
     )
     gitops_branch: str = Field("main", description="gitops target: branch to commit to.")
     gitops_path: str = Field("deploy", description="gitops target: folder for the manifests.")
-    gitops_format: Literal["kserve", "knative"] = Field(
+    gitops_format: Literal["kserve", "knative", "seldon"] = Field(
         "kserve",
-        description="gitops target: KServe InferenceService or Knative Service (Cloud Run).",
+        description="gitops target: KServe InferenceService, Knative Service (Cloud Run) or "
+        "Seldon Core 2's Models and Experiment (a v1 List).",
     )
     aws_region: str | None = Field(None, description="AWS region (lambda target, S3).")
     aws_endpoint_url: str | None = Field(

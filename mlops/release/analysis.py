@@ -47,7 +47,9 @@ from mlops.ml.prediction_shift import (
     total_variation,
 )
 
-Outcome = Literal["pass", "fail", "inconclusive"]
+# not-measured: the target's metrics cannot carry the check's figures (Seldon's agent counts no
+# predictions); said in the decision, and neither passes nor holds the step
+Outcome = Literal["pass", "fail", "inconclusive", "not-measured"]
 
 #: How unlikely, for a candidate as fast as the stable version, its count of slow requests must be.
 LATENCY_SIGNIFICANCE = 0.001
@@ -90,6 +92,7 @@ class Measured:
     sample: SlotSample
     queries: dict[str, str] = field(default_factory=dict)  # figure -> resolved query
     empty: bool = False  # the provider found no series at all for this side
+    predictions: bool = True  # False: this target's metrics carry no predictions at all
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,13 @@ def predictions(
     classes: Sequence[str] = (),
 ) -> CheckResult:
     """The candidate's predictions against the stable version's (or ``expected``)."""
+    if not window.candidate.predictions:
+        return CheckResult(
+            "predictions",
+            "not-measured",
+            "predictions: not measured, the target's metrics carry none (Seldon's MLServer "
+            "exports no predicted classes or values); error rate and latency judge this release",
+        )
     cand = window.candidate.sample
     query = _queries(window, "labels", "values")
     # what the server predicted, not what the router counted (a request answered 500 predicted

@@ -1,7 +1,7 @@
-"""Kubernetes manifests for the cluster targets: a KServe InferenceService and a Knative Service
-(the form Google Cloud Run deploys), rendered from the templates in ``infra/k8s/`` for one release
-step, and checked against the resources' published CRD schemas before anything is applied or
-committed.
+"""Kubernetes manifests for the cluster targets: a KServe InferenceService, a Knative Service
+(the form Google Cloud Run deploys), or Seldon Core 2's Models and Experiment, rendered from the
+templates in ``infra/k8s/`` for one release step, and checked against the resources' published CRD
+schemas before anything is applied or committed.
 
 A release is described by a :class:`ReleaseSpec` (which model version runs in which logical slot,
 which slot is stable, which one is the candidate, and the traffic split). The spec is written into
@@ -32,7 +32,12 @@ KSERVE_CRD = K8S_DIR / "crds" / "serving.kserve.io_inferenceservices.yaml"
 
 KNATIVE_CRD = K8S_DIR / "crds" / "services.serving.knative.dev.yaml"
 
-FORMATS = ("kserve", "knative")
+SELDON_CRDS = {
+    "Model": K8S_DIR / "crds" / "seldon" / "mlops.seldon.io_models.yaml",
+    "Experiment": K8S_DIR / "crds" / "seldon" / "mlops.seldon.io_experiments.yaml",
+}
+
+FORMATS = ("kserve", "knative", "seldon")
 
 
 class ManifestError(MlopsError):
@@ -42,7 +47,7 @@ class ManifestError(MlopsError):
 @dataclass(frozen=True)
 class SlotSpec:
     version: int
-    image: str
+    image: str  # what runs the version: its image, or on Seldon its model folder's storage URI
 
 
 @dataclass
@@ -87,6 +92,9 @@ class ReleaseSpec:
         """The spec a rendered manifest carries, or None for one mlops did not render."""
         if not manifest:
             return None
+        if manifest.get("kind") == "List":  # Seldon's objects: the Experiment carries the spec
+            found = (cls.of(item) for item in manifest.get("items", []))
+            return next((spec for spec in found if spec is not None), None)
         text = manifest.get("metadata", {}).get("annotations", {}).get(SPEC_ANNOTATION)
         return cls.from_json(text) if text else None
 
@@ -115,10 +123,10 @@ def _template(name: str, model: str, namespace: str) -> dict[str, Any]:
     return manifest
 
 
-def _check_renderable(spec: ReleaseSpec, what: str) -> None:
+def _check_renderable(spec: ReleaseSpec, what: str, mirrors: bool = False) -> None:
     if spec.traffic is None or not spec.slots:
         raise ManifestError(f"{what}: nothing deployed yet")
-    if spec.traffic.mirror:
+    if spec.traffic.mirror and not mirrors:
         raise ManifestError(
             f"{what} cannot mirror traffic (the shadow strategy): it has no request mirroring; "
             "use the local target for shadow releases, or canary"
@@ -179,11 +187,44 @@ def render_knative_service(model: str, namespace: str, spec: ReleaseSpec) -> dic
     return manifest
 
 
+def seldon_model_name(model: str, slot: str) -> str:
+    return f"{model}-{slot}"
+
+
+def render_seldon(model: str, namespace: str, spec: ReleaseSpec) -> dict[str, Any]:
+    """Seldon Core 2: a ``Model`` per slot that runs a version (MLServer loads its MLflow folder
+    from the storage URI), and the ``Experiment`` named after the model, the endpoint callers
+    use: its candidates are the slots that take traffic with their weights, its mirror the
+    shadow. A v1 ``List`` of them, Models first, so that the Experiment names loaded Models."""
+    _check_renderable(spec, "Seldon Experiment", mirrors=True)
+    assert spec.traffic is not None
+    items = []
+    for slot in sorted(spec.slots):
+        manifest = _template("seldon-model.yaml", model, namespace)
+        manifest["metadata"]["name"] = seldon_model_name(model, slot)
+        manifest["metadata"]["labels"]["mlops.dev/version"] = str(spec.slots[slot].version)
+        manifest["spec"]["storageUri"] = spec.slots[slot].image
+        items.append(manifest)
+    experiment = _template("seldon-experiment.yaml", model, namespace)
+    experiment["spec"]["candidates"] = [
+        {"name": seldon_model_name(model, slot), "weight": weight}
+        for slot, weight in sorted(spec.traffic.weights.items())
+        if weight
+    ]
+    if spec.traffic.mirror:  # every request, copied; its answers are discarded
+        name = seldon_model_name(model, spec.traffic.mirror)
+        experiment["spec"]["mirror"] = {"name": name, "percent": 100}
+    experiment["metadata"]["annotations"] = {SPEC_ANNOTATION: spec.to_json()}
+    return {"apiVersion": "v1", "kind": "List", "items": [*items, experiment]}
+
+
 def render(fmt: str, model: str, namespace: str, spec: ReleaseSpec) -> dict[str, Any]:
     if fmt == "kserve":
         return render_inference_service(model, namespace, spec)
     if fmt == "knative":
         return render_knative_service(model, namespace, spec)
+    if fmt == "seldon":
+        return render_seldon(model, namespace, spec)
     raise ManifestError(f"unknown manifest format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
@@ -233,10 +274,15 @@ def _unknown_fields(value: Any, schema: dict[str, Any], where: str) -> list[str]
 def validate_manifest(manifest: dict[str, Any]) -> None:
     """Check a rendered manifest against its resource's CRD schema; raise naming each bad field."""
     api, kind = manifest.get("apiVersion", ""), manifest.get("kind", "")
+    if (api, kind) == ("v1", "List"):
+        for item in manifest.get("items", []):
+            validate_manifest(item)
+        return
     group, _, version = api.partition("/")
     crds = {
         ("serving.kserve.io", "InferenceService"): KSERVE_CRD,
         ("serving.knative.dev", "Service"): KNATIVE_CRD,
+        **{("mlops.seldon.io", k): path for k, path in SELDON_CRDS.items()},
     }
     path = crds.get((group, kind))
     if path is None:

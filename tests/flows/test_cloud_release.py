@@ -7,6 +7,7 @@ registry, cluster or AWS account is reachable here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -512,3 +513,189 @@ def test_gitops_commits_one_step_at_a_time_as_a_cloud_run_service(
         {"revisionName": f"{name}-v{v2}", "percent": 100, "tag": "stable"}
     ]
     assert _champion(name) == v2
+
+
+# Seldon Core 2: Models and the Experiment through the emulated Kubernetes API; callers through an
+# emulated Seldon router and agent (tests/seldon_mesh.py) in front of the versions' real servers
+ARTIFACTS = "s3://mlops-emulated-artifacts"  # where the stack's artifact store would be
+
+
+@pytest.fixture
+def seldon(
+    project: dict[str, Any],
+    cluster: EmulatedKubernetes,
+    servers: dict[int, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, Any]]:
+    """The MLflow server's artifacts taken to be in ARTIFACTS (the target reads the versions'
+    storage URIs from there; nothing fetches them), and the mesh, scraped by the stack's
+    Prometheus as a cluster's scrapes Seldon's agents."""
+    from mlops.release.targets.declarative import seldon_storage_uri
+    from tests.seldon_mesh import SeldonMesh
+
+    monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACTS_URL", ARTIFACTS)
+    name, settings = project["name"], Settings()
+    uris = {v: seldon_storage_uri(settings, name, v) for v in (project["v1"], project["v2"])}
+    split = lambda: cluster.seldon_split(name)  # noqa: E731
+    with SeldonMesh(split, {uris[v]: servers[v] for v in uris}) as mesh:
+        folder = scrape_targets_dir(settings)
+        before = json.loads((folder / "slots.json").read_text())
+        target = {"targets": [mesh.url.split("://", 1)[1]], "labels": {"cluster": "seldon"}}
+        write_atomic(folder / "slots.json", json.dumps([*before, target]))
+        yield {"mesh": mesh, "uris": uris, "api": cluster}
+
+
+class Callers:
+    """Callers of the Experiment, through the mesh, until the block ends."""
+
+    def __init__(self, url: str, clients: int = 2) -> None:
+        self.url, self._stop = url, threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        rows, i = caller_rows(), 0
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                with contextlib.suppress(httpx.TransportError):
+                    client.post(f"{self.url}/infer", json={"row": rows[i % len(rows)]})
+                i += 1
+                self._stop.wait(0.01)
+
+    def __enter__(self) -> Callers:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=15)
+
+
+def _experiment_writes(api: EmulatedKubernetes, name: str) -> list[Any]:
+    """The Experiment's spec as written, each write: (candidates, mirror)."""
+    return [
+        (
+            [(c["name"].rsplit("-", 1)[1], c["weight"]) for c in w["spec"]["candidates"]],
+            w["spec"].get("mirror", {}).get("name", "").rsplit("-", 1)[-1] or None,
+        )
+        for w in api.writes
+        if w.get("kind") == "Experiment" and w["metadata"]["name"] == name
+    ]
+
+
+def test_seldon_canary_steps_through_the_experiments_weights_judged_on_seldons_metrics(
+    project: dict[str, Any], seldon: dict[str, Any]
+) -> None:
+    name, v1, v2 = project["name"], project["v1"], project["v2"]
+    api, mesh = seldon["api"], seldon["mesh"]
+    assert _release(project, v1, "seldon", strategy="canary").serving
+    first = api.objects[
+        ("mlops.seldon.io", "models", os.environ["MLOPS_K8S_NAMESPACE"], f"{name}-blue")
+    ]
+    assert first["spec"]["storageUri"] == seldon["uris"][v1]
+    assert first["spec"]["requirements"] == ["mlflow"]
+    with Callers(mesh.url):
+        outcome = _release(project, v2, "seldon", strategy="canary")
+    assert outcome.serving and outcome.previous_champion == v1
+    assert mesh.answered[f"{name}-blue"] > 0 and mesh.answered[f"{name}-green"] > 0
+    checks = _analysed(_last_audit(name))
+    errors = [c for c in checks if c["name"] == "error-rate"]
+    assert len(errors) == 3 and all(c["outcome"] == "pass" for c in errors), errors
+    for c in errors:  # Seldon's agent's series, each side by its Model
+        assert f'seldon_model_infer_total{{model="{name}-green"' in c["query"]["candidate.requests"]
+        assert f'seldon_model_infer_total{{model="{name}-blue"' in c["query"]["stable.requests"]
+    shown = {c["outcome"] for c in checks if c["name"] == "predictions"}
+    assert shown == {"not-measured"}, checks
+    steps = [w for w, _ in _experiment_writes(api, name)]
+    assert steps[-6:] == [
+        [("blue", 100)],  # v2 deployed beside, no traffic yet
+        [("blue", 95), ("green", 5)],
+        [("blue", 75), ("green", 25)],
+        [("blue", 50), ("green", 50)],
+        [("green", 100)],
+        [("green", 100)],  # green is stable
+    ], steps
+    assert _champion(name) == v2
+    assert _last_audit(name).action == "released"
+
+
+def test_seldon_model_that_fails_to_load_is_rolled_back_with_seldons_reason(
+    project: dict[str, Any], seldon: dict[str, Any]
+) -> None:
+    name, v1, v2 = project["name"], project["v1"], project["v2"]
+    api = seldon["api"]
+    _release(project, v2, "seldon")
+    api.failing.add(seldon["uris"][v1])
+    with pytest.raises(
+        ReleaseFailed, match="v1 did not load on Seldon: ModelReady: ScheduleFailed"
+    ):
+        _release(project, v1, "seldon")
+    candidates, mirror = _experiment_writes(api, name)[-1]
+    assert (candidates, mirror) == ([("blue", 100)], None)  # v2's slot alone, as before
+    assert _champion(name) == v2
+    last = _last_audit(name)
+    assert last.action == "release-rolled-back" and "ScheduleFailed" in last.reason
+    # retiring the failed slot deletes its Model; the Experiment no longer names it
+    from mlops.release.targets import make_target
+
+    make_target("seldon", Settings(), name).retire("green")
+    assert api.deleted[-1] == f"{name}-green"
+    assert ReleaseSpec.of(api.writes[-1]).slots.keys() == {"blue"}  # type: ignore[union-attr]
+
+
+def test_seldon_shadow_mirrors_every_request_to_the_candidate_then_promotes_it(
+    project: dict[str, Any], seldon: dict[str, Any]
+) -> None:
+    name, v1, v2 = project["name"], project["v1"], project["v2"]
+    api, mesh = seldon["api"], seldon["mesh"]
+    _release(project, v1, "seldon")
+    with Callers(mesh.url):
+        outcome = _release(project, v2, "seldon", strategy="shadow")
+    assert outcome.serving, outcome
+    writes = _experiment_writes(api, name)
+    assert ([("blue", 100)], "green") in writes, writes  # the stable answers, green mirrors
+    assert mesh.answered[f"{name}-green"] > 0
+    assert _champion(name) == v2
+
+
+def test_gitops_commits_seldons_models_and_experiment_as_one_list(
+    project: dict[str, Any],
+    seldon: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Argo CD or Flux would sync for Seldon: the slots' Models and the Experiment, one v1
+    List in the model's file, checked against Seldon's CRDs before the commit."""
+    from mlops.release.manifests import validate_manifest
+    from tests.seldon_mesh import split_of
+
+    name, v1 = project["name"], project["v1"]
+    remote = tmp_path / "deploy.git"
+    subprocess.run(["git", "init", "--bare", "-q", "-b", "main", str(remote)], check=True)
+    monkeypatch.setenv("MLOPS_GITOPS_REPO", str(remote))
+    monkeypatch.setenv("MLOPS_GITOPS_FORMAT", "seldon")
+
+    def branch() -> Any:  # what the sync tool applies: the branch's List
+        shown = subprocess.run(
+            ["git", "-C", str(remote), "show", f"main:deploy/{name}.yaml"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return yaml.safe_load(shown.stdout) if shown.returncode == 0 else None
+
+    mesh = seldon["mesh"]
+    mesh.split = lambda: split_of(branch())
+    with Callers(mesh.url):
+        assert _release(project, v1, "gitops", strategy="canary").serving
+    synced = branch()
+    validate_manifest(synced)
+    *models, experiment = synced["items"]
+    assert {m["kind"] for m in models} == {"Model"} and experiment["kind"] == "Experiment"
+    spec = ReleaseSpec.of(synced)
+    assert spec is not None and spec.slots[spec.stable or ""].version == v1
+    assert experiment["spec"]["candidates"] == [{"name": f"{name}-{spec.stable}", "weight": 100}]
+    by_name = {m["metadata"]["name"]: m for m in models}
+    assert set(by_name) == {f"{name}-{slot}" for slot in spec.slots}
+    assert by_name[f"{name}-{spec.stable}"]["spec"]["storageUri"] == seldon["uris"][v1]

@@ -28,8 +28,8 @@ class SlotSeries:
     requests: str  # a counter of answered requests
     errors: str  # a counter of 5xx answers
     latency: str  # a histogram's _bucket series (summed by le)
-    labels: str  # mlops_predictions_total of the slot's server (summed by label)
-    values: str  # mlops_prediction_value_bucket of the slot's server (summed by le)
+    labels: str | None  # mlops_predictions_total of the slot's server (summed by label)
+    values: str | None  # mlops_prediction_value_bucket of the slot's server (summed by le)
     matchers: str  # what ``{selector}`` becomes in a user's query
 
 
@@ -43,6 +43,20 @@ def server_series(matchers: str) -> SlotSeries:
         latency=f"mlops_request_seconds_bucket{{{routes}}}",
         labels=f"mlops_predictions_total{{{matchers}}}",
         values=f"mlops_prediction_value_bucket{{{matchers}}}",
+        matchers=matchers,
+    )
+
+
+def seldon_series(name: str) -> SlotSeries:
+    """A slot measured by Seldon Core 2's agent: the series of its Model ``name``. MLServer
+    exports no prediction metrics, so there are none of predicted classes or values."""
+    matchers = f'model="{name}"'
+    return SlotSeries(
+        requests=f"seldon_model_infer_total{{{matchers}}}",
+        errors=f'seldon_model_infer_total{{{matchers},code=~"5.."}}',
+        latency=f"seldon_model_infer_api_seconds_bucket{{{matchers}}}",
+        labels=None,
+        values=None,
         matchers=matchers,
     )
 
@@ -122,14 +136,19 @@ class PrometheusProvider:
             "requests": growth(s.requests, "", seconds, ago),
             "errors": growth(s.errors, "", seconds, ago),
             "latency": growth(s.latency, "le", seconds, ago),
-            "labels": growth(s.labels, "label", seconds, ago),
-            "values": growth(s.values, "le", seconds, ago),
         }
+        if s.labels is not None and s.values is not None:
+            queries["labels"] = growth(s.labels, "label", seconds, ago)
+            queries["values"] = growth(s.values, "le", seconds, ago)
         requests = self._by(queries["requests"], "")
         errors = self._by(queries["errors"], "")
         latency = {float(le): v for le, v in self._by(queries["latency"], "le").items()}
-        labels = self._by(queries["labels"], "label")
-        values = {float(le): v for le, v in self._by(queries["values"], "le").items()}
+        labels = self._by(queries["labels"], "label") if "labels" in queries else {}
+        values = (
+            {float(le): v for le, v in self._by(queries["values"], "le").items()}
+            if "values" in queries
+            else {}
+        )
         sample = SlotSample(
             requests.get("", 0.0),
             # no 5xx series at all is no errors, once the slot answered anything
@@ -138,7 +157,12 @@ class PrometheusProvider:
             labels,
             values,
         )
-        return Measured(sample, queries, empty=not requests and not latency and not labels)
+        return Measured(
+            sample,
+            queries,
+            empty=not requests and not latency and not labels,
+            predictions="labels" in queries,
+        )
 
     def ask(self, query: str, slot: str, seconds: float, ago: float = 0.0) -> Answer:
         resolved = (

@@ -18,6 +18,7 @@ TARGETS: dict[str, str] = {
     "kserve": "mlops.release.targets.kserve:KServeTarget",
     "gitops": "mlops.release.targets.gitops:GitOpsTarget",
     "lambda": "mlops.release.targets.aws_lambda:LambdaTarget",
+    "seldon": "mlops.release.targets.seldon:SeldonTarget",
 }
 
 

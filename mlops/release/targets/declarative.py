@@ -5,21 +5,84 @@ reads it from there."""
 
 from __future__ import annotations
 
+import time
+import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from mlops.core.settings import Settings
 from mlops.release.guard import start_guard, stop_guard
-from mlops.release.manifests import ReleaseSpec, SlotSpec, render_checked
-from mlops.release.providers.prometheus import PrometheusProvider, server_series
+from mlops.release.manifests import ReleaseSpec, SlotSpec, render_checked, seldon_model_name
+from mlops.release.providers.prometheus import (
+    PrometheusProvider,
+    seldon_series,
+    server_series,
+)
 from mlops.release.router import SLOTS, Traffic
-from mlops.release.targets.base import Deployed, TargetError, TargetState, need_image
+from mlops.release.targets.base import (
+    Deployed,
+    TargetError,
+    TargetState,
+    missing_settings,
+    need_image,
+)
+
+#: where Seldon's agent (rclone) can fetch a model folder from
+BUCKET_SCHEMES = ("s3", "gs", "gcs", "az", "azureblob")
+
+
+def bucket_uri(download_uri: str, artifacts_url: str | None) -> str | None:
+    """The bucket URI of a version's artifacts: MLflow's ``mlflow-artifacts:/path`` (the server
+    proxies its artifact store) is ``<artifacts_url>/path``; None where no bucket holds them."""
+    parsed = urllib.parse.urlparse(download_uri)
+    if parsed.scheme == "mlflow-artifacts":
+        if not artifacts_url or urllib.parse.urlparse(artifacts_url).scheme not in BUCKET_SCHEMES:
+            return None
+        return f"{artifacts_url.rstrip('/')}/{parsed.path.lstrip('/')}"
+    return download_uri if parsed.scheme in BUCKET_SCHEMES else None
+
+
+def seldon_storage_uri(settings: Settings, model: str, version: int) -> str:
+    """Where Seldon's Server loads ``model`` v``version`` from: its MLflow folder in the bucket."""
+    from mlops.adapters.registry import registry_client
+
+    client = registry_client(str(settings.mlflow_tracking_uri))
+    download = str(client.get_model_version_download_uri(model, str(version)))
+    uri = bucket_uri(download, settings.mlflow_artifacts_url)
+    if uri is None:
+        raise TargetError(
+            f"{model} v{version}: Seldon loads a model from a bucket, but its artifacts are at "
+            f"{download}; run the MLflow server with its artifacts in s3:// or gs:// "
+            "(MLOPS_MLFLOW_ARTIFACTS_URL)"
+        )
+    return uri
+
+
+def custom_objects_api(settings: Settings, target: str) -> Any:
+    """The Kubernetes API's custom objects (the kubernetes client's ``CustomObjectsApi``), from the
+    pod's service account or the kubeconfig the settings name."""
+    from kubernetes import client, config
+
+    try:
+        if settings.k8s_in_cluster:
+            config.load_incluster_config()
+            api = client.ApiClient()
+        elif settings.k8s_kubeconfig is not None:
+            api = config.new_client_from_config(
+                config_file=str(settings.k8s_kubeconfig), context=settings.k8s_context
+            )
+        else:
+            raise missing_settings(target, ["MLOPS_K8S_KUBECONFIG (or MLOPS_K8S_IN_CLUSTER=true)"])
+    except (config.ConfigException, OSError) as exc:
+        raise TargetError(f"the {target} target cannot load its cluster config: {exc}") from None
+    return client.CustomObjectsApi(api)
 
 
 class DeclarativeTarget(ABC):
     name: str
-    fmt: str  # manifest format: kserve or knative
+    fmt: str  # manifest format: kserve, knative or seldon
 
     def __init__(self, settings: Settings, model: str) -> None:
         self.settings = settings
@@ -39,15 +102,41 @@ class DeclarativeTarget(ABC):
         """Where ``slot`` answers directly, if that can be known from here."""
         return None
 
+    def _runs(self, version: int, image: str | None) -> str:
+        """What a slot runs for ``version``: its image, or on Seldon its model folder."""
+        if self.fmt == "seldon":
+            return seldon_storage_uri(self.settings, self.model, version)
+        return need_image(self.model, version, image, self.name)
+
     @abstractmethod
     def wait_ready(self, deployed: Deployed, timeout: float) -> None: ...
 
+    @staticmethod
+    def _poll(status: Callable[[], tuple[bool, str | None]], timeout: float, late: str) -> None:
+        """Until ``status()`` says ready; its failure (why not) is an error at once, and so is
+        ``late`` once ``timeout`` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready, failure = status()
+            if failure:
+                raise TargetError(failure)
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise TargetError(late)
+            time.sleep(0.5)
+
     def metrics(self) -> PrometheusProvider:
         """The model servers' own metrics in the cluster's Prometheus (``settings.prometheus_url``):
-        each revision's server labels its series with the model and its version."""
+        each revision's server labels its series with the model and its version; on Seldon, its
+        agent's by each slot's Model."""
         spec = self.spec()
         series = {
-            slot: server_series(f'model="{self.model}",version="{s.version}"')
+            slot: (
+                seldon_series(seldon_model_name(self.model, slot))
+                if self.fmt == "seldon"
+                else server_series(f'model="{self.model}",version="{s.version}"')
+            )
             for slot, s in spec.slots.items()
         }
         assert self.settings.prometheus_url is not None
@@ -94,7 +183,7 @@ class DeclarativeTarget(ABC):
     def deploy(self, version: int, image: str | None) -> Deployed:
         spec = self.spec()
         slot = next(s for s in SLOTS if s != spec.stable)
-        spec.slots[slot] = SlotSpec(version, need_image(self.model, version, image, self.name))
+        spec.slots[slot] = SlotSpec(version, self._runs(version, image))
         spec.candidate = slot
         if spec.stable is None or spec.traffic is None:
             spec.traffic = Traffic.only(slot)  # the first version takes all traffic once ready

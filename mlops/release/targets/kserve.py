@@ -9,13 +9,12 @@ the InferenceService's status conditions.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from mlops.core.settings import Settings
 from mlops.release.manifests import ReleaseSpec
-from mlops.release.targets.base import Deployed, TargetError, missing_settings
-from mlops.release.targets.declarative import DeclarativeTarget
+from mlops.release.targets.base import Deployed, TargetError
+from mlops.release.targets.declarative import DeclarativeTarget, custom_objects_api
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 
@@ -26,23 +25,7 @@ class KServeTarget(DeclarativeTarget):
 
     def __init__(self, settings: Settings, model: str) -> None:
         super().__init__(settings, model)
-        from kubernetes import client, config
-
-        try:
-            if settings.k8s_in_cluster:
-                config.load_incluster_config()
-                api = client.ApiClient()
-            elif settings.k8s_kubeconfig is not None:
-                api = config.new_client_from_config(
-                    config_file=str(settings.k8s_kubeconfig), context=settings.k8s_context
-                )
-            else:
-                raise missing_settings(
-                    "kserve", ["MLOPS_K8S_KUBECONFIG (or MLOPS_K8S_IN_CLUSTER=true)"]
-                )
-        except (config.ConfigException, OSError) as exc:
-            raise TargetError(f"the kserve target cannot load its cluster config: {exc}") from None
-        self.api = client.CustomObjectsApi(api)
+        self.api = custom_objects_api(settings, self.name)
         self._version: str | None = None  # resourceVersion of the last read
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -116,19 +99,16 @@ class KServeTarget(DeclarativeTarget):
         return ready and latest is not None and latest == predictor.get("latestReadyRevision"), None
 
     def wait_ready(self, deployed: Deployed, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def status() -> tuple[bool, str | None]:
             ready, failure = self._status()
-            if failure:
-                raise TargetError(f"v{deployed.version} did not become ready: {failure}")
-            if ready:
-                return
-            if time.monotonic() > deadline:
-                raise TargetError(
-                    f"v{deployed.version} not ready on KServe within {timeout:.0f} s "
-                    f"(InferenceService {self.settings.k8s_namespace}/{self.model})"
-                )
-            time.sleep(0.5)
+            return ready, failure and f"v{deployed.version} did not become ready: {failure}"
+
+        self._poll(
+            status,
+            timeout,
+            f"v{deployed.version} not ready on KServe within {timeout:.0f} s "
+            f"(InferenceService {self.settings.k8s_namespace}/{self.model})",
+        )
 
     def health(self) -> str | None:
         """A revision that fails while taking traffic is a breach (the status says why)."""

@@ -156,6 +156,21 @@ def test_predictions_need_predictions_not_requests() -> None:
     assert failing.outcome == "inconclusive", failing.reason
 
 
+def test_a_target_whose_metrics_carry_no_predictions_says_so_and_the_step_still_passes() -> None:
+    """Seldon's agent counts requests and latency, never predictions: the check is not measured,
+    said in the decision, and neither passes the step on its own nor holds it."""
+    sample = _sample(100)
+    unmeasured = Measured(sample, {}, predictions=False)
+    window = Window(unmeasured, Measured(_sample(1000), {}, predictions=False), 10)
+    result = predictions(window, POLICY)
+    assert result.outcome == "not-measured" and "carry none" in result.reason
+    results = analyse(window, POLICY)
+    assert [r.outcome for r in results] == ["pass", "pass", "not-measured"], results
+    decision = StepAnalysis(POLICY, seconds=10).decide(results, elapsed=10)
+    assert decision.action == "pass", decision.reason
+    assert "not-measured" in json.dumps(decision.as_dict())
+
+
 def test_a_shifted_distribution_fails_and_a_similar_one_passes() -> None:
     shifted = predictions(_window(_sample(100, labels={">50K": 90.0, "<=50K": 10.0})), POLICY)
     assert shifted.outcome == "fail" and "'>50K'" in shifted.reason
