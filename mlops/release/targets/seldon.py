@@ -9,9 +9,9 @@ weights, its mirror the shadow, so canary, shadow and rollback are edits of the 
 retired slot's Model is deleted. The Experiment carries the release's state (``mlops.dev/release``)
 and is replaced at the ``resourceVersion`` it was read at, so a change made meanwhile is a
 conflict. The canary is judged on Seldon's own metrics (``seldon_model_infer_total`` and
-``seldon_model_infer_api_seconds`` by model): MLServer does not export our model server's
-prediction metrics, so checks of predicted labels and values find no data there. Seldon Core 2 is
-under the Business Source Licence 1.1 (see the README).
+``seldon_model_infer_api_seconds`` by model): MLServer exports no predictions, so the prediction
+check is ``not-measured`` there and says so. Seldon Core 2 is under the Business Source Licence
+1.1 (see the README).
 """
 
 from __future__ import annotations
