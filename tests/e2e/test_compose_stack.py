@@ -80,6 +80,12 @@ def wait_for(check: Any, what: str, timeout: float) -> Any:
     raise AssertionError(f"{what} within {timeout:.0f} s (last: {last})")
 
 
+def engine_client(docker_host: str) -> Any:
+    """The engine's Docker API with room to work: removing a 2.7 GB image took over the client's
+    default 60 s on a loaded CI machine."""
+    return docker.DockerClient(base_url=docker_host, timeout=900)
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     with container_engine(tmp_path_factory.mktemp("engine")) as found:
@@ -106,7 +112,7 @@ def images(engine: Engine) -> Iterator[dict[str, str]]:
         build_image(engine, dockerfile, dockerfile.parent, tags[f"MLOPS_{name.upper()}_IMAGE"])
     print(f"images built in {time.monotonic() - started:.0f} s")
     yield tags
-    client = docker.DockerClient(base_url=engine.docker_host)
+    client = engine_client(engine.docker_host)
     for tag in tags.values():
         with contextlib.suppress(docker.errors.ImageNotFound):
             client.images.remove(tag, noprune=True)
@@ -311,7 +317,7 @@ def test_no_secret_is_on_a_container_command_line(stack: Compose) -> None:
     listed = stack("ps", "-q")
     ids = listed.stdout.split()
     assert len(ids) == 7, listed.stdout
-    engine = docker.DockerClient(base_url=stack.env["DOCKER_HOST"])
+    engine = engine_client(stack.env["DOCKER_HOST"])
     commands = [" ".join(engine.containers.get(i).attrs["Config"].get("Cmd") or []) for i in ids]
     assert any("prefect" in c for c in commands), commands
     for secret in secrets:
@@ -322,7 +328,7 @@ def test_down_stops_every_container_and_removes_the_volumes(stack: Compose) -> N
     down = stack("down", "-v", "--timeout", "20")
     assert down.returncode == 0, down.stdout + down.stderr
     assert stack("ps", "-q").stdout.split() == []
-    engine = docker.DockerClient(base_url=stack.env["DOCKER_HOST"])
+    engine = engine_client(stack.env["DOCKER_HOST"])
     left = [v.name for v in engine.volumes.list() if v.name.startswith(stack.project)]
     assert left == [], left
     assert not engine.containers.list(
