@@ -234,3 +234,31 @@ def run_with_workers(*args: str, **environ: str) -> subprocess.CompletedProcess[
         text=True,
         check=False,
     )
+
+
+class ThreadedServer:
+    """An ASGI ``app`` served by uvicorn on ``port`` of the loopback, in a daemon thread of this
+    process: the tests' emulations and in-process servers."""
+
+    def __init__(self, app: Any, port: int, what: str) -> None:
+        import threading
+
+        import uvicorn
+
+        self.what = what
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self, timeout: float = 15) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.what} did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from mlops.stack.processes import free_port
+from tests.helpers import ThreadedServer
 
 KINDS = {  # (group, version) -> [(plural, kind)]
     ("serving.kserve.io", "v1beta1"): [("inferenceservices", "InferenceService")],
@@ -56,23 +56,14 @@ class EmulatedKubernetes:
         self._lock = threading.Lock()
         self._rv = 0
         self.app = self._build()
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._serving = ThreadedServer(self.app, self.port, "the emulated Kubernetes API")
 
     def __enter__(self) -> EmulatedKubernetes:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the emulated Kubernetes API did not start")
-            time.sleep(0.05)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._serving.stop()
 
     def kubeconfig(self, path: Path) -> Path:
         """A kubeconfig file pointing at this server."""

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from mlops.stack.processes import free_port
+from tests.helpers import ThreadedServer
 
 
 def split_of(manifest: dict[str, Any] | None) -> dict[str, Any]:
@@ -61,10 +61,7 @@ class SeldonMesh:
         self._rng = random.Random(7)
         self._client = httpx.Client(timeout=10)
         self._lock = threading.Lock()
-        self._server = uvicorn.Server(
-            uvicorn.Config(self._build(), host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._serving = ThreadedServer(self._build(), self.port, "the emulated Seldon mesh")
 
     def _forward(self, model: str, uri: str, body: bytes) -> httpx.Response | None:
         backend = self.backends.get(uri)
@@ -111,17 +108,11 @@ class SeldonMesh:
         return app
 
     def __enter__(self) -> SeldonMesh:
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the emulated Seldon mesh did not start")
-            time.sleep(0.05)
+        self._serving.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._serving.stop()
         self._client.close()
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from mlops.adapters.prediction_log import PREDICTIONS, PredictionLog
@@ -37,6 +36,7 @@ from mlops.serving.app import ServerConfig, create_app
 from mlops.serving.model import Answers, Column, ServedModel
 from mlops.stack.processes import free_port
 from tests.fixtures import trained_project
+from tests.helpers import ThreadedServer
 from tests.helpers import caller_rows as _rows
 
 pytestmark = pytest.mark.integration
@@ -72,16 +72,14 @@ def server(
 def _served(app: FastAPI, ready: str = "/ready") -> Iterator[str]:
     """``app`` on a free loopback port in a thread of this process, until the block ends."""
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
+    serving = ThreadedServer(app, port, "the model server")
+    serving.start()
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(base, 60, path=ready)
         yield base
     finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
+        serving.stop()
 
 
 def test_answers_equal_the_models_own_predictions(
