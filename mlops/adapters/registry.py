@@ -332,6 +332,13 @@ def registry_client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
+def artifact_location(tracking_uri: str, name: str, version: int) -> str | None:
+    """Where MLflow keeps the version's artifacts, as MLflow names it: an s3:// or gs:// URL, or
+    the server's ``mlflow-artifacts:/`` path when it proxies its store."""
+    uri = registry_client(tracking_uri).get_model_version_download_uri(name, str(version))
+    return str(uri) if uri else None
+
+
 def lookup_model_version(tracking_uri: str, name: str, ref: str) -> RegisteredVersion | None:
     """The version ``ref`` (a number or an alias such as ``champion``) of ``name``, or None."""
     client = registry_client(tracking_uri)

@@ -17,6 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -536,8 +537,9 @@ def seldon(
     monkeypatch.setenv("MLOPS_MLFLOW_ARTIFACTS_URL", ARTIFACTS)
     name, settings = project["name"], Settings()
     uris = {v: seldon_storage_uri(settings, name, v) for v in (project["v1"], project["v2"])}
-    split = lambda: cluster.seldon_split(name)  # noqa: E731
-    with SeldonMesh(split, {uris[v]: servers[v] for v in uris}) as mesh:
+    with SeldonMesh(
+        partial(cluster.seldon_split, name), {uris[v]: servers[v] for v in uris}
+    ) as mesh:
         folder = scrape_targets_dir(settings)
         before = json.loads((folder / "slots.json").read_text())
         target = {"targets": [mesh.url.split("://", 1)[1]], "labels": {"cluster": "seldon"}}

@@ -68,8 +68,6 @@ def sync_mirrors(settings: Settings, model: str) -> dict[str, list[str] | str]:
 
 def artifact_source(settings: Settings, champion: RegisteredVersion) -> str | None:
     """Where MLflow keeps the version's artifacts (an s3:// or gs:// URL in the cloud)."""
-    from mlops.adapters.registry import registry_client
+    from mlops.adapters.registry import artifact_location
 
-    client = registry_client(str(settings.mlflow_tracking_uri))
-    uri = client.get_model_version_download_uri(champion.name, str(champion.version))
-    return str(uri) if uri else None
+    return artifact_location(str(settings.mlflow_tracking_uri), champion.name, champion.version)

@@ -137,18 +137,16 @@ class PrometheusProvider:
             "errors": growth(s.errors, "", seconds, ago),
             "latency": growth(s.latency, "le", seconds, ago),
         }
-        if s.labels is not None and s.values is not None:
+        labels: dict[str, float] = {}
+        values: dict[float, float] = {}
+        if s.labels is not None and s.values is not None:  # else the target counts no predictions
             queries["labels"] = growth(s.labels, "label", seconds, ago)
             queries["values"] = growth(s.values, "le", seconds, ago)
+            labels = self._by(queries["labels"], "label")
+            values = {float(le): v for le, v in self._by(queries["values"], "le").items()}
         requests = self._by(queries["requests"], "")
         errors = self._by(queries["errors"], "")
         latency = {float(le): v for le, v in self._by(queries["latency"], "le").items()}
-        labels = self._by(queries["labels"], "label") if "labels" in queries else {}
-        values = (
-            {float(le): v for le, v in self._by(queries["values"], "le").items()}
-            if "values" in queries
-            else {}
-        )
         sample = SlotSample(
             requests.get("", 0.0),
             # no 5xx series at all is no errors, once the slot answered anything

@@ -46,10 +46,9 @@ def bucket_uri(download_uri: str, artifacts_url: str | None) -> str | None:
 
 def seldon_storage_uri(settings: Settings, model: str, version: int) -> str:
     """Where Seldon's Server loads ``model`` v``version`` from: its MLflow folder in the bucket."""
-    from mlops.adapters.registry import registry_client
+    from mlops.adapters.registry import artifact_location
 
-    client = registry_client(str(settings.mlflow_tracking_uri))
-    download = str(client.get_model_version_download_uri(model, str(version)))
+    download = str(artifact_location(str(settings.mlflow_tracking_uri), model, version))
     uri = bucket_uri(download, settings.mlflow_artifacts_url)
     if uri is None:
         raise TargetError(
